@@ -1,0 +1,22 @@
+"""CAS Lab: Channel-wise Activation Suppressing (Bai et al., ICLR 2021) for CIFAR-10, in PyTorch.
+
+Public API (everything the app and the command-line tools use):
+
+* models: :func:`create_model`, :func:`list_models`, :class:`CASModule`;
+* checkpoints: :func:`load_model`, :func:`save_checkpoint`, :func:`load_checkpoint`,
+  :func:`read_card`, :class:`CheckpointError`;
+* attacks: :func:`run_attack`, :data:`ATTACKS`, :class:`AttackSettings`;
+* analysis: :mod:`cas.analysis`; losses: :mod:`cas.losses`; data: :mod:`cas.data`.
+"""
+from .attacks import ATTACKS, AttackSettings, run_attack
+from .checkpoint import (CheckpointError, load_checkpoint, load_model, make_card, pretrained_index,
+                         read_card, save_checkpoint)
+from .layers import CASModule
+from .models import create_model, list_models
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+__all__ = ["ATTACKS", "AttackSettings", "CASModule", "CLASSES", "CheckpointError", "create_model",
+           "list_models", "load_checkpoint", "load_model", "make_card", "pretrained_index", "read_card",
+           "run_attack", "save_checkpoint"]
+__version__ = "0.1.0"

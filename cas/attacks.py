@@ -1,0 +1,350 @@
+"""Adversarial attacks with one calling convention.
+
+Every attack is ``fn(model, x, y, settings) -> x_adv``: ``model(x)`` returns logits for images in
+[0, 1]; ``x_adv`` lies in [0, 1] and within ``settings.eps`` of ``x`` in the attack's norm. Attacks never
+change the model's mode, never register hooks and never write to it (gradients are taken with respect
+to the input only), so a model shared between threads can be attacked safely. Call
+``model.eval()`` first for the usual evaluation.
+
+Gradient attacks keep, per image, the best point they visited as judged by the *real* model
+(``model(x)``, the paper's test-time rule for CAS models): the point with the highest margin
+(``max other logit - true logit``, or ``target logit - max other`` when targeted). This matters for the
+CAS-adaptive attacks, whose gradients come from a different forward than the one that classifies.
+
+``run_attack(name, model, x, y, **settings)`` runs an attack by name; ``ATTACKS`` lists them.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Budget and schedule of an attack. ``eps`` and ``step_size`` are in input units ([0, 1] scale;
+    8/255 is the usual CIFAR-10 Linf budget). ``target``: None (untargeted), a class index for every
+    image, or a tensor of per-image targets. ``aux_weight``: weight of the mean auxiliary loss in the
+    CAS-adaptive attacks (2, as the authors trained and evaluated)."""
+
+    eps: float = 8 / 255
+    steps: int = 20
+    step_size: float | None = None  # default: 2.5 * eps / steps, at least eps / 4 ... see resolved()
+    norm: str = "linf"
+    random_start: bool | str = True  # True: uniform in the ball; "normal": x + 0.001 * N(0, 1)
+    restarts: int = 1
+    target: int | torch.Tensor | None = None
+    aux_weight: float = 2.0
+    seed: int | None = 0
+    queries: int = 1000  # Square attack's query budget
+    extra: dict = field(default_factory=dict)
+
+    def validated(self) -> "AttackSettings":
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+        limit = 1.0 if self.norm == "linf" else math.sqrt(3 * 32 * 32)
+        if not (0 <= self.eps <= limit) or math.isnan(self.eps):
+            raise ValueError(f"eps must be between 0 and {limit:g} for {self.norm}, got {self.eps}")
+        if not (1 <= int(self.steps) <= 10_000):
+            raise ValueError(f"steps must be between 1 and 10000, got {self.steps}")
+        if self.step_size is not None and not (0 < self.step_size <= max(limit, 1.0)):
+            raise ValueError(f"step_size must be positive and at most {limit:g}, got {self.step_size}")
+        if not (1 <= int(self.restarts) <= 100):
+            raise ValueError(f"restarts must be between 1 and 100, got {self.restarts}")
+        if not (1 <= int(self.queries) <= 100_000):
+            raise ValueError(f"queries must be between 1 and 100000, got {self.queries}")
+        if self.aux_weight < 0:
+            raise ValueError("aux_weight must be non-negative")
+        step = self.step_size if self.step_size is not None else max(2.5 * self.eps / self.steps, self.eps / 4)
+        return replace(self, steps=int(self.steps), restarts=int(self.restarts), step_size=step)
+
+
+def _settings(settings: AttackSettings | None, kw: dict) -> AttackSettings:
+    s = settings or AttackSettings()
+    if kw:
+        s = replace(s, **kw)
+    return s.validated()
+
+
+def _targets(s: AttackSettings, y: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    if s.target is None:
+        return None
+    t = torch.as_tensor(s.target, device=y.device, dtype=torch.long)
+    t = t.expand_as(y) if t.dim() == 0 else t
+    if t.shape != y.shape or t.min() < 0 or t.max() >= num_classes:
+        raise ValueError(f"target must be a class index in [0, {num_classes - 1}] (one or one per image)")
+    return t
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image attack margin: > 0 means the attack succeeded (misclassified, or hit the target)."""
+    cls = y if target is None else target
+    own = logits.gather(1, cls[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, cls[:, None], float("-inf"))
+    best_other = others.max(1).values
+    return (best_other - own) if target is None else (own - best_other)
+
+
+# -- attack objectives: (model, x_adv, y, target, settings) -> (per-image loss to maximise, logits of
+#    the real model or None when the gradient forward is not the real model) ------------------------
+
+def _ce_objective(logits, y, target):
+    return -F.cross_entropy(logits, target, reduction="none") if target is not None else \
+        F.cross_entropy(logits, y, reduction="none")
+
+
+def obj_ce(model, x, y, target, s):
+    logits = model(x)
+    return _ce_objective(logits.float(), y, target), logits
+
+
+def obj_cw(model, x, y, target, s):
+    logits = model(x)
+    return margin(logits.float(), y, target), logits
+
+
+def _joint(model, x, y, target, s, mask):
+    logits, aux = model.forward_aux(x, mask=mask)
+    loss = _ce_objective(logits.float(), y, target)
+    if aux:
+        loss = loss + s.aux_weight * torch.stack([_ce_objective(a.float(), y, target) for a in aux]).mean(0)
+    return loss, logits if mask == "pred" else None
+
+
+def obj_joint(model, x, y, target, s):
+    """The authors' evaluation: final loss + aux_weight x mean auxiliary loss, real (argmax) masks."""
+    return _joint(model, x, y, target, s, "pred")
+
+
+def obj_soft(model, x, y, target, s):
+    """The same joint loss, but every CAS mask is the softmax-weighted mix of its head's rows, so the
+    gradient sees how the mask would switch; the real model judges the points (BPDA-style)."""
+    return _joint(model, x, y, target, s, "soft")
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return delta * (eps / n).clamp(max=1.0)[:, None, None, None]
+
+
+def _random_start(x, eps, norm, gen, kind=True):
+    if kind == "normal":  # TRADES/MART training start: x + 0.001 * N(0, 1)
+        return 0.001 * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    if norm == "linf":
+        return (torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+    r = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) ** (1 / d[0].numel())
+    return d * (eps * r)[:, None, None, None]
+
+
+def _generator(device, seed):
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objective: Callable,
+             progress: Callable[[int, int], None] | None = None, keep_best: bool = True,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient ascent on ``objective`` with restarts; keeps each image's best point as
+    judged by the real model's margin. ``progress(done, total)`` is called after every step.
+    ``keep_best=False`` returns the last iterate and skips judging (training-time examples)."""
+    x = x.detach()
+    y = y.to(x.device)
+    target = _targets(s, y, _num_classes(model, x))
+    gen = generator or _generator(x.device, s.seed)
+    best_x = x.clone()
+    best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    total = s.restarts * s.steps
+    done = 0
+
+    def consider(x_cand, logits):
+        nonlocal best_x, best_score
+        if logits is None:
+            with torch.no_grad():
+                logits = model(x_cand)
+        score = margin(logits.detach().float(), y, target)
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best_x = torch.where(better[:, None, None, None], x_cand.detach(), best_x)
+
+    for _ in range(s.restarts):
+        delta = _random_start(x, s.eps, s.norm, gen, s.random_start) if s.random_start else torch.zeros_like(x)
+        x_adv = (x + delta).clamp(0, 1)
+        for _ in range(s.steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss, logits = objective(model, x_adv, y, target, s)
+                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+            if keep_best:
+                consider(x_adv, logits)
+            with torch.no_grad():
+                if s.norm == "linf":
+                    step = s.step_size * grad.sign()
+                else:
+                    step = s.step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+                x_adv = (x + _project(x_adv.detach() + step - x, s.eps, s.norm)).clamp(0, 1)
+            done += 1
+            if progress:
+                progress(done, total)
+        if not keep_best:
+            return x_adv.detach()
+        consider(x_adv, None)
+    return best_x.detach()
+
+
+def _num_classes(model, x) -> int:
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        with torch.no_grad():
+            n = model(x[:1]).shape[1]
+    return n
+
+
+def _needs_cas(model, name):
+    if not getattr(model, "has_cas", False):
+        raise ValueError(f"the {name} attack is for CAS models; this model has no CAS module")
+
+
+# -- the attacks -----------------------------------------------------------------------------------
+
+def fgsm(model, x, y, settings=None, progress=None, **kw):
+    """One signed-gradient step of size eps (no random start unless asked)."""
+    s = _settings(settings, {"steps": 1, "restarts": 1, "random_start": False, **kw})
+    s = replace(s, step_size=s.eps if "step_size" not in kw else s.step_size)
+    return pgd_loop(model, x, y, s, obj_ce, progress)
+
+
+def pgd(model, x, y, settings=None, progress=None, **kw):
+    """PGD on the cross-entropy of the final logits (Linf by default; ``norm="l2"`` for PGD-L2)."""
+    return pgd_loop(model, x, y, _settings(settings, kw), obj_ce, progress)
+
+
+def pgd_l2(model, x, y, settings=None, progress=None, **kw):
+    return pgd_loop(model, x, y, _settings(settings, {"norm": "l2", "eps": 0.5, **kw}), obj_ce, progress)
+
+
+def cw_linf(model, x, y, settings=None, progress=None, **kw):
+    """PGD on the Carlini-Wagner margin loss (CW-Linf, as in the robustness literature)."""
+    return pgd_loop(model, x, y, _settings(settings, {"steps": 30, **kw}), obj_cw, progress)
+
+
+def joint_pgd(model, x, y, settings=None, progress=None, **kw):
+    """CAS-adaptive: PGD on final loss + aux_weight x mean auxiliary loss (the authors' evaluation)."""
+    _needs_cas(model, "joint PGD")
+    return pgd_loop(model, x, y, _settings(settings, kw), obj_joint, progress)
+
+
+def soft_mask_pgd(model, x, y, settings=None, progress=None, **kw):
+    """CAS-adaptive: the joint loss computed through soft (softmax-mixed) masks, judged by the real
+    model. The strongest attack on CAS we know."""
+    _needs_cas(model, "soft-mask PGD")
+    return pgd_loop(model, x, y, _settings(settings, kw), obj_soft, progress)
+
+
+class _Logits(torch.nn.Module):
+    """Adapter for third-party attacks: a plain module whose forward is ``model(x)``, and whose
+    ``eval``/``train`` calls leave the wrapped model untouched."""
+
+    def __init__(self, model):
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not registered: no .to()/.train() reaches it
+
+    def forward(self, x):
+        return self._model(x)
+
+
+def _fork_rng(x):
+    """Third-party attacks reseed torch's global generators: keep the caller's state intact."""
+    return torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else [])
+
+
+def square(model, x, y, settings=None, progress=None, **kw):
+    """Square attack (gradient-free random search, Andriushchenko et al. 2020), from AutoAttack's
+    reference implementation (package ``pyautoattack``), margin loss, untargeted."""
+    from pyautoattack.square import SquareAttack
+
+    s = _settings(settings, {"random_start": False, **kw})
+    if s.target is not None:
+        raise ValueError("the Square attack runs untargeted here; leave the target empty")
+    atk = SquareAttack(_Logits(model), p_init=0.8, n_queries=s.queries, eps=s.eps,
+                       norm="Linf" if s.norm == "linf" else "L2", n_restarts=1,
+                       seed=0 if s.seed is None else int(s.seed), verbose=False, device=x.device,
+                       resc_schedule=s.queries != 5000)
+    with _fork_rng(x), torch.no_grad():
+        x_adv = atk.perturb(x.detach(), y.to(x.device))
+    if progress:
+        progress(1, 1)
+    return _clip(x, x_adv, s)
+
+
+def autoattack(model, x, y, settings=None, progress=None, version="standard", **kw):
+    """AutoAttack (Croce & Hein 2020; APGD-CE, APGD-T, FAB-T and Square in its standard version) on
+    the final logits, from the maintained package of the reference implementation."""
+    import logging
+
+    from pyautoattack import AutoAttack
+
+    s = _settings(settings, kw)
+    if s.target is not None:
+        raise ValueError("AutoAttack runs untargeted here; leave the target empty")
+    adversary = AutoAttack(_Logits(model), norm="Linf" if s.norm == "linf" else "L2", eps=s.eps,
+                           version=version, seed=0 if s.seed is None else int(s.seed), device=x.device)
+    adversary.verbose = False
+    adversary.logger.setLevel(logging.ERROR)
+    with _fork_rng(x), contextlib.redirect_stdout(io.StringIO()):
+        x_adv, _ = adversary.run_standard_evaluation(x.detach(), y.to(x.device), batch_size=x.shape[0])
+    if progress:
+        progress(1, 1)
+    return _clip(x, x_adv, s)
+
+
+def _clip(x, x_adv, s):
+    """Guarantee the budget and the image range exactly (third-party code may exceed by rounding)."""
+    return (x + _project(x_adv.detach().to(x.dtype) - x, s.eps, s.norm)).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    fn: Callable
+    label: str
+    cas_only: bool = False
+    gradient: bool = True
+    description: str = ""
+
+
+ATTACKS: dict[str, AttackInfo] = {
+    "fgsm": AttackInfo(fgsm, "FGSM", description="one gradient-sign step of size eps"),
+    "pgd": AttackInfo(pgd, "PGD", description="iterated gradient steps on the final cross-entropy"),
+    "pgd_l2": AttackInfo(pgd_l2, "PGD-L2", description="PGD in the L2 norm"),
+    "cw": AttackInfo(cw_linf, "CW-Linf", description="PGD on the Carlini-Wagner margin loss"),
+    "joint_pgd": AttackInfo(joint_pgd, "Joint PGD (CAS-adaptive)", cas_only=True,
+                            description="PGD on the final + auxiliary losses, as the CAS authors evaluated"),
+    "soft_mask_pgd": AttackInfo(soft_mask_pgd, "Soft-mask PGD (CAS-adaptive)", cas_only=True,
+                                description="PGD whose gradient flows through softmax-mixed masks"),
+    "square": AttackInfo(square, "Square (gradient-free)", gradient=False,
+                         description="random-search attack that uses no gradients"),
+    "autoattack": AttackInfo(autoattack, "AutoAttack", gradient=False,
+                             description="APGD-CE, APGD-T, FAB-T and Square, standard version"),
+}
+
+
+def run_attack(name: str, model, x, y, settings: AttackSettings | None = None, progress=None, **kw):
+    """Run the attack called ``name`` (a key of :data:`ATTACKS`, or ``"none"`` for the clean input)."""
+    if name == "none":
+        return x.detach().clone()
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; available: none, {', '.join(ATTACKS)}")
+    return ATTACKS[name].fn(model, x, y, settings, progress=progress, **kw)

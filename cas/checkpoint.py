@@ -1,0 +1,210 @@
+"""Self-describing checkpoints: safetensors weights + a JSON model card in the file's metadata.
+
+A card records how to rebuild the model (``arch``, ``arch_kwargs``), how it was trained (``method``,
+``cas``, ``epsilon``, ``epochs``, ``data``, ``command``) and what was measured (``accuracy``: percent per
+attack). Loading never unpickles anything: safetensors holds tensors only, and the card is JSON.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models import CASNet, create_model, list_models
+
+CARD_KEY = "cas_lab_card"
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+MAX_CHECKPOINT_BYTES = 2 * 1024**3  # far above any CIFAR model; refuses accidental huge files
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be used; the message says why and what to do."""
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def make_card(model: CASNet, **fields) -> dict:
+    """A model card for ``model``; ``fields`` (method, epsilon, epochs, accuracy, ...) are merged in."""
+    card = {
+        "format": FORMAT_VERSION,
+        "arch": model.arch,
+        "arch_kwargs": model.arch_kwargs,
+        "cas": model.has_cas,
+        "cas_positions": model.cas_positions,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit(),
+        "accuracy": {},
+    }
+    card.update(fields)
+    return card
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path, model: CASNet, card: dict | None = None, fp16: bool = False) -> Path:
+    """Save weights (optionally as fp16, halving the size) and the card, atomically."""
+    card = dict(card or make_card(model))
+    card["dtype"] = "float16" if fp16 else "float32"
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if fp16 and v.is_floating_point():
+            v = v.half()
+        state[k] = v.contiguous()
+    atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata={CARD_KEY: json.dumps(card)}))
+    return Path(path)
+
+
+def read_card(path) -> dict:
+    """The model card stored in a checkpoint, without loading the weights."""
+    path = _check_file(Path(path))
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or n > min(100 * 1024**2, path.stat().st_size - 8):
+                raise ValueError
+            header = json.loads(fh.read(n))
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(_not_safetensors(path)) from None
+    meta = header.get("__metadata__") or {}
+    if CARD_KEY not in meta:
+        raise CheckpointError(f"{path.name} is a safetensors file but has no CAS Lab model card, so the "
+                              "model cannot be rebuilt. Save checkpoints with cas.save_checkpoint.")
+    try:
+        card = json.loads(meta[CARD_KEY])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path.name}: its model card is not valid JSON") from None
+    if not isinstance(card, dict) or "arch" not in card:
+        raise CheckpointError(f"{path.name}: its model card has no 'arch' field")
+    return card
+
+
+def update_card(path, **fields) -> dict:
+    """Merge ``fields`` into the card of the checkpoint at ``path`` (weights are kept as they are)."""
+    path = Path(path)
+    card = read_card(path)
+    for k, v in fields.items():
+        if isinstance(v, dict) and isinstance(card.get(k), dict):
+            card[k] = {**card[k], **v}
+        else:
+            card[k] = v
+    tensors = load_file(str(path))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={CARD_KEY: json.dumps(card)}))
+    return card
+
+
+def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
+    """Rebuild the model described by the checkpoint's card and load its weights (as float32)."""
+    path = Path(path)
+    card = read_card(path)
+    if card["arch"] not in list_models():
+        raise CheckpointError(f"{path.name}: unknown architecture {card['arch']!r} "
+                              f"(this version knows {', '.join(list_models())})")
+    try:
+        model = create_model(card["arch"], **card.get("arch_kwargs", {}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name}: its card's architecture arguments are invalid: {e}") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{_not_safetensors(path)} ({e})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+        raise CheckpointError(f"{path.name}: weights do not match the {card['arch']} its card describes: "
+                              + "; ".join(parts))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.to(device).eval()
+    return model, card
+
+
+def pretrained_index(directory=None) -> list[dict]:
+    """Entries of ``pretrained/index.json`` (empty if there is none)."""
+    directory = Path(directory or PRETRAINED_DIR)
+    f = directory / "index.json"
+    if not f.exists():
+        return []
+    try:
+        data = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f} is not valid JSON: {e}") from None
+    return data.get("models", []) if isinstance(data, dict) else data
+
+
+def resolve(name_or_path, directory=None) -> Path:
+    """A bundled model's name (see ``pretrained/index.json``) or a checkpoint path -> a file path."""
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists():
+        return p
+    directory = Path(directory or PRETRAINED_DIR)
+    for entry in pretrained_index(directory):
+        if entry.get("name") == str(name_or_path):
+            return directory / entry["file"]
+    names = [e.get("name") for e in pretrained_index(directory)]
+    raise CheckpointError(f"no bundled model or file named {name_or_path!r}"
+                          + (f"; bundled models: {', '.join(names)}" if names else
+                             "; no bundled models are installed (see pretrained/README.md)"))
+
+
+def load_model(name_or_path, device="cpu", directory=None) -> CASNet:
+    """A ready model in eval mode, from a bundled name (``"at-cas"``) or a checkpoint path."""
+    return load_checkpoint(resolve(name_or_path, directory), device)[0]
+
+
+def _check_file(path: Path) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path.name} is {size / 1024**3:.1f} GB, too large to be a CIFAR model checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code "
+                              "when loaded, so CAS Lab only reads safetensors checkpoints with a model card.")
+    return path
+
+
+def _not_safetensors(path: Path) -> str:
+    return (f"{path.name} is not a valid safetensors checkpoint: the file is truncated, corrupted, "
+            "or in another format")

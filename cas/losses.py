@@ -1,0 +1,115 @@
+"""Training objectives: standard, AT (Madry et al.), TRADES (Zhang et al.), MART (Wang et al.).
+
+Every method is one per-head loss ``head_loss(method, adv_logits, nat_logits, y, beta)``. The CAS term
+is added in exactly one place, :func:`training_loss`: the same loss on every auxiliary head, averaged
+over the CAS modules, weighted by ``cas_beta`` (2 in the paper). Training examples are crafted as the
+authors did (:func:`perturb`): Linf PGD with the model in eval mode, maximising the method's attack
+loss on the final head plus ``cas_beta`` x the auxiliary heads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import AttackSettings, pgd_loop
+
+METHODS = ("std", "at", "trades", "mart")
+DEFAULT_BETA = {"std": 0.0, "at": 0.0, "trades": 6.0, "mart": 6.0}
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    method: str = "at"
+    beta: float | None = None  # TRADES / MART trade-off; None -> 6
+    cas_beta: float = 2.0  # weight of the auxiliary (CAS) losses
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.eps < 0 or self.step_size <= 0 or self.steps < 1:
+            raise ValueError("need eps >= 0, step_size > 0 and steps >= 1")
+
+    @property
+    def trade_off(self) -> float:
+        return DEFAULT_BETA[self.method] if self.beta is None else self.beta
+
+    @property
+    def adversarial(self) -> bool:
+        return self.method != "std"
+
+
+def _kl(p_logits, q_logits):
+    """Per-sample KL(softmax(q) || softmax(p)) as TRADES writes it: kl_div(log p, q)."""
+    return F.kl_div(F.log_softmax(p_logits, 1), F.softmax(q_logits, 1), reduction="none").sum(1)
+
+
+def head_loss(method: str, adv, nat, y, beta: float) -> torch.Tensor:
+    """The method's loss on one head (final or auxiliary), averaged over the batch."""
+    if method == "std":
+        return F.cross_entropy(nat, y)
+    if method == "at":
+        return F.cross_entropy(adv, y)
+    if method == "trades":
+        return F.cross_entropy(nat, y) + beta * _kl(adv, nat).mean()
+    if method == "mart":
+        p_adv = F.softmax(adv, 1)
+        wrong = p_adv.clone()
+        wrong.scatter_(1, y[:, None], 0.0)
+        bce = F.cross_entropy(adv, y) - torch.log(1.0001 - wrong.max(1).values).mean()
+        p_true = F.softmax(nat, 1).gather(1, y[:, None]).squeeze(1)
+        kl = F.kl_div(torch.log(p_adv + 1e-12), F.softmax(nat, 1), reduction="none").sum(1)
+        return bce + beta * (kl * (1.0 - p_true)).mean()
+    raise ValueError(f"unknown method {method!r}")
+
+
+def training_loss(model, x, y, x_adv, cfg: LossConfig):
+    """Loss for one update (call in train mode: CAS masks use ``y``'s rows). Returns (loss, logits of
+    the input the method trains on, for accuracy bookkeeping)."""
+    nat = adv = None
+    if cfg.method in ("std", "trades", "mart"):
+        nat = model(x, y, return_aux=True)
+    if cfg.method != "std":
+        adv = model(x_adv, y, return_aux=True)
+    heads_nat = [nat[0], *nat[1]] if nat else None
+    heads_adv = [adv[0], *adv[1]] if adv else None
+    n = len((heads_nat or heads_adv))
+    per_head = [head_loss(cfg.method, heads_adv[i].float() if heads_adv else None,
+                          heads_nat[i].float() if heads_nat else None, y, cfg.trade_off) for i in range(n)]
+    loss = per_head[0]
+    if n > 1:  # the CAS term, for every method
+        loss = loss + cfg.cas_beta * torch.stack(per_head[1:]).mean()
+    return loss, (adv or nat)[0]
+
+
+def _attack_objective(cfg: LossConfig, nat_heads):
+    def objective(model, x_adv, y, target, s):
+        logits, aux = model(x_adv, return_aux=True)
+        heads = [logits, *aux]
+        if cfg.method == "trades":
+            per = [_kl(h.float(), n) for h, n in zip(heads, nat_heads)]
+        else:  # AT and MART craft with cross-entropy
+            per = [F.cross_entropy(h.float(), y, reduction="none") for h in heads]
+        loss = per[0]
+        if len(per) > 1:
+            loss = loss + cfg.cas_beta * torch.stack(per[1:]).mean(0)
+        return loss, None
+    return objective
+
+
+def perturb(model, x, y, cfg: LossConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time adversarial examples (call with the model in eval mode, as the authors did)."""
+    if not cfg.adversarial:
+        return x
+    nat_heads = None
+    if cfg.method == "trades":
+        with torch.no_grad():
+            logits, aux = model(x, return_aux=True)
+            nat_heads = [h.float() for h in (logits, *aux)]
+    start = "normal" if cfg.method in ("trades", "mart") else True
+    s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, random_start=start).validated()
+    return pgd_loop(model, x, y, s, _attack_objective(cfg, nat_heads), keep_best=False, generator=generator)

@@ -1,0 +1,27 @@
+"""Model registry: ``create_model(name, **kwargs)`` and ``list_models()``."""
+from __future__ import annotations
+
+from .base import CASNet, ChannelDetail, ForwardResult
+from .resnet import ResNet18
+from .vgg import VGG16
+from .wrn import WideResNet
+
+_REGISTRY = {"resnet18": ResNet18, "vgg16": VGG16, "wrn34_10": WideResNet}
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs) -> CASNet:
+    """Build a model by name. ``cas=True`` (default) adds CAS modules at the paper's positions,
+    ``cas=False`` builds the plain baseline; other keywords go to the architecture (``width``,
+    ``cas_positions``, ``num_classes``, ...)."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+    return cls(**kwargs)
+
+
+__all__ = ["CASNet", "ChannelDetail", "ForwardResult", "create_model", "list_models"]

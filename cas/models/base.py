@@ -1,0 +1,118 @@
+"""Shared machinery of every backbone: input normalisation, CAS insertion points, the forwards.
+
+A backbone is a flat sequence of named units (``self.units``, names such as ``layer4_1``); a CAS
+module may follow any unit (``self.cas``, keyed by unit name). The same code path runs every forward, so ``model(x)``,
+:meth:`forward_aux` and :meth:`forward_details` never disagree.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..layers import CASModule, check_mask_mode
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+
+class ChannelDetail(NamedTuple):
+    """Per-channel activations at one CAS point (or at the last block of a model without CAS)."""
+
+    name: str
+    before: torch.Tensor  # spatial mean of the block output, before the mask (N, K)
+    mask: torch.Tensor  # channel mask (N, K); all ones where there is no CAS module
+    after: torch.Tensor  # spatial mean after the mask (N, K)
+    aux_logits: torch.Tensor | None  # the CAS head's logits, None without CAS
+
+
+class ForwardResult(NamedTuple):
+    logits: torch.Tensor
+    aux_logits: list[torch.Tensor]
+    details: list[ChannelDetail]
+
+
+class CASNet(nn.Module):
+    """Base class: subclasses fill ``self.units`` (nn.ModuleDict, in order) and ``self.classifier``.
+
+    ``arch`` and ``arch_kwargs`` record how to rebuild the model (see :mod:`cas.checkpoint`).
+    """
+
+    arch: str = ""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1), persistent=False)
+        self.units = nn.ModuleDict()
+        self.cas = nn.ModuleDict()
+        self.arch_kwargs: dict = {}
+
+    # -- construction helpers -------------------------------------------------------------------
+    def _add_cas(self, positions, channels_of: dict[str, int]) -> None:
+        for pos in positions:
+            if pos not in channels_of:
+                raise ValueError(f"unknown CAS position {pos!r}; choose from {sorted(channels_of)}")
+            self.cas[pos] = CASModule(channels_of[pos], self.num_classes)
+
+    @property
+    def has_cas(self) -> bool:
+        return len(self.cas) > 0
+
+    @property
+    def cas_positions(self) -> list[str]:
+        return list(self.cas.keys())
+
+    @property
+    def probe_position(self) -> str:
+        """Where :meth:`forward_details` reports channels for a model without CAS."""
+        return self._probe
+
+    # -- forwards ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: str = "pred",
+                return_aux: bool = False):
+        """``model(x)`` -> logits. With ``return_aux=True`` -> (logits, [aux logits]).
+
+        The keyword form exists so that wrappers such as DistributedDataParallel, which only see
+        ``forward``, can run the CAS training forward; prefer :meth:`forward_aux` in user code.
+        """
+        res = self._run(x, y, mask, details=False)
+        return (res.logits, res.aux_logits) if return_aux else res.logits
+
+    def forward_aux(self, x, y=None, mask: str = "pred"):
+        """(final logits, [auxiliary logits of each CAS module]).
+
+        Training mode with ``y``: every mask is ``y``'s row. Otherwise ``mask`` picks the row:
+        ``"pred"`` (paper), ``"label"`` (needs ``y``) or ``"soft"`` (differentiable mix).
+        """
+        return self.forward(x, y, mask, return_aux=True)
+
+    def forward_details(self, x, y=None, mask: str = "pred") -> ForwardResult:
+        """Logits, auxiliary logits and a :class:`ChannelDetail` per CAS module (or, without CAS,
+        for the probe position: the same place a CAS module would sit)."""
+        return self._run(x, y, mask, details=True)
+
+    def _run(self, x, y, mask, details: bool) -> ForwardResult:
+        check_mask_mode(mask)
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        aux_list: list[torch.Tensor] = []
+        detail_list: list[ChannelDetail] = []
+        for name, unit in self.units.items():
+            h = unit(h)
+            if name in self.cas:
+                o = self.cas[name](h, y, mask)
+                h = o.out
+                aux_list.append(o.aux_logits)
+                if details:
+                    detail_list.append(ChannelDetail(name, o.pooled, o.mask, o.pooled * o.mask,
+                                                     o.aux_logits))
+            elif details and not self.has_cas and name == self._probe:
+                pooled = h.mean(dim=(2, 3))
+                detail_list.append(ChannelDetail(name, pooled, torch.ones_like(pooled), pooled, None))
+        logits = self.classifier(h)
+        return ForwardResult(logits, aux_list, detail_list)
+

@@ -1,0 +1,57 @@
+"""CIFAR ResNet-18 (3x3 stem, no max-pool) with optional CAS modules."""
+from __future__ import annotations
+
+from torch import nn
+import torch.nn.functional as F
+
+from .base import CASNet
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(CASNet):
+    """ResNet-18 for 32x32 inputs. ``width`` is the first stage's channel count (64 in the paper);
+    stages have width, 2x, 4x and 8x channels. CAS modules follow the blocks named in
+    ``cas_positions`` (default: both blocks of the last stage, after the residual add and ReLU)."""
+
+    arch = "resnet18"
+    DEFAULT_CAS = ("layer4_0", "layer4_1")
+
+    def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True,
+                 cas_positions=None):
+        super().__init__(num_classes)
+        if width < 1:
+            raise ValueError("width must be a positive integer")
+        channels_of = {}
+        self.units["stem"] = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False),
+                                           nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        channels_of["stem"] = width
+        cin = width
+        for stage in range(4):
+            cout = width * 2 ** stage
+            for i in range(2):
+                name = f"layer{stage + 1}_{i}"
+                self.units[name] = BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1)
+                channels_of[name] = cout
+                cin = cout
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        positions = list(cas_positions or self.DEFAULT_CAS) if cas else []
+        self._add_cas(positions, channels_of)
+        self._probe = positions[-1] if positions else "layer4_1"
+        self.arch_kwargs = {"num_classes": num_classes, "width": width, "cas": cas,
+                            "cas_positions": positions or None}

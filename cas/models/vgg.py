@@ -1,0 +1,33 @@
+"""VGG-16 with batch norm for CIFAR, with optional CAS modules on the last stage's convolutions."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import CASNet
+
+_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+class VGG16(CASNet):
+    arch = "vgg16"
+    DEFAULT_CAS = ("conv5_1", "conv5_2", "conv5_3")
+
+    def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True, cas_positions=None):
+        super().__init__(num_classes)
+        channels_of = {}
+        cin = 3
+        for s, (base, n) in enumerate(_STAGES, start=1):
+            cout = base * width // 64
+            for i in range(1, n + 1):
+                name = f"conv{s}_{i}"
+                self.units[name] = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+                channels_of[name] = cout
+                cin = cout
+            self.units[f"pool{s}"] = nn.MaxPool2d(2)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin, num_classes))
+        positions = list(cas_positions or self.DEFAULT_CAS) if cas else []
+        self._add_cas(positions, channels_of)
+        self._probe = positions[-1] if positions else "conv5_3"
+        self.arch_kwargs = {"num_classes": num_classes, "width": width, "cas": cas,
+                            "cas_positions": positions or None}

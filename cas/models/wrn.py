@@ -1,0 +1,59 @@
+"""WideResNet (pre-activation) for CIFAR; WRN-34-10 by default, with optional CAS modules."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CASNet
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x):
+        o = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(o)
+        o = self.conv1(o)
+        o = self.conv2(F.relu(self.bn2(o)))
+        return o + shortcut
+
+
+class WideResNet(CASNet):
+    """WRN-depth-widen. CAS (default) on the last unit of the third stage and after the final
+    BN-ReLU, as in the paper."""
+
+    arch = "wrn34_10"
+
+    def __init__(self, num_classes: int = 10, depth: int = 34, widen_factor: int = 10, cas: bool = True,
+                 cas_positions=None):
+        super().__init__(num_classes)
+        if (depth - 4) % 6:
+            raise ValueError("WideResNet depth must be 6n + 4")
+        n = (depth - 4) // 6
+        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        channels_of = {}
+        self.units["stem"] = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        channels_of["stem"] = widths[0]
+        cin = widths[0]
+        for s in range(3):
+            for i in range(n):
+                name = f"block{s + 1}_{i}"
+                self.units[name] = PreActBlock(cin, widths[s + 1], (1 if s == 0 else 2) if i == 0 else 1)
+                channels_of[name] = cin = widths[s + 1]
+        self.units["final"] = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True))
+        channels_of["final"] = cin
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        default = (f"block3_{n - 1}", "final")
+        positions = list(cas_positions or default) if cas else []
+        self._add_cas(positions, channels_of)
+        self._probe = positions[-1] if positions else "final"
+        self.arch_kwargs = {"num_classes": num_classes, "depth": depth, "widen_factor": widen_factor,
+                            "cas": cas, "cas_positions": positions or None}
