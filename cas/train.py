@@ -1,0 +1,377 @@
+"""The trainer: ``python -m cas.train --method at --cas --epochs 40 --out runs/at-cas``.
+
+One loop for every method (they differ only in the loss, see :mod:`cas.losses`). Training data sit on
+the device as uint8 and are augmented there. Every epoch appends a JSON line to ``<out>/log.jsonl``
+and atomically rewrites ``<out>/state.pt`` (everything needed to resume: ``--resume``); the epoch with
+the best held-out robust accuracy is kept as ``<out>/best.safetensors`` with its model card.
+A run stops cleanly, keeping its last finished epoch, when ``<out>/STOP`` appears.
+Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import data as cdata
+from .attacks import pgd, soft_mask_pgd
+from .checkpoint import atomic_write, make_card, save_checkpoint
+from .losses import METHODS, LossConfig, perturb, training_loss
+from .models import create_model
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run (the command line is built from these fields)."""
+
+    method: str = "at"  # std | at | trades | mart
+    cas: bool = True  # add CAS modules (at the architecture's default positions)
+    arch: str = "resnet18"  # resnet18 | vgg16 | wrn34_10
+    width: int = 64  # ResNet-18 / VGG-16 first-stage width (64 = the paper's model)
+    epochs: int = 40
+    batch_size: int = 512
+    lr: float = 0.2  # peak learning rate (onecycle) or initial one (multistep, constant)
+    schedule: str = "onecycle"  # onecycle | multistep | constant
+    warmup: float = 0.25  # onecycle: fraction of the run spent rising to the peak
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    epsilon: float = 8.0  # Linf budget, in /255
+    step_size: float = 2.0  # PGD step, in /255
+    steps: int = 10  # PGD steps for training examples
+    beta: float | None = None  # TRADES / MART trade-off (default 6)
+    cas_beta: float = 2.0  # weight of the auxiliary CAS losses
+    train_subset: int = 0  # train on this many images (0: all 50,000)
+    eval_subset: int = 1000  # held-out test images for the per-epoch check
+    eval_steps: int = 10  # PGD steps of the per-epoch robust check
+    eval_batch_size: int = 1000
+    seed: int = 0
+    data: str | None = None  # CIFAR-10 location (default: $CAS_DATA or the usual places)
+    download: bool = False  # fetch CIFAR-10 through torchvision first
+    out: str = "runs/run"
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast (CUDA only)
+    channels_last: bool = True  # (CUDA only)
+    compile: bool = False  # torch.compile the model (CUDA only)
+    resume: bool = False
+    description: str = ""
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.method in METHODS, f"method must be one of {METHODS}"),
+            (self.schedule in ("onecycle", "multistep", "constant"), "schedule: onecycle, multistep or constant"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 <= self.epsilon <= 255, "epsilon is in /255 and must lie in [0, 255]"),
+            (self.step_size > 0 and self.steps >= 1, "need step_size > 0 and steps >= 1"),
+            (self.train_subset >= 0 and self.eval_subset >= 0, "subset sizes must be >= 0"),
+            (0 <= self.warmup < 1, "warmup is a fraction in [0, 1)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        return self
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return LossConfig(self.method, self.beta, self.cas_beta, self.epsilon / 255, self.step_size / 255,
+                          self.steps)
+
+    def model_kwargs(self) -> dict:
+        kw = {"cas": self.cas}
+        if self.arch in ("resnet18", "vgg16"):
+            kw["width"] = self.width
+        return kw
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` of ``total``."""
+    t = step / max(total, 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "multistep":  # /10 at 75% and 90% of the run, as the authors did
+        return 0.01 if t >= 0.9 else 0.1 if t >= 0.75 else 1.0
+    if t < cfg.warmup:  # onecycle: linear up, then cosine down to zero
+        return t / cfg.warmup
+    return 0.5 * (1 + math.cos(math.pi * (t - cfg.warmup) / (1 - cfg.warmup)))
+
+
+def _setup_distributed():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rank, (dist.get_world_size() if dist.is_initialized() else 1)
+
+
+def _device(cfg: TrainConfig, rank: int) -> torch.device:
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(cfg.device)
+
+
+def heldout(n: int, path=None):
+    """The fixed held-out subset: the first ``n`` test images of a permutation seeded with 0, so every
+    run (and the evaluator's ``--heldout``) sees the same images, all classes mixed."""
+    x, y = cdata.load("test", path)
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    return x[idx], y[idx]
+
+
+@torch.no_grad()
+def _accuracy(model, x, y) -> float:
+    return float((model(x).argmax(1) == y).float().mean()) * 100
+
+
+def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
+    """Clean and robust accuracy (percent) on the held-out subset; robust uses soft-mask PGD for CAS
+    models (plain PGD over-reports them) and plain PGD otherwise."""
+    clean = correct = 0
+    attack = soft_mask_pgd if model.has_cas else pgd
+    for i in range(0, x_u8.shape[0], cfg.eval_batch_size):
+        xb = cdata.to_float(x_u8[i:i + cfg.eval_batch_size].to(device))
+        yb = y[i:i + cfg.eval_batch_size].to(device)
+        with _autocast(cfg, device):
+            clean += (_accuracy(model, xb, yb) * len(yb))
+            xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps,
+                        step_size=max(cfg.epsilon / 255 / 4, 2.5 * cfg.epsilon / 255 / cfg.eval_steps), seed=i)
+            correct += (_accuracy(model, xa, yb) * len(yb))
+    n = max(x_u8.shape[0], 1)
+    name = ("soft_mask_pgd" if model.has_cas else "pgd") + str(cfg.eval_steps)
+    return {"heldout_clean": round(clean / n, 2), "heldout_robust": round(correct / n, 2), "robust_attack": name}
+
+
+def _autocast(cfg, device):
+    enabled = cfg.amp and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train(cfg: TrainConfig, on_epoch=None) -> Path:
+    """Run (or resume) training; returns the path of the best checkpoint. ``on_epoch(record)`` is
+    called with each epoch's log record."""
+    cfg.validate()
+    rank, world = _setup_distributed()
+    device = _device(cfg, rank)
+    out = Path(cfg.out)
+    main_proc = rank == 0
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "STOP").unlink(missing_ok=True)
+
+    x_train, y_train = cdata.load("train", cfg.data, download=cfg.download)
+    if cfg.train_subset:
+        keep = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+        keep = keep[:cfg.train_subset]
+        x_train, y_train = x_train[keep], y_train[keep]
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    x_held, y_held = heldout(cfg.eval_subset, cfg.data) if cfg.eval_subset else (None, None)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, **cfg.model_kwargs()).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    per_rank = x_train.shape[0] // world
+    steps_per_epoch = max(per_rank // cfg.batch_size, 1)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    start_epoch, best, history = 0, -1.0, []
+    state_file = out / "state.pt"
+    if cfg.resume and state_file.exists():
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        saved = state["config"]
+        for key in ("method", "cas", "arch", "width", "batch_size", "seed", "train_subset"):
+            if saved.get(key) != getattr(cfg, key):
+                raise ValueError(f"--resume: {key} differs from the interrupted run "
+                                 f"({saved.get(key)!r} there, {getattr(cfg, key)!r} now)")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, best = state["epoch"], state["best"]
+        history = _read_log(out / "log.jsonl")[:start_epoch]
+        if main_proc:  # drop log lines of a partly finished epoch
+            atomic_write(out / "log.jsonl", lambda t: Path(t).write_text(
+                "".join(json.dumps(r) + "\n" for r in history)))
+    elif main_proc:
+        (out / "log.jsonl").unlink(missing_ok=True)
+        (out / "best.safetensors").unlink(missing_ok=True)
+    if main_proc:
+        atomic_write(out / "config.json", lambda t: Path(t).write_text(json.dumps(asdict(cfg), indent=2)))
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile and device.type == "cuda":
+        net = torch.compile(net)
+    lcfg = cfg.loss_config
+    command = "python -m cas.train " + " ".join(shlex.quote(a) for a in _cli_args(cfg))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        gen_cpu = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        gen_dev = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch + 7)
+        perm = torch.randperm(x_train.shape[0], generator=gen_cpu)[rank::world][:steps_per_epoch * cfg.batch_size]
+        perm = perm.to(device)
+        sums = torch.zeros(3, device=device)  # loss sum, correct, count
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and main_proc), file=sys.stderr)
+        stopped = False
+        for it in bar:
+            idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            xb, yb = cdata.augment(x_train[idx], gen_dev), y_train[idx]
+            if device.type == "cuda" and cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            model.eval()  # training examples are crafted in eval mode, as the authors did
+            with _autocast(cfg, device):
+                x_adv = perturb(model, xb, yb, lcfg, generator=gen_dev)
+            model.train()
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(cfg, epoch * steps_per_epoch + it, total_steps)
+            with _autocast(cfg, device):
+                loss, logits = training_loss(net, xb, yb, x_adv, lcfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach().float() * len(yb), (logits.argmax(1) == yb).sum().float(),
+                                 torch.tensor(float(len(yb)), device=device)])
+            if main_proc and it % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if (out / "STOP").exists():
+                stopped = True
+                break
+        if world > 1:
+            dist.all_reduce(sums)
+            flag = torch.tensor(float(stopped), device=device)
+            dist.all_reduce(flag)
+            stopped = bool(flag.item())
+        if stopped:
+            if main_proc:
+                _append(out / "log.jsonl", {"event": "stopped", "epoch": epoch + 1, "completed_epochs": epoch})
+            break
+        model.eval()
+        # train_acc: on the examples trained on, with training-mode masks (for CAS: the label's row,
+        # so it reads higher than any test-time accuracy)
+        record = {"epoch": epoch + 1, "lr": round(opt.param_groups[0]["lr"], 6),
+                  "loss": round(float(sums[0] / sums[2]), 4), "train_acc": round(float(sums[1] / sums[2] * 100), 2)}
+        if main_proc and x_held is not None:
+            record.update(check_heldout(model, x_held, y_held, cfg, device))
+        seconds = time.time() - t0
+        record.update(seconds=round(seconds, 2), images_per_s=round(float(sums[2]) / seconds, 1))
+        if main_proc:
+            score = record.get("heldout_robust" if lcfg.adversarial else "heldout_clean", -record["loss"])
+            improved = score > best
+            if improved:
+                best = score
+                card = make_card(model, method=cfg.method, epsilon=cfg.epsilon, epochs=cfg.epochs,
+                                 best_epoch=epoch + 1, data=str(cfg.data or "CIFAR-10"),
+                                 command=command, train_config=asdict(cfg), description=cfg.description,
+                                 heldout={k: record[k] for k in record if k.startswith(("heldout", "robust"))})
+                save_checkpoint(out / "best.safetensors", model, card)
+            record["best_epoch"] = epoch + 1 if improved else (history[-1]["best_epoch"] if history else epoch + 1)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                     "best": best, "config": asdict(cfg)}
+            atomic_write(state_file, lambda t: torch.save(state, t))
+            history.append(record)
+            _append(out / "log.jsonl", record)
+            if on_epoch:
+                on_epoch(record)
+            if cfg.progress:
+                print(json.dumps(record), file=sys.stderr, flush=True)
+        if world > 1:
+            dist.barrier()
+    if main_proc and not (out / "STOP").exists():
+        _append(out / "log.jsonl", {"event": "finished", "epochs": cfg.epochs})
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return out / "best.safetensors"
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_log(path: Path) -> list[dict]:
+    """Epoch records of a run's log (event lines and a torn last line are skipped)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "epoch" in r and "event" not in r:
+            out.append(r)
+    return out
+
+
+read_log = _read_log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m cas.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            if "float | None" in str(f.type):
+                typ = float
+            ap.add_argument(flag, type=typ, default=f.default)
+    return ap
+
+
+def _cli_args(cfg: TrainConfig) -> list[str]:
+    """The command-line arguments that reproduce ``cfg`` (defaults left out)."""
+    args = []
+    for f in fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if f.name in ("resume", "progress", "device") or v == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + f.name.replace("_", "-"))
+        else:
+            args += [flag, str(v)]
+    return args
+
+
+def main(argv=None):
+    cfg = TrainConfig(**vars(build_parser().parse_args(argv)))
+    try:
+        best = train(cfg)
+    except (ValueError, cdata.DataNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}")
+
+
+if __name__ == "__main__":
+    main()
