@@ -1,0 +1,1 @@
+"""The CAS Lab Streamlit app (``streamlit run app/main.py``)."""

@@ -1,0 +1,161 @@
+"""Images in and out: CIFAR-10 test images, uploaded or camera photos, and the conversions the pages need.
+
+Inside the app an image is a uint8 array (3, 32, 32) (CIFAR-10's layout), or a float tensor in [0, 1]
+for the model. Uploaded photos of any size are centre-cropped to a square and resized to 32x32.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cas import data as cas_data
+
+MAX_PIXELS = 40_000_000  # ~ a 7,700 x 5,200 photo; larger uploads are refused before decoding
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+PREVIEW_SIZE = 192
+
+
+class ImageInputError(ValueError):
+    """An uploaded image could not be used; the message says why."""
+
+
+# -- CIFAR-10 ------------------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading the CIFAR-10 test images…", max_entries=2)
+def _cifar_test_from(source: str):
+    x, y = cas_data.load("test", source)
+    return x.numpy(), y.numpy()
+
+
+def cifar_test() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of the CIFAR-10 test split, loaded once per
+    process. Raises ``cas.data.DataNotFoundError`` (with instructions) when no copy is found."""
+    source = cas_data.find_source()
+    return _cifar_test_from(str(source))
+
+
+def download_cifar() -> None:
+    """Fetch CIFAR-10 through torchvision into the repository's ``data/`` folder (needs internet)."""
+    cas_data.load("test", None, download=True)
+    _cifar_test_from.clear()
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An uploaded photo made ready for the model: ``x`` uint8 (3, 32, 32), ``crop`` the square part
+    that was used (an RGB preview at most PREVIEW_SIZE pixels wide) and the photo's original size."""
+
+    x: np.ndarray
+    crop: Image.Image
+    original_size: tuple[int, int]
+
+
+def prepare_upload(data: bytes, name: str = "image") -> PreparedImage:
+    """Decode an uploaded image, centre-crop it to a square and resize it to 32x32.
+
+    Raises :class:`ImageInputError` with a readable message for empty, broken, non-image or huge files
+    (more than MAX_PIXELS pixels, checked before the pixels are decoded)."""
+    if not data:
+        raise ImageInputError(f"{name} is empty.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageInputError(f"{name} is {len(data) / 1e6:.0f} MB; images up to "
+                              f"{MAX_UPLOAD_BYTES // 1024 ** 2} MB are accepted.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise ImageInputError(f"{name} is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); "
+                                      f"images up to {MAX_PIXELS / 1e6:.0f} megapixels are accepted. "
+                                      "Please resize it first.")
+            im = ImageOps.exif_transpose(im)  # photos from phones are often stored rotated
+            im = im.convert("RGBA") if im.mode in ("P", "LA", "RGBA") else im
+            if im.mode == "RGBA":  # transparent parts become white, not black
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            im = im.convert("RGB")
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageInputError(f"{name} is too large to open safely (a 'decompression bomb'). "
+                              "Please use a smaller image.") from None
+    except UnidentifiedImageError:
+        raise ImageInputError(f"{name} is not an image I can read. Use a PNG, JPEG, WebP, GIF or BMP "
+                              "file.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageInputError(f"{name} could not be decoded ({e}); the file may be truncated or "
+                              "corrupted.") from None
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    square = im.crop((left, top, left + side, top + side))
+    small = square.resize((32, 32), Image.LANCZOS)
+    preview = square if side <= PREVIEW_SIZE else square.resize((PREVIEW_SIZE, PREVIEW_SIZE), Image.LANCZOS)
+    x = np.asarray(small, dtype=np.uint8).transpose(2, 0, 1).copy()
+    return PreparedImage(x, preview, (w, h))
+
+
+# -- conversions -----------------------------------------------------------------------------------
+
+def to_tensor(x_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (3, 32, 32) -> float tensor (1, 3, 32, 32) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(255).unsqueeze(0)
+
+
+def digest(x: np.ndarray) -> str:
+    """A short content hash of an image array (keys cached results)."""
+    return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+def to_hwc_uint8(x: np.ndarray) -> np.ndarray:
+    """(3, H, W) float in [0, 1] or uint8 -> (H, W, 3) uint8 for display or PNG."""
+    if x.dtype != np.uint8:
+        x = np.clip(np.round(np.asarray(x, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(1, 2, 0))
+
+
+def upscale(x: np.ndarray, size: int = 192) -> np.ndarray:
+    """Enlarge an image by pixel repetition (nearest neighbour), so 32x32 pixels stay crisp on a
+    projector. Accepts (3, H, W) or (H, W, 3); returns (size, size, 3) uint8."""
+    img = to_hwc_uint8(x) if x.shape[0] == 3 else x
+    factor = max(1, size // img.shape[0])
+    return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+
+
+def perturbation_image(delta: np.ndarray) -> tuple[np.ndarray, float]:
+    """Make a tiny perturbation (3, H, W) visible: mid-grey is zero, scaled so the largest change is
+    full brightness. Returns the (3, H, W) float image in [0, 1] and the amplification factor."""
+    m = float(np.abs(delta).max())
+    if m <= 0:
+        return np.full_like(delta, 0.5, dtype=np.float32), 1.0
+    return (0.5 + 0.5 * delta / m).astype(np.float32), 0.5 / m
+
+
+def png_bytes(x: np.ndarray) -> bytes:
+    """PNG file of an image (3, H, W), float in [0, 1] or uint8 (floats are rounded to 8 bits)."""
+    buf = io.BytesIO()
+    Image.fromarray(to_hwc_uint8(x)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def npy_bytes(x: np.ndarray) -> bytes:
+    """``.npy`` file holding the exact array (no rounding), for ``np.load``."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(x), allow_pickle=False)
+    return buf.getvalue()
+
+
+def repo_data_dir() -> Path:
+    """Where :func:`download_cifar` puts CIFAR-10."""
+    return Path(__file__).resolve().parents[2] / "data"

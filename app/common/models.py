@@ -1,0 +1,118 @@
+"""Which models a user can pick, what their cards say, and loading them once per process.
+
+Models are cached with ``st.cache_resource`` and shared by every session and thread of the server, so
+nothing here (or anywhere in the app) may change them: no ``.train()``/``.eval()``, no hooks, no
+attributes. ``cas.load_checkpoint`` already returns them in eval mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+import cas
+
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "cas-lab-uploads"
+
+NO_MODELS_MESSAGE = (
+    "**No bundled models are installed in this copy of CAS Lab** (the `pretrained/` folder has no "
+    "checkpoints yet). To get a model:\n"
+    "1. train one on the **Train** page — it appears in this list once its first epoch is saved; or\n"
+    "2. load a CAS Lab checkpoint (`.safetensors` file with a model card): upload it, or give its path "
+    "on this machine, with the choices below."
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A ready model and what the app shows about it. ``key`` identifies the exact weights (used to key
+    cached results); ``name`` is what the URL holds (None for an uploaded file)."""
+
+    key: str
+    name: str | None
+    label: str
+    model: object
+    card: dict
+
+
+def list_available() -> list[dict]:
+    """``cas.available_models()``; an unreadable ``index.json`` is reported and treated as empty."""
+    try:
+        return cas.available_models()
+    except cas.CheckpointError as e:
+        st.error(str(e))
+        return []
+
+
+def _percent(v) -> str:
+    return f"{v:.0f}%" if isinstance(v, (int, float)) else "?"
+
+
+def card_line(card: dict, description: str = "") -> str:
+    """One line about a model: training method, CAS or not, architecture, clean/robust accuracy."""
+    method = str(card.get("method", "?")).upper()
+    kind = "with CAS" if card.get("cas") else "no CAS"
+    arch = card.get("arch", "?")
+    width = (card.get("arch_kwargs") or {}).get("width")
+    arch_text = f"{arch}" + (f" (width {width})" if width else "")
+    parts = [f"{method} training, {kind}, {arch_text}"]
+    acc = card.get("accuracy") or {}
+    if acc:
+        clean = acc.get("clean", acc.get("natural"))
+        robust = {k: v for k, v in acc.items() if k not in ("clean", "natural") and isinstance(v, (int, float))}
+        text = f"clean {_percent(clean)}" if clean is not None else ""
+        if robust:
+            text += ("; " if text else "") + ", ".join(f"{k} {_percent(v)}" for k, v in robust.items())
+        if text:
+            parts.append("accuracy: " + text)
+    else:
+        held = card.get("heldout") or {}
+        if isinstance(held.get("heldout_clean"), (int, float)):
+            parts.append(f"held-out clean accuracy {_percent(held['heldout_clean'])}")
+    line = " · ".join(parts)
+    return f"{line} — {description}" if description else line
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
+def _load_path(path: str, mtime_ns: int):
+    """Load a checkpoint once per (path, modification time) for the whole server."""
+    return cas.load_checkpoint(path, device="cpu")
+
+
+def load_from_path(path: str | Path, name: str | None = None, label: str | None = None) -> LoadedModel:
+    """A model from a checkpoint path (cached). Raises ``cas.CheckpointError`` with a clear message."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise cas.CheckpointError(f"checkpoint not found: {p}")
+    if p.is_dir():
+        raise cas.CheckpointError(f"{p} is a folder, not a checkpoint file")
+    mtime = p.stat().st_mtime_ns
+    model, card = _load_path(str(p.resolve()), mtime)
+    return LoadedModel(f"{p.resolve()}@{mtime}", name, label or name or p.name, model, card)
+
+
+@st.cache_resource(show_spinner="Loading the uploaded checkpoint…", max_entries=4)
+def _load_upload(digest: str, _data: bytes):
+    """Load uploaded checkpoint bytes once per content digest (written to a private temporary file,
+    because safetensors reads from files)."""
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    f = UPLOAD_DIR / f"{digest}.safetensors"
+    if not f.exists():
+        cas.checkpoint.atomic_write(f, lambda tmp: Path(tmp).write_bytes(_data))
+    return cas.load_checkpoint(f, device="cpu")
+
+
+def load_from_upload(filename: str, data: bytes) -> LoadedModel:
+    """A model from uploaded checkpoint bytes (cached by content). Raises ``cas.CheckpointError``."""
+    if not data:
+        raise cas.CheckpointError(f"{filename} is empty")
+    digest = hashlib.sha256(data).hexdigest()[:24]
+    try:
+        model, card = _load_upload(digest, data)
+    except cas.CheckpointError as e:
+        # the messages name the temporary file: name the user's file instead
+        raise cas.CheckpointError(str(e).replace(f"{digest}.safetensors", filename)) from None
+    return LoadedModel(f"upload:{digest}", None, filename, model, card)

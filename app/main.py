@@ -1,0 +1,56 @@
+"""CAS Lab, the Streamlit app: ``streamlit run app/main.py``.
+
+This entry script only sets up the page and the navigation; each page lives in ``app/pages/``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# PyTorch's CPU threads wait for work by spinning. When the CPU is busy with anything else (a training
+# run, another session), spinning threads slow a single-image attack down many times over; passive
+# waiting costs nothing noticeable. This must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # so that `import cas` and `import app.common` work from any directory
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app.common.url_state import keep_widget_state  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "pages"
+# (file, title, icon, url path); the first page is the default one.
+PAGE_LIST = [
+    ("attack_lab.py", "Attack Lab", "🎯", "attack_lab"),
+    ("compare.py", "Compare", "⚖️", "compare"),
+    ("channel_stats.py", "Channel statistics", "📊", "channel_stats"),
+    ("robustness.py", "Robustness", "🛡️", "robustness"),
+    ("train.py", "Train", "🏋️", "train"),
+]
+
+
+def _coming_soon(title: str):
+    """A stand-in page for a page file that is not there yet."""
+    def page() -> None:
+        st.title(title)
+        st.info("Coming soon.")
+    page.__name__ = title.lower().replace(" ", "_")
+    return page
+
+
+st.set_page_config(page_title="CAS Lab", page_icon="🧠", layout="wide")
+keep_widget_state(("lab_", "cmp_"))  # settings survive a visit to another page
+
+pages = []
+for i, (file, title, icon, url) in enumerate(PAGE_LIST):
+    target = PAGES / file
+    source = target if target.exists() else _coming_soon(title)
+    pages.append(st.Page(source, title=title, icon=icon, url_path=url, default=i == 0))
+
+with st.sidebar:
+    st.markdown("### 🧠 CAS Lab\nAdversarial examples and Channel-wise Activation Suppressing on CIFAR-10.")
+
+st.navigation(pages).run()

@@ -1,0 +1,5 @@
+"""Robustness (placeholder until the page is written)."""
+import streamlit as st
+
+st.title("Robustness")
+st.info("Coming soon.")
