@@ -9,14 +9,14 @@ Public API (everything the app and the command-line tools use):
 * analysis: :mod:`cas.analysis`; losses: :mod:`cas.losses`; data: :mod:`cas.data`.
 """
 from .attacks import ATTACKS, AttackSettings, run_attack
-from .checkpoint import (CheckpointError, load_checkpoint, load_model, make_card, pretrained_index,
+from .checkpoint import (CheckpointError, available_models, load_checkpoint, load_model, make_card, pretrained_index,
                          read_card, save_checkpoint)
 from .layers import CASModule
 from .models import create_model, list_models
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-__all__ = ["ATTACKS", "AttackSettings", "CASModule", "CLASSES", "CheckpointError", "create_model",
+__all__ = ["ATTACKS", "available_models", "AttackSettings", "CASModule", "CLASSES", "CheckpointError", "create_model",
            "list_models", "load_checkpoint", "load_model", "make_card", "pretrained_index", "read_card",
            "run_attack", "save_checkpoint"]
 __version__ = "0.1.0"

@@ -21,7 +21,18 @@ from .models import CASNet, create_model, list_models
 
 CARD_KEY = "cas_lab_card"
 FORMAT_VERSION = 1
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def pretrained_dir() -> Path:
+    """The bundled checkpoints' folder (``CAS_PRETRAINED_DIR`` overrides ``pretrained/``)."""
+    return Path(os.environ.get("CAS_PRETRAINED_DIR", _REPO / "pretrained"))
+
+
+def runs_dir() -> Path:
+    """Where training runs go (``CAS_RUNS_DIR`` overrides ``runs/``); each run's best checkpoint is
+    ``<runs>/<name>/best.safetensors``."""
+    return Path(os.environ.get("CAS_RUNS_DIR", _REPO / "runs"))
 MAX_CHECKPOINT_BYTES = 2 * 1024**3  # far above any CIFAR model; refuses accidental huge files
 
 
@@ -158,7 +169,7 @@ def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
 
 def pretrained_index(directory=None) -> list[dict]:
     """Entries of ``pretrained/index.json`` (empty if there is none)."""
-    directory = Path(directory or PRETRAINED_DIR)
+    directory = Path(directory or pretrained_dir())
     f = directory / "index.json"
     if not f.exists():
         return []
@@ -174,14 +185,43 @@ def resolve(name_or_path, directory=None) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".safetensors" or p.exists():
         return p
-    directory = Path(directory or PRETRAINED_DIR)
+    directory = Path(directory or pretrained_dir())
     for entry in pretrained_index(directory):
         if entry.get("name") == str(name_or_path):
             return directory / entry["file"]
+    run = runs_dir() / str(name_or_path) / "best.safetensors"
+    if run.exists():
+        return run
     names = [e.get("name") for e in pretrained_index(directory)]
     raise CheckpointError(f"no bundled model or file named {name_or_path!r}"
                           + (f"; bundled models: {', '.join(names)}" if names else
                              "; no bundled models are installed (see pretrained/README.md)"))
+
+
+def available_models() -> list[dict]:
+    """Every model a user can pick: the bundled ones (index order), then finished training runs.
+    Each entry: ``name``, ``path``, ``source`` ('bundled' or 'run'), ``description`` and ``card``.
+    Unreadable run checkpoints are skipped (a run still writing its first epoch has none yet)."""
+    out = []
+    d = pretrained_dir()
+    for e in pretrained_index(d):
+        path = d / e["file"]
+        try:
+            card = read_card(path)
+        except CheckpointError:
+            continue
+        out.append({"name": e["name"], "path": path, "source": "bundled",
+                    "description": e.get("description", ""), "card": card})
+    r = runs_dir()
+    if r.is_dir():
+        for f in sorted(r.glob("*/best.safetensors")):
+            try:
+                card = read_card(f)
+            except CheckpointError:
+                continue
+            out.append({"name": f.parent.name, "path": f, "source": "run",
+                        "description": card.get("description", ""), "card": card})
+    return out
 
 
 def load_model(name_or_path, device="cpu", directory=None) -> CASNet:

@@ -107,6 +107,15 @@ def load(split: str = "test", path=None, download: bool = False) -> tuple[torch.
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def test_subset(n: int | None = None, path=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images of a fixed shuffle (seed 0): every class mixed in, whatever order
+    the source stores them in (image-folder copies are sorted by class). The same images everywhere:
+    the trainer's held-out check, the evaluator, the app."""
+    x, y = load("test", path)
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    return x[idx], y[idx]
+
+
 def fetch_torchvision(root: Path) -> None:
     """Download CIFAR-10 through torchvision (needs internet)."""
     from torchvision.datasets import CIFAR10

@@ -127,14 +127,6 @@ def _device(cfg: TrainConfig, rank: int) -> torch.device:
     return torch.device(cfg.device)
 
 
-def heldout(n: int, path=None):
-    """The fixed held-out subset: the first ``n`` test images of a permutation seeded with 0, so every
-    run (and the evaluator's ``--heldout``) sees the same images, all classes mixed."""
-    x, y = cdata.load("test", path)
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
-    return x[idx], y[idx]
-
-
 @torch.no_grad()
 def _accuracy(model, x, y) -> float:
     return float((model(x).argmax(1) == y).float().mean()) * 100
@@ -181,7 +173,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         keep = keep[:cfg.train_subset]
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, y_train = x_train.to(device), y_train.to(device)
-    x_held, y_held = heldout(cfg.eval_subset, cfg.data) if cfg.eval_subset else (None, None)
+    x_held, y_held = cdata.test_subset(cfg.eval_subset, cfg.data) if cfg.eval_subset else (None, None)
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, **cfg.model_kwargs()).to(device)

@@ -1,0 +1,192 @@
+"""Robustness evaluation: ``python -m cas.evaluate MODEL [--n 10000] [--write-card]``.
+
+Accuracy on clean images and under each attack (Linf, eps 8/255 by default), plus the per-image worst
+case (an image counts as robust only if it is classified correctly clean and under every attack run).
+Sanity flags are printed loudly: robust accuracy above clean accuracy, a weaker attack beating a
+stronger one, and a large gap between plain and CAS-adaptive PGD (gradient masking).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from .attacks import ATTACKS, AttackSettings, run_attack
+
+# attack name -> (card key, settings overrides). Card keys are the ones pretrained/index.json uses.
+PRESETS: dict[str, tuple[str, dict]] = {
+    "fgsm": ("fgsm", {}),
+    "pgd": ("pgd20", {"steps": 20, "step_size": 2 / 255}),
+    "cw": ("cw", {"steps": 30, "step_size": 2 / 255}),
+    "joint_pgd": ("joint_pgd20", {"steps": 20, "step_size": 2 / 255}),
+    "soft_mask_pgd": ("soft_mask_pgd20", {"steps": 20, "step_size": 2 / 255}),
+    "pgd_l2": ("pgd20_l2", {"steps": 20, "eps": 0.5, "step_size": 0.5 / 8}),
+    "square": ("square", {"queries": 5000}),
+    "autoattack": ("autoattack", {}),
+}
+DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "autoattack")
+# (weaker, stronger): the stronger attack should not leave more images correct than the weaker one
+STRENGTH_ORDER = (("fgsm", "pgd"), ("pgd", "autoattack"), ("pgd", "joint_pgd"), ("pgd", "soft_mask_pgd"))
+MASKING_GAP = 5.0  # points between plain and adaptive PGD that count as gradient masking
+
+
+@dataclass
+class EvalResult:
+    n: int
+    accuracy: dict[str, float] = field(default_factory=dict)  # card key -> percent
+    counts: dict[str, int] = field(default_factory=dict)  # card key -> images evaluated
+    seconds: dict[str, float] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+
+def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS, eps: float = 8 / 255,
+             batch_size: int = 500, device=None, limits: dict[str, int] | None = None, seed: int = 0,
+             progress=None) -> EvalResult:
+    """Accuracy (percent) clean and under each attack on uint8 images ``x_u8`` (N, 3, 32, 32).
+
+    ``limits`` caps the number of images for some attacks (e.g. ``{"autoattack": 1000}``: the first
+    1,000). The worst case is taken over the images every attack saw. Attacks meant for CAS models are
+    skipped for models without CAS. ``progress(label, done, total)`` reports batches."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    limits = limits or {}
+    attacks = [a for a in attacks if not (ATTACKS[a].cas_only and not getattr(model, "has_cas", False))]
+    n = x_u8.shape[0]
+    correct = {"clean": torch.zeros(n, dtype=torch.bool)}
+    seen = {"clean": n}
+    res = EvalResult(n=n)
+    for name in ["clean", *attacks]:
+        key = "clean" if name == "clean" else PRESETS[name][0]
+        m = min(n, limits.get(name, n))
+        seen[key] = m
+        correct.setdefault(key, torch.zeros(n, dtype=torch.bool))
+        t0 = time.time()
+        for i in range(0, m, batch_size):
+            xb = x_u8[i:min(i + batch_size, m)].to(device).float() / 255
+            yb = y[i:min(i + batch_size, m)].to(device)
+            if name != "clean":
+                s = AttackSettings(eps=eps, seed=seed + i, **PRESETS[name][1])
+                if name == "pgd_l2":
+                    s = AttackSettings(seed=seed + i, **PRESETS[name][1])
+                xb = run_attack(name, model, xb, yb, s)
+            with torch.no_grad():
+                correct[key][i:i + len(yb)] = (model(xb).argmax(1) == yb).cpu()
+            if progress:
+                progress(key, min(i + batch_size, m), m)
+        res.seconds[key] = round(time.time() - t0, 2)
+        res.accuracy[key] = round(100 * float(correct[key][:m].float().mean()), 2)
+        res.counts[key] = m
+    adaptive = [k for k in ("joint_pgd20", "soft_mask_pgd20") if k in res.accuracy]
+    if adaptive:
+        res.accuracy["adaptive_pgd20"] = min(res.accuracy[k] for k in adaptive)
+    common = min(seen.values())
+    worst = torch.ones(common, dtype=torch.bool)
+    for key in seen:
+        worst &= correct[key][:common]
+    res.accuracy["worst_case"] = round(100 * float(worst.float().mean()), 2)
+    res.counts["worst_case"] = common
+    res.flags = sanity_flags(res.accuracy, getattr(model, "has_cas", False))
+    return res
+
+
+def sanity_flags(acc: dict[str, float], has_cas: bool) -> list[str]:
+    """Plain-language warnings about numbers that cannot all be right."""
+    flags = []
+    clean = acc.get("clean")
+    for key, v in acc.items():
+        if key != "clean" and clean is not None and v > clean + 1e-9:
+            flags.append(f"{key} accuracy {v:.2f}% is ABOVE clean accuracy {clean:.2f}%: the attack is "
+                         "failing to find adversarial examples (gradient masking?)")
+    keys = {name: PRESETS[name][0] for name in PRESETS}
+    for weak, strong in STRENGTH_ORDER:
+        a, b = acc.get(keys[weak]), acc.get(keys[strong])
+        if a is not None and b is not None and b > a + 1.0:
+            flags.append(f"the stronger attack {keys[strong]} ({b:.2f}%) leaves more images correct than "
+                         f"the weaker {keys[weak]} ({a:.2f}%)")
+    if has_cas and "pgd20" in acc and "adaptive_pgd20" in acc:
+        gap = acc["pgd20"] - acc["adaptive_pgd20"]
+        if gap > MASKING_GAP:
+            flags.append(f"gradient masking: plain PGD-20 reports {acc['pgd20']:.2f}% but CAS-adaptive PGD-20 "
+                         f"{acc['adaptive_pgd20']:.2f}% ({gap:.1f} points lower). Plain PGD cannot see "
+                         "through the argmax mask; trust the adaptive number.")
+    return flags
+
+
+def markdown_table(rows: dict[str, EvalResult]) -> str:
+    keys = []
+    for r in rows.values():
+        keys += [k for k in r.accuracy if k not in keys]
+    head = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+    body = ""
+    for name, r in rows.items():
+        cells = [f"{r.accuracy[k]:.2f}" + ("" if r.counts.get(k, r.n) == r.n else f" (n={r.counts[k]})")
+                 if k in r.accuracy else "" for k in keys]
+        body += f"| {name} | " + " | ".join(cells) + " |\n"
+    return head + body
+
+
+def main(argv=None):
+    from . import data as cdata
+    from .checkpoint import CheckpointError, load_checkpoint, resolve, update_card
+
+    ap = argparse.ArgumentParser(prog="python -m cas.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
+    ap.add_argument("--n", type=int, default=10000,
+                    help="test images: the first N of a fixed shuffle of the test set (all classes mixed; "
+                         "the trainer's held-out check uses the first ones too)")
+    ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                    help=f"comma-separated, from: {', '.join(PRESETS)}")
+    ap.add_argument("--autoattack-n", type=int, default=1000, help="images for AutoAttack (first N)")
+    ap.add_argument("--square-n", type=int, default=1000, help="images for Square (first N)")
+    ap.add_argument("--eps", type=float, default=8.0, help="Linf budget in /255")
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--write-card", action="store_true", help="store the accuracies in each checkpoint's card")
+    a = ap.parse_args(argv)
+    attacks = [s.strip() for s in a.attacks.split(",") if s.strip()]
+    bad = [s for s in attacks if s not in PRESETS]
+    if bad:
+        raise SystemExit(f"error: unknown attack(s) {', '.join(bad)}; choose from {', '.join(PRESETS)}")
+    if not (0 < a.eps <= 255):
+        raise SystemExit("error: --eps is in /255 and must lie in (0, 255]")
+    try:
+        x, y = cdata.test_subset(a.n, a.data)
+    except cdata.DataNotFoundError as e:
+        raise SystemExit(f"error: {e}")
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = {}
+    for name in a.models:
+        try:
+            path = resolve(name)
+            model, card = load_checkpoint(path, device)
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}")
+        bar = tqdm(total=0, desc=name, file=sys.stderr, leave=False)
+
+        def progress(key, done, total, bar=bar):
+            bar.set_description(f"{name}: {key}")
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        res = evaluate(model, x, y, attacks, eps=a.eps / 255, batch_size=a.batch_size, device=device,
+                       limits={"autoattack": a.autoattack_n, "square": a.square_n}, progress=progress)
+        bar.close()
+        rows[name] = res
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in res.accuracy.items())
+              + f"  [{sum(res.seconds.values()):.1f} s]", file=sys.stderr)
+        for f in res.flags:
+            print(f"\n  !!! SANITY FLAG ({name}): {f}\n", file=sys.stderr)
+        if a.write_card:
+            update_card(path, accuracy=res.accuracy,
+                        evaluation={"n": res.n, "counts": res.counts, "eps": a.eps, "seconds": res.seconds,
+                                    "flags": res.flags})
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
