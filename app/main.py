@@ -24,11 +24,11 @@ from app.common.url_state import keep_widget_state  # noqa: E402
 PAGES = Path(__file__).resolve().parent / "pages"
 # (file, title, icon, url path); the first page is the default one.
 PAGE_LIST = [
-    ("attack_lab.py", "Attack Lab", "🎯", "attack_lab"),
-    ("compare.py", "Compare", "⚖️", "compare"),
-    ("channel_stats.py", "Channel statistics", "📊", "channel_stats"),
-    ("robustness.py", "Robustness", "🛡️", "robustness"),
-    ("train.py", "Train", "🏋️", "train"),
+    ("attack_lab.py", "Attack Lab", ":material/target:", "attack_lab"),
+    ("compare.py", "Compare", ":material/compare:", "compare"),
+    ("channel_stats.py", "Channel statistics", ":material/bar_chart:", "channel_stats"),
+    ("robustness.py", "Robustness", ":material/shield:", "robustness"),
+    ("train.py", "Train", ":material/model_training:", "train"),
 ]
 
 
@@ -41,7 +41,7 @@ def _coming_soon(title: str):
     return page
 
 
-st.set_page_config(page_title="CAS Lab", page_icon="🧠", layout="wide")
+st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide")
 keep_widget_state(("lab_", "cmp_"))  # settings survive a visit to another page
 
 pages = []
@@ -51,6 +51,6 @@ for i, (file, title, icon, url) in enumerate(PAGE_LIST):
     pages.append(st.Page(source, title=title, icon=icon, url_path=url, default=i == 0))
 
 with st.sidebar:
-    st.markdown("### 🧠 CAS Lab\nAdversarial examples and Channel-wise Activation Suppressing on CIFAR-10.")
+    st.markdown("### :material/neurology: CAS Lab\nAdversarial examples and Channel-wise Activation Suppressing on CIFAR-10.")
 
 st.navigation(pages).run()

@@ -17,9 +17,11 @@ FONT = dict(size=14)
 
 
 def _base_layout(fig: go.Figure, height: int) -> go.Figure:
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=50, b=10), font=FONT, bargap=0.05,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="left", x=0),
+    """Shared look: the legend in a band at the very top (above the panel titles), small margins."""
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=75, b=10), font=FONT, bargap=0.05,
+                      legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
                       hovermode="closest")
+    fig.update_annotations(font_size=14)  # panel titles
     return fig
 
 
@@ -47,8 +49,7 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
     return _base_layout(fig, height)
 
 
-def channel_figure(view, order: np.ndarray, show_adversarial: bool = True, height: int | None = None,
-                   title: str | None = None) -> go.Figure:
+def channel_figure(view, order: np.ndarray, show_adversarial: bool = True, height: int | None = None) -> go.Figure:
     """Per-channel activations at one CAS point (a :class:`app.common.lab.ModuleView`).
 
     For a CAS module: three aligned panels — the block's output before the mask, the mask itself and
@@ -59,11 +60,11 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True, heigh
     channels = np.asarray(order)
     pos = np.arange(k)
     if view.is_cas:
-        panels = [("Activation before the CAS mask", view.before),
-                  ("CAS mask (weight per channel; can be negative)", view.mask),
-                  ("Activation after the mask (= before × mask)", view.after)]
+        panels = [("Before the CAS mask", view.before),
+                  ("CAS mask (one weight per channel)", view.mask),
+                  ("After the mask (= before × mask)", view.after)]
     else:
-        panels = [("Activation (no CAS module: nothing is masked)", view.before)]
+        panels = [("Activation (no CAS: nothing masked)", view.before)]
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.09,
                         subplot_titles=[p[0] for p in panels])
     rows = [(0, "clean image", NATURAL)] + ([(1, "adversarial image", ADVERSARIAL)] if show_adversarial else [])
@@ -77,7 +78,5 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True, heigh
     fig.update_layout(barmode="group")
     fig.update_xaxes(showticklabels=False, row=1, col=1)
     fig.update_xaxes(title_text=f"channels ({k}), in the chosen order", row=len(panels), col=1)
-    if title:
-        fig.update_layout(title=dict(text=title, x=0, font=dict(size=16)))
-    return _base_layout(fig, height or (520 if view.is_cas else 260))
+    return _base_layout(fig, height or (540 if view.is_cas else 280))
 

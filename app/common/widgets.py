@@ -178,8 +178,8 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
                        format_func=lambda c: "all classes" if c == "all" else c)
     pool = np.arange(n) if cls == "all" else np.flatnonzero(y_all == cas.CLASSES.index(cls))
     c2.number_input(f"Test image number (0–{n - 1})", min_value=0, max_value=n - 1, step=1, key=idx_key)
-    c3.button("🎲 Random", key="btn_" + prefix + "random", on_click=_random_index, args=(idx_key, pool),
-              help="Pick a random test image (of the filtered class)")
+    c3.button("Random", icon=":material/casino:", key="btn_" + prefix + "random", on_click=_random_index,
+              args=(idx_key, pool), help="Pick a random test image (of the filtered class)")
     idx = int(st.session_state[idx_key])
     with where.expander(f"Browse the test images ({'all classes' if cls == 'all' else cls})"):
         page_key = prefix + "gallery_page"
@@ -241,7 +241,7 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
                              help="\n".join(f"- **{lab.attack_label(a)}**: {cas.ATTACKS[a].description}"
                                             for a in options if a != "none"))
     if getattr(model, "has_cas", False):
-        where.caption("⚠️ **Honest evaluation.** This model picks its CAS mask with an *argmax* over its own "
+        where.caption(":material/warning: **Honest evaluation.** This model picks its CAS mask with an *argmax* over its own "
                       "guess. Plain FGSM/PGD/CW gradients cannot see that choice, so they can fail even when "
                       "the model is not robust (*gradient masking*). **Soft-mask PGD** replaces the argmax "
                       "by a smooth mix for the gradient: it is the honest test.")
@@ -349,7 +349,7 @@ def verdict(result: lab.LabResult, where=st) -> None:
              else f"Real class unknown: the attack works against the clean prediction, **{c[result.label]}**.")
     clean = f"On the clean image the model says **{c[result.pred_nat]}** ({_pct(p[0, result.pred_nat])})"
     if result.label_known:
-        clean += " ✔️ correct." if result.pred_nat == result.label else " ✖️ wrong already."
+        clean += " (correct)." if result.pred_nat == result.label else " (wrong already)."
     else:
         clean += "."
     if not result.attacked:
@@ -357,16 +357,16 @@ def verdict(result: lab.LabResult, where=st) -> None:
         return
     adv = f"on the adversarial image: **{c[result.pred_adv]}** ({_pct(p[1, result.pred_adv])})."
     if result.label_known and result.pred_nat != result.label and result.choice.target is None:
-        where.warning(f"🤷 **Nothing to attack**: the model already gets the clean image wrong. {truth} {clean} "
-                      f"{adv.capitalize()} Pick another image (🎲 Random) to see an attack at work.")
+        where.warning(f"**Nothing to attack**: the model already gets the clean image wrong. {truth} {clean} "
+                      f"{adv.capitalize()} Pick another image (Random) to see an attack at work.", icon=":material/help:")
         return
     if result.success:
         goal = f" — the target “{c[result.choice.target]}” was reached" if result.choice.target is not None else ""
-        where.error(f"⚡ **The attack succeeded**{goal}. {truth} {clean} {adv.capitalize()}")
+        where.error(f"**The attack succeeded**{goal}. {truth} {clean} {adv.capitalize()}", icon=":material/bolt:")
     else:
         goal = f"could not make it say “{c[result.choice.target]}”" if result.choice.target is not None else \
             "did not change the answer"
-        where.success(f"🛡️ **The attack failed**: it {goal}. {truth} {clean} {adv.capitalize()}")
+        where.success(f"**The attack failed**: it {goal}. {truth} {clean} {adv.capitalize()}", icon=":material/shield:")
 
 
 def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
@@ -385,9 +385,10 @@ def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
         cols[1].markdown(f"L∞ = **{result.linf255:.2f}/255** · L2 = **{result.l2:.3f}** ({budget})")
 
 
-def probability_chart(result: lab.LabResult, where=st, key: str | None = None, height: int = 340) -> None:
-    """Class probabilities of the final head and of every auxiliary CAS head."""
-    aux = [(m.name, m.aux_probs) for m in result.modules if m.aux_probs is not None]
+def probability_chart(result: lab.LabResult, where=st, key: str | None = None, height: int = 340,
+                      aux_heads: bool = True) -> None:
+    """Class probabilities of the final head and (``aux_heads``) of every auxiliary CAS head."""
+    aux = [(m.name, m.aux_probs) for m in result.modules if m.aux_probs is not None and aux_heads]
     fig = figures.probability_figure(result.probs, aux, show_adversarial=result.attacked,
                                      highlight=result.label if result.label_known else None, height=height)
     where.plotly_chart(fig, key=key, config={"displayModeBar": False})

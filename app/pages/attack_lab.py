@@ -15,7 +15,7 @@ from app.common import images, lab, url_state, widgets  # noqa: E402
 
 P = "lab_"
 
-st.title("🎯 Attack Lab")
+st.title(":material/target: Attack Lab")
 st.caption("Pick a model, an image and an attack. See whether a change too small to notice fools the model, "
            "and what it does to the channels inside the network — with and without CAS "
            "(Channel-wise Activation Suppressing).")
@@ -47,7 +47,7 @@ image = widgets.image_picker(P)
 url_state.write_to_url(PARAMS + CHART_PARAMS)
 
 if loaded is None:
-    st.info("👈 Choose a model in the sidebar to run an attack.")
+    st.info("Choose a model in the sidebar to run an attack.")
     st.stop()
 if image is None or choice is None:
     st.stop()

@@ -22,7 +22,7 @@ MAX_MODELS = 4
 MODES = {"whitebox": "Attack each model itself (white-box)",
          "transfer": "Craft the attack on one model, test it on all (transfer)"}
 
-st.title("⚖️ Compare models")
+st.title(":material/compare: Compare models")
 st.caption("The same image and the same attack on several models, side by side. Does CAS change what the attack "
            "does to the channels? Does an adversarial image made for one model also fool the others?")
 
@@ -81,7 +81,7 @@ image = widgets.image_picker(P)
 url_state.write_to_url(PARAMS)
 
 if len(loaded) < 2:
-    st.info(f"👈 Choose at least two models in the sidebar (up to {MAX_MODELS}).")
+    st.info(f"Choose at least two models in the sidebar (up to {MAX_MODELS}).")
     st.stop()
 if image is None or choice is None:
     st.stop()
@@ -123,33 +123,42 @@ if mode == "transfer":
 
 @st.fragment
 def side_by_side() -> None:
-    """One column per model; rows aligned: verdict, probabilities, channels of the last block."""
+    """One column per model. Each kind of content is its own row of columns, so that rows line up
+    across models whatever the length of the text above them."""
     sort, threshold = widgets.chart_options(P)
     url_state.write_to_url(PARAMS)
-    cols = st.columns(len(results))
-    for col, (name, res) in zip(cols, results.items()):
-        m = loaded[name]
+    items = list(results.items())
+
+    def row():
+        return zip(st.columns(len(items)), items)
+
+    for col, (name, res) in row():
         with col:
             st.markdown(f"#### {name}")
-            st.caption(models.card_line(m.card))
-            if notes[name]:
-                st.caption(f"*{notes[name]}*")
+            st.caption(models.card_line(loaded[name].card) + (f" — *{notes[name]}*" if notes[name] else ""))
+    for col, (name, res) in row():
+        with col:
             widgets.verdict(res)
-            widgets.probability_chart(res, key=f"cmp_probs_{name}", height=300)
-            view = res.modules[-1]
-            fig = figures.channel_figure(view, lab.channel_order(view, sort), res.attacked, height=480,
-                                         title=f"Channels of {view.name}")
-            st.plotly_chart(fig, key=f"cmp_ch_{name}", config={"displayModeBar": False})
-            before = [lab.module_summary(v, threshold / 100) for v in view.before]
-            k = view.before.shape[1]
-            st.markdown(f"Channels switched on: **{before[0]['active']}** (clean) → **{before[1]['active']}** "
-                        f"(adversarial) of {k}  \nTotal activation: **{before[0]['total']:.2f}** → "
-                        f"**{before[1]['total']:.2f}**")
+    st.markdown("**Final prediction**")
+    for col, (name, res) in row():
+        widgets.probability_chart(res, col, key=f"cmp_probs_{name}", height=320, aux_heads=False)
+    view_names = sorted({res.modules[-1].name for _, res in items})
+    st.markdown(f"**Channels of the last block ({', '.join(view_names)})**")
+    for col, (name, res) in row():
+        view = res.modules[-1]
+        fig = figures.channel_figure(view, lab.channel_order(view, sort), res.attacked, height=520)
+        col.plotly_chart(fig, key=f"cmp_ch_{name}", config={"displayModeBar": False})
+    for col, (name, res) in row():
+        view = res.modules[-1]
+        nat, adv = (lab.module_summary(v, threshold / 100) for v in view.before)
+        k = view.before.shape[1]
+        col.markdown(f"Channels switched on: **{nat['active']}** (clean) → **{adv['active']}** (adversarial) of {k}"
+                     f"  \nTotal activation: **{nat['total']:.2f}** → **{adv['total']:.2f}**")
     st.caption("Each column is one model, given the same image. The channel charts show the last block of the "
-               "network (where CAS sits), sorted as chosen above: blue the clean image, red the adversarial one; "
-               "for CAS models the middle panel is the mask and the bottom one what passes on after it. "
-               "Compare how many channels the attack switches on in each model.")
-    table = [lab.channel_table(res, name) for name, res in results.items()]
+               "network (where CAS sits), before the mask, sorted as chosen above: blue the clean image, red the "
+               "adversarial one; for CAS models the middle panel is the mask and the bottom one what passes on "
+               "after it. Compare how many channels the attack switches on in each model.")
+    table = [lab.channel_table(res, name) for name, res in items]
     csv = pd.concat(table, ignore_index=True).to_csv(index=False)
     st.download_button("Channel values of all models (CSV)", csv, f"compare_{image.slug}_{choice.attack}.csv",
                        "text/csv", key="btn_cmp_csv", on_click="ignore")
