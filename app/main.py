@@ -51,6 +51,7 @@ for i, (file, title, icon, url) in enumerate(PAGE_LIST):
     pages.append(st.Page(source, title=title, icon=icon, url_path=url, default=i == 0))
 
 with st.sidebar:
-    st.markdown("### :material/neurology: CAS Lab\nAdversarial examples and Channel-wise Activation Suppressing on CIFAR-10.")
+    st.markdown("### :material/neurology: CAS Lab\n"
+                "Adversarial examples and Channel-wise Activation Suppressing on CIFAR-10.")
 
 st.navigation(pages).run()

@@ -51,7 +51,8 @@ def one_update(model, x: np.ndarray, label: int, choice: lab.AttackChoice) -> di
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", help="a CAS Lab checkpoint (default: ResNet-18 width 32 + CAS, random weights)")
+    ap.add_argument("--checkpoint",
+                    help="a CAS Lab checkpoint (default: ResNet-18 width 32 + CAS, random weights)")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--attack", default="pgd", choices=[a for a in lab.LAB_ATTACKS if a != "none"])
@@ -78,8 +79,8 @@ def main(argv=None) -> None:
     p90 = totals[min(len(totals) - 1, int(round(0.9 * (len(totals) - 1))))]
     parts = {k: statistics.median(r[k] for r in rows) for k in ("attack", "figures", "serialise")}
     k = model.cas[model.cas_positions[-1]].channels if model.has_cas else "-"
-    print(f"model: {model.arch} width {model.arch_kwargs.get('width')}, CAS {model.has_cas} ({k} channels at the "
-          f"last CAS point); attack: {choice.describe()}; torch threads: {torch.get_num_threads()}; "
+    print(f"model: {model.arch} width {model.arch_kwargs.get('width')}, CAS {model.has_cas} ({k} channels "
+          f"at the last CAS point); attack: {choice.describe()}; torch threads: {torch.get_num_threads()}; "
           f"{os.cpu_count()} CPUs")
     print(f"median part times (s): attack {parts['attack']:.3f}, analysis+figures {parts['figures']:.3f}, "
           f"serialisation {parts['serialise']:.3f}")

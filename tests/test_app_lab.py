@@ -126,6 +126,25 @@ def test_attack_menu_follows_the_model(models_dir):
     assert "gradient masking" not in texts(at.caption)
 
 
+def test_failed_plain_attack_on_cas_points_to_the_honest_test(models_dir, cifar_test):
+    import torch
+
+    import cas
+
+    model = cas.load_model(Path(models_dir) / "at-cas.safetensors")
+    x, y = cifar_test
+    with torch.no_grad():
+        pred = model(x[:200].float() / 255).argmax(1)
+    correct = int((pred == y[:200]).nonzero()[0, 0])  # an image the model gets right
+    at = make_app(model="at-cas", img=correct, eps=0, steps=2).run()  # eps 0: the attack cannot succeed
+    assert_clean(at)
+    assert "not proof of robustness" in texts(at.warning)
+    at.button(key="btn_lab_try_soft").click().run()
+    assert_clean(at)
+    assert at.session_state["lab_attack"] == "soft_mask_pgd"
+    assert last_result(at).choice.attack == "soft_mask_pgd"
+
+
 def test_chart_options_do_not_rerun_the_attack(models_dir):
     at = make_app(model="at-cas", steps=3).run()
     assert at.session_state["_lab_computations"] == 1
@@ -143,8 +162,8 @@ def test_state_from_query_params_on_first_load(models_dir):
     at = make_app(model="at", img=7, attack="fgsm", eps=4, seed=3, sort="mask", cls="cat").run()
     assert_clean(at)
     ss = at.session_state
-    assert (ss["lab_model"], ss["lab_idx"], ss["lab_attack"], ss["lab_eps"], ss["lab_seed"], ss["lab_sort"]) == \
-        ("at", 7, "fgsm", 4.0, 3, "mask")
+    keys = ["lab_model", "lab_idx", "lab_attack", "lab_eps", "lab_seed", "lab_sort"]
+    assert [ss[k] for k in keys] == ["at", 7, "fgsm", 4.0, 3, "mask"]
     title = next(s.value for s in at.subheader if s.value.startswith("Result"))
     assert "FGSM, ε = 4/255" in title and "#7" in title
     # the URL keeps describing the view
@@ -234,7 +253,8 @@ def test_bad_checkpoint_upload_gets_a_clear_error(monkeypatch, tmp_path, content
     monkeypatch.setenv("CAS_PRETRAINED_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
     at = make_app().run()
-    at.file_uploader(key="up_lab_ckpt").set_value(("model.safetensors", content, "application/octet-stream")).run()
+    at.file_uploader(key="up_lab_ckpt").set_value(("model.safetensors", content, "application/octet-stream"))
+    at.run()
     assert_clean(at)
     errors = texts(at.error)
     assert message in errors and "model.safetensors" in errors
@@ -248,7 +268,8 @@ def test_truncated_checkpoint_and_good_upload(models_dir, monkeypatch, tmp_path)
     up.set_value(("half.safetensors", data[: len(data) // 2], "application/octet-stream")).run()
     assert_clean(at)
     assert "half.safetensors" in texts(at.error)
-    at.file_uploader(key="up_lab_ckpt").set_value(("mine.safetensors", data, "application/octet-stream")).run()
+    at.file_uploader(key="up_lab_ckpt").set_value(("mine.safetensors", data, "application/octet-stream"))
+    at.run()
     assert_clean(at)
     assert not at.error or all("attack succeeded" in e.value for e in at.error)
     assert "with CAS" in texts(at.caption) and len(last_result(at).modules) == 2

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("CAS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.browser
@@ -123,7 +123,8 @@ def test_attack_lab_in_chromium(server, page):
     _screenshot(page, "attack_lab_pgd.png")
 
     # pick the honest attack from the sidebar menu
-    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Attack").first.click()
+    menus = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+    menus.filter(has_text="Attack").first.click()
     page.get_by_role("option", name="Soft-mask PGD (CAS-adaptive)").click()
     page.get_by_text("Result: Soft-mask PGD", exact=False).first.wait_for()
     _settle(page, 2)

@@ -19,10 +19,17 @@ FONT = dict(size=14)
 def _base_layout(fig: go.Figure, height: int) -> go.Figure:
     """Shared look: the legend in a band at the very top (above the panel titles), small margins."""
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=75, b=10), font=FONT, bargap=0.05,
-                      legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
+                      legend=dict(orientation="h", yref="container", y=0.995, yanchor="top",
+                                  xanchor="left", x=0),
                       hovermode="closest")
     fig.update_annotations(font_size=14)  # panel titles
     return fig
+
+
+def _series(show_adversarial: bool) -> list[tuple[int, str, str]]:
+    """(row of the (2, ...) arrays, legend label, colour) of the curves to draw."""
+    out = [(0, "clean image", NATURAL)]
+    return out + [(1, "adversarial image", ADVERSARIAL)] if show_adversarial else out
 
 
 def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | None = None,
@@ -38,8 +45,7 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
     names = [("▶ " if i == highlight else "") + c for i, c in enumerate(cas.CLASSES)]
     panels = [probs] + [p for _, p in aux]
     for col, p in enumerate(panels, start=1):
-        rows = [(0, "clean image", NATURAL)] + ([(1, "adversarial image", ADVERSARIAL)] if show_adversarial else [])
-        for r, label, colour in rows:
+        for r, label, colour in _series(show_adversarial):
             fig.add_trace(go.Bar(y=names, x=p[r] * 100, orientation="h", name=label, marker_color=colour,
                                  legendgroup=label, showlegend=col == 1,
                                  hovertemplate="%{y}: %{x:.1f}%<extra>" + label + "</extra>"), row=1, col=col)
@@ -49,7 +55,8 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
     return _base_layout(fig, height)
 
 
-def channel_figure(view, order: np.ndarray, show_adversarial: bool = True, height: int | None = None) -> go.Figure:
+def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
+                   height: int | None = None) -> go.Figure:
     """Per-channel activations at one CAS point (a :class:`app.common.lab.ModuleView`).
 
     For a CAS module: three aligned panels — the block's output before the mask, the mask itself and
@@ -67,9 +74,8 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True, heigh
         panels = [("Activation (no CAS: nothing masked)", view.before)]
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.09,
                         subplot_titles=[p[0] for p in panels])
-    rows = [(0, "clean image", NATURAL)] + ([(1, "adversarial image", ADVERSARIAL)] if show_adversarial else [])
     for i, (_, values) in enumerate(panels, start=1):
-        for r, label, colour in rows:
+        for r, label, colour in _series(show_adversarial):
             fig.add_trace(go.Bar(x=pos, y=values[r][channels], customdata=channels, name=label,
                                  marker_color=colour, marker_line_width=0, legendgroup=label,
                                  showlegend=i == 1,

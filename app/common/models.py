@@ -62,7 +62,8 @@ def card_line(card: dict, description: str = "") -> str:
     acc = card.get("accuracy") or {}
     if acc:
         clean = acc.get("clean", acc.get("natural"))
-        robust = {k: v for k, v in acc.items() if k not in ("clean", "natural") and isinstance(v, (int, float))}
+        robust = {k: v for k, v in acc.items()
+                  if k not in ("clean", "natural") and isinstance(v, (int, float))}
         text = f"clean {_percent(clean)}" if clean is not None else ""
         if robust:
             text += ("; " if text else "") + ", ".join(f"{k} {_percent(v)}" for k, v in robust.items())

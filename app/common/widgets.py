@@ -17,7 +17,8 @@ import cas
 from cas import data as cas_data
 
 from . import figures, images, lab, models
-from .url_state import Param, boolean, dump_bool, dump_number, dump_optional, float_in, int_in, one_of, optional
+from .url_state import (Param, boolean, dump_bool, dump_number, dump_optional, float_in, int_in, one_of,
+                        optional)
 
 CLASS_OPTIONS = ("all",) + tuple(cas.CLASSES)
 TARGET_OPTIONS = ("untargeted",) + tuple(cas.CLASSES)
@@ -91,7 +92,8 @@ def model_picker(prefix: str, available: list[dict], where=st) -> models.LoadedM
                                   "(.safetensors with a model card).")
     try:
         if choice == UPLOAD:
-            up = where.file_uploader("Checkpoint (.safetensors)", type=["safetensors"], key="up_" + prefix + "ckpt")
+            up = where.file_uploader("Checkpoint (.safetensors)", type=["safetensors"],
+                                     key="up_" + prefix + "ckpt")
             if up is None:
                 where.caption("Upload a `.safetensors` checkpoint saved by CAS Lab.")
                 return None
@@ -159,10 +161,12 @@ def image_picker(prefix: str, where=st) -> ImageChoice | None:
     if st.session_state.get(src_key) not in sources:
         st.session_state[src_key] = sources[0]
     names = {"cifar": "CIFAR-10 test image", "upload": "Upload a photo", "camera": "Camera"}
-    src = where.radio("Image source", sources, key=src_key, format_func=names.get, horizontal=True)
-    if src == "cifar":
-        return _cifar_picker(prefix, cifar, where)
-    return _photo_picker(prefix, src, where)
+    left, right = where.columns([1, 4])
+    src = left.radio("Image source", sources, key=src_key, format_func=names.get)
+    with right:
+        if src == "cifar":
+            return _cifar_picker(prefix, cifar, st)
+        return _photo_picker(prefix, src, st)
 
 
 def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
@@ -201,7 +205,8 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
 def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
     if src == "upload":
         f = where.file_uploader("Photo (any size; the centre square is used)",
-                                type=["png", "jpg", "jpeg", "webp", "bmp", "gif"], key="up_" + prefix + "image")
+                                type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+                                key="up_" + prefix + "image")
     else:
         f = where.camera_input("Take a photo", key="up_" + prefix + "camera")
     if f is None:
@@ -214,15 +219,16 @@ def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
         where.error(str(e))
         return None
     c1, c2, c3 = where.columns([1, 1, 2])
-    c1.image(prepared.crop, caption=f"Centre crop of the {prepared.original_size[0]}×{prepared.original_size[1]} photo",
-             width=160)
+    w, h = prepared.original_size
+    c1.image(prepared.crop, caption=f"Centre crop of the {w}×{h} photo", width=160)
     c2.image(images.upscale(prepared.x, 160), caption="What the model sees (32×32)", width=160)
     options = (-1,) + tuple(range(len(cas.CLASSES)))
     lab_key = prefix + "label"
     label = c3.selectbox("What is in the photo?", options, key=lab_key,
-                         format_func=lambda i: "I don't know (attack the model's own guess)" if i < 0 else cas.CLASSES[i],
-                         help="CIFAR-10 knows only these 10 classes. Without a class, the attack tries to move "
-                              "the model away from whatever it predicts on the clean photo.")
+                         format_func=lambda i: cas.CLASSES[i] if i >= 0 else
+                         "I don't know (attack the model's own guess)",
+                         help="CIFAR-10 knows only these 10 classes. Without a class, the attack tries to "
+                              "move the model away from whatever it predicts on the clean photo.")
     name = "camera photo" if src == "camera" else f"uploaded photo {f.name}"
     return ImageChoice(prepared.x, None if label < 0 else int(label), name, "photo")
 
@@ -241,14 +247,15 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
                              help="\n".join(f"- **{lab.attack_label(a)}**: {cas.ATTACKS[a].description}"
                                             for a in options if a != "none"))
     if getattr(model, "has_cas", False):
-        where.caption(":material/warning: **Honest evaluation.** This model picks its CAS mask with an *argmax* over its own "
-                      "guess. Plain FGSM/PGD/CW gradients cannot see that choice, so they can fail even when "
-                      "the model is not robust (*gradient masking*). **Soft-mask PGD** replaces the argmax "
-                      "by a smooth mix for the gradient: it is the honest test.")
+        where.caption(":material/warning: **Honest evaluation.** This model picks its CAS mask with an "
+                      "*argmax* over its own guess. Plain FGSM/PGD/CW gradients cannot see that choice, so "
+                      "they can fail even when the model is not robust (*gradient masking*). **Soft-mask "
+                      "PGD** replaces the argmax by a smooth mix for the gradient: it is the honest test.")
     if attack == "none":
         return lab.AttackChoice(attack="none")
     if attack == "pgd_l2":
-        eps = where.number_input("ε (L2 length of the perturbation)", 0.0, 10.0, step=0.05, key=prefix + "l2eps",
+        eps = where.number_input("ε (L2 length of the perturbation)", 0.0, 10.0, step=0.05,
+                                 key=prefix + "l2eps",
                                  help="Pixel values are in [0, 1]; 0.5 is the usual CIFAR-10 budget.")
     else:
         eps = where.number_input("ε (largest change per pixel, in /255)", 0.0, EPS_MAX, step=0.5,
@@ -258,14 +265,16 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
     if attack in lab.ITERATIVE:
         steps = where.number_input("Steps", 1, STEPS_MAX, step=1, key=prefix + "steps")
     if attack == "square":
-        queries = where.number_input("Queries (model evaluations)", 10, 10_000, step=50, key=prefix + "queries")
+        queries = where.number_input("Queries (model evaluations)", 10, 10_000, step=50,
+                                     key=prefix + "queries")
     if attack == "pgd_l2":
         step = where.number_input("Step size (L2; empty = automatic)", 0.001, 10.0, step=0.01,
                                   key=prefix + "l2step", placeholder="automatic: 2.5 × ε / steps")
     elif attack in lab.ITERATIVE or attack == "fgsm":
         step = where.number_input("Step size (/255; empty = automatic)", 0.01, EPS_MAX, step=0.25,
                                   key=prefix + "step",
-                                  placeholder="automatic: ε" if attack == "fgsm" else "automatic: 2.5 × ε / steps")
+                                  placeholder="automatic: ε" if attack == "fgsm"
+                                  else "automatic: 2.5 × ε / steps")
     rand = True
     if attack in lab.ITERATIVE:
         rand = where.checkbox("Random start", key=prefix + "rand",
@@ -274,7 +283,8 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
                              format_func=lambda t: "untargeted (any wrong class)" if t == "untargeted"
                              else f"make it say “{t}”")
     seed = where.number_input("Seed", 0, 2**31 - 1, step=1, key=prefix + "seed",
-                              help="Fixes the random start (and Square's search), so a link reproduces the result.")
+                              help="Fixes the random start (and Square's search), so a link reproduces "
+                                   "the result.")
     d = lab.AttackChoice()
     choice = lab.AttackChoice(
         attack=attack, eps=float(eps) if attack != "pgd_l2" else d.eps, steps=int(steps or d.steps),
@@ -346,7 +356,8 @@ def verdict(result: lab.LabResult, where=st) -> None:
     """The outcome in one sentence: predictions and whether the attack succeeded."""
     p, c = result.probs, cas.CLASSES
     truth = (f"The image shows **{c[result.label]}**." if result.label_known
-             else f"Real class unknown: the attack works against the clean prediction, **{c[result.label]}**.")
+             else "Real class unknown: the attack works against the clean prediction, "
+                  f"**{c[result.label]}**.")
     clean = f"On the clean image the model says **{c[result.pred_nat]}** ({_pct(p[0, result.pred_nat])})"
     if result.label_known:
         clean += " (correct)." if result.pred_nat == result.label else " (wrong already)."
@@ -358,27 +369,32 @@ def verdict(result: lab.LabResult, where=st) -> None:
     adv = f"on the adversarial image: **{c[result.pred_adv]}** ({_pct(p[1, result.pred_adv])})."
     if result.label_known and result.pred_nat != result.label and result.choice.target is None:
         where.warning(f"**Nothing to attack**: the model already gets the clean image wrong. {truth} {clean} "
-                      f"{adv.capitalize()} Pick another image (Random) to see an attack at work.", icon=":material/help:")
+                      f"{adv.capitalize()} Pick another image (Random) to see an attack at work.",
+                      icon=":material/help:")
         return
     if result.success:
-        goal = f" — the target “{c[result.choice.target]}” was reached" if result.choice.target is not None else ""
-        where.error(f"**The attack succeeded**{goal}. {truth} {clean} {adv.capitalize()}", icon=":material/bolt:")
+        target = result.choice.target
+        goal = f" — the target “{c[target]}” was reached" if target is not None else ""
+        where.error(f"**The attack succeeded**{goal}. {truth} {clean} {adv.capitalize()}",
+                    icon=":material/bolt:")
     else:
         goal = f"could not make it say “{c[result.choice.target]}”" if result.choice.target is not None else \
             "did not change the answer"
-        where.success(f"**The attack failed**: it {goal}. {truth} {clean} {adv.capitalize()}", icon=":material/shield:")
+        where.success(f"**The attack failed**: it {goal}. {truth} {clean} {adv.capitalize()}",
+                      icon=":material/shield:")
 
 
 def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
     """Clean image, amplified perturbation and adversarial image, enlarged with crisp pixels,
     with the perturbation's norms."""
     cols = where.columns(3)
-    cols[0].image(images.upscale(result.x_nat, size), caption="Clean image (32×32, enlarged)")
+    cols[0].image(images.upscale(result.x_nat, size), caption="Clean image (32×32, enlarged)", width=size)
     pert, factor = images.perturbation_image(result.delta)
-    cols[1].image(images.upscale(pert, size),
+    cols[1].image(images.upscale(pert, size), width=size,
                   caption=f"Perturbation × {factor:.0f} (grey = no change)" if result.linf255 > 0
                   else "Perturbation: none")
-    cols[2].image(images.upscale(result.x_adv, size), caption="Adversarial image (what the model gets)")
+    cols[2].image(images.upscale(result.x_adv, size), caption="Adversarial image (what the model gets)",
+                  width=size)
     if result.attacked:
         budget = (f"budget {result.choice.l2_eps:g}" if result.choice.attack == "pgd_l2"
                   else f"budget {result.choice.eps:g}/255")
@@ -404,8 +420,8 @@ def channel_caption(view: lab.ModuleView, sort: str, threshold: float, attacked:
              "mask": "from the channel CAS lets through most (largest mask weight) to the least",
              "index": "by channel number"}[sort]
     who = "the clean image (blue) and the adversarial image (red)" if attacked else "the clean image"
-    text = (f"Each bar is one of the {k} channels (feature detectors) of block **{view.name}**, averaged over "
-            f"the image, for {who}; channels are sorted {order}. ")
+    text = (f"Each bar is one of the {k} channels (feature detectors) of block **{view.name}**, averaged "
+            f"over the image, for {who}; channels are sorted {order}. ")
     if view.is_cas:
         text += ("Top: what the block produced. Middle: the CAS mask, one weight per channel, taken from the "
                  "row of the class that the module's own head guesses — if the attack changes that guess, "
@@ -428,7 +444,9 @@ def summary_metrics(view: lab.ModuleView, threshold: float, attacked: bool, wher
         adv = lab.module_summary(values[1], threshold / 100)
         cols = where.columns(3)
         show = adv if attacked else nat
-        delta = (lambda key, fmt: fmt(show[key] - nat[key]) + " vs clean") if attacked else (lambda key, fmt: None)
+        def delta(key, fmt, show=show, nat=nat):
+            return fmt(show[key] - nat[key]) + " vs clean" if attacked else None
+
         cols[0].metric(f"Total activation, {stage}", f"{show['total']:.2f}",
                        delta(key="total", fmt=lambda v: f"{v:+.2f}"), delta_color="off",
                        help="Sum of |activation| over all channels.")
@@ -446,7 +464,8 @@ def chart_options(prefix: str, where=st) -> tuple[str, float]:
     c1, c2 = where.columns([3, 2])
     sort = c1.radio("Sort channels by", lab.SORTS, key=prefix + "sort", horizontal=True,
                     format_func=lab.SORT_LABELS.get)
-    thr = c2.slider("“Switched on” above (% of the strongest channel)", 0.0, 50.0, step=0.5, key=prefix + "thr")
+    thr = c2.slider("“Switched on” above (% of the strongest channel)", 0.0, 50.0, step=0.5,
+                    key=prefix + "thr")
     return sort, float(thr)
 
 

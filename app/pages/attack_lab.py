@@ -47,7 +47,8 @@ image = widgets.image_picker(P)
 url_state.write_to_url(PARAMS + CHART_PARAMS)
 
 if loaded is None:
-    st.info("Choose a model in the sidebar to run an attack.")
+    st.info("No model is loaded yet: choose one in the sidebar, or upload a checkpoint there, to run an attack.",
+            icon=":material/arrow_back:")
     st.stop()
 if image is None or choice is None:
     st.stop()
@@ -60,13 +61,13 @@ except ValueError as e:  # settings the library refuses
 
 st.subheader(f"Result: {choice.describe()} on {image.title}")
 widgets.verdict(result)
+widgets.image_row(result)
 if loaded.model.has_cas and choice.attack in lab.PLAIN_GRADIENT and not result.success:
-    st.warning("**Careful: a failed attack is not proof of robustness here.** This model chooses its CAS mask "
-               "with an argmax, which hides the mask from the attack's gradient (*gradient masking*). "
+    st.warning("**Careful: a failed attack is not proof of robustness here.** This model chooses its CAS "
+               "mask with an argmax, which hides the mask from the attack's gradient (*gradient masking*). "
                "Run **soft-mask PGD** with the same budget for an honest test.")
     st.button("Try soft-mask PGD with these settings", key="btn_lab_try_soft",
               on_click=lambda: st.session_state.update({P + "attack": "soft_mask_pgd"}))
-widgets.image_row(result)
 
 st.subheader("What the model predicts")
 widgets.probability_chart(result, key="lab_probs")
@@ -91,8 +92,9 @@ st.markdown("The address bar holds every setting of this view (model, image, att
 st.code((base or "") + ("?" + urlencode(query) if query else ""), language=None)
 stem = f"{image.slug}_{choice.attack}_{loaded.name or 'model'}"
 c1, c2, c3 = st.columns(3)
-c1.download_button("Adversarial image (PNG, 32×32)", images.png_bytes(result.x_adv), f"{stem}.png", "image/png",
-                   key="btn_lab_png", on_click="ignore", help="8-bit PNG: pixel values rounded to /255.")
+c1.download_button("Adversarial image (PNG, 32×32)", images.png_bytes(result.x_adv), f"{stem}.png",
+                   "image/png", key="btn_lab_png", on_click="ignore",
+                   help="8-bit PNG: pixel values rounded to /255.")
 c2.download_button("Adversarial image (exact, .npy)", images.npy_bytes(result.x_adv), f"{stem}.npy",
                    "application/octet-stream", key="btn_lab_npy", on_click="ignore",
                    help="float32 array (3, 32, 32) in [0, 1]; load with numpy.load.")

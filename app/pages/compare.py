@@ -23,8 +23,8 @@ MODES = {"whitebox": "Attack each model itself (white-box)",
          "transfer": "Craft the attack on one model, test it on all (transfer)"}
 
 st.title(":material/compare: Compare models")
-st.caption("The same image and the same attack on several models, side by side. Does CAS change what the attack "
-           "does to the channels? Does an adversarial image made for one model also fool the others?")
+st.caption("The same image and the same attack on several models, side by side. Does CAS change what the "
+           "attack does to the channels? Does an adversarial image made for one model also fool the others?")
 
 available = models.list_available()
 names = [m["name"] for m in available]
@@ -46,12 +46,13 @@ def _parse_models(text: str) -> list[str]:
 
 
 # Defaults follow the Attack Lab, so "the same image and attack" is one click away.
-lab_values = widgets.values_of("lab_", ["src", "cls", "idx", "attack", "eps", "l2eps", "steps", "step", "l2step",
-                                        "rand", "target", "seed", "queries"])
+lab_values = widgets.values_of("lab_", ["src", "cls", "idx", "attack", "eps", "l2eps", "steps", "step",
+                                        "l2step", "rand", "target", "seed", "queries"])
 PARAMS = ([url_state.Param(P + "models", "models", names[:3], _parse_models, ",".join),
            url_state.Param(P + "mode", "mode", "whitebox", url_state.one_of(tuple(MODES))),
            url_state.Param(P + "source", "source", names[0], url_state.one_of(tuple(names)))]
-          + widgets.image_params(P, lab_values) + widgets.attack_params(P, lab_values) + widgets.chart_params(P))
+          + widgets.image_params(P, lab_values) + widgets.attack_params(P, lab_values)
+          + widgets.chart_params(P))
 for message in url_state.load_from_url("compare", PARAMS):
     st.warning(f"A setting in the link was ignored: {message}.")
 
@@ -152,12 +153,14 @@ def side_by_side() -> None:
         view = res.modules[-1]
         nat, adv = (lab.module_summary(v, threshold / 100) for v in view.before)
         k = view.before.shape[1]
-        col.markdown(f"Channels switched on: **{nat['active']}** (clean) → **{adv['active']}** (adversarial) of {k}"
-                     f"  \nTotal activation: **{nat['total']:.2f}** → **{adv['total']:.2f}**")
-    st.caption("Each column is one model, given the same image. The channel charts show the last block of the "
-               "network (where CAS sits), before the mask, sorted as chosen above: blue the clean image, red the "
-               "adversarial one; for CAS models the middle panel is the mask and the bottom one what passes on "
-               "after it. Compare how many channels the attack switches on in each model.")
+        col.markdown(f"Channels switched on: **{nat['active']}** (clean) → **{adv['active']}** "
+                     f"(adversarial) of {k}  \nTotal activation: **{nat['total']:.2f}** → "
+                     f"**{adv['total']:.2f}**")
+    st.caption("Each column is one model, given the same image. The channel charts show the last block of "
+               "the network (where CAS sits), sorted as chosen above: blue the clean image, red the "
+               "adversarial one; for CAS models the top panel is before the mask, the middle one the mask "
+               "and the bottom one what passes on after it. Compare how many channels the attack switches "
+               "on in each model.")
     table = [lab.channel_table(res, name) for name, res in items]
     csv = pd.concat(table, ignore_index=True).to_csv(index=False)
     st.download_button("Channel values of all models (CSV)", csv, f"compare_{image.slug}_{choice.attack}.csv",
