@@ -237,14 +237,14 @@ def _check_file(path: Path) -> Path:
     size = path.stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{path.name} is {size / 1024**3:.1f} GB, too large to be a CIFAR model checkpoint")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise CheckpointError(f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code "
-                              "when loaded, so CAS Lab only reads safetensors checkpoints with a model card.")
     return path
 
 
 def _not_safetensors(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and 2 <= head[1] <= 5):
+        return (f"{path.name} looks like a PyTorch pickle (.pt/.pth). Pickles can run code when loaded, so "
+                "CAS Lab only reads safetensors checkpoints with a model card (save with cas.save_checkpoint)")
     return (f"{path.name} is not a valid safetensors checkpoint: the file is truncated, corrupted, "
             "or in another format")

@@ -1,0 +1,146 @@
+"""Every attack: budget, image range, mode left alone, seedable, targeted success, validation."""
+import pytest
+import torch
+from torch import nn
+
+import cas
+from cas import AttackSettings, create_model, run_attack
+from cas.attacks import ATTACKS, margin
+
+
+class Easy(nn.Module):
+    """A linear classifier with a large margin-free gradient: easy to push to any class."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * 20
+
+
+@pytest.fixture(scope="module")
+def cas_model():
+    torch.manual_seed(0)
+    return create_model("resnet18", width=4).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
+
+
+def _quick(name):
+    return {"steps": 3, "queries": 30} if name != "autoattack" else {}
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS if n != "autoattack"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_budget_range_and_mode(name, mode, cas_model, batch):
+    x, y = batch
+    getattr(cas_model, mode)()
+    before = {k: v.clone() for k, v in cas_model.state_dict().items()}
+    try:
+        eps = 0.5 if name == "pgd_l2" else 8 / 255
+        x_adv = run_attack(name, cas_model, x, y, eps=eps, **_quick(name))
+        assert cas_model.training == (mode == "train")
+    finally:
+        cas_model.eval()
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    d = (x_adv - x).flatten(1)
+    if name == "pgd_l2":
+        assert d.norm(dim=1).max() <= 0.5 + 1e-5
+    else:
+        assert d.abs().max() <= 8 / 255 + 1e-6
+    if mode == "eval":  # eval-mode attacks leave the weights and buffers untouched
+        for k, v in cas_model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in cas_model.parameters())
+
+
+def test_autoattack_budget_on_an_easy_model(batch):
+    x, y = batch
+    model = Easy().eval()
+    y = model(x).argmax(1)  # correctly classified, so AutoAttack really attacks them
+    x_adv = run_attack("autoattack", model, x, y, eps=4 / 255)
+    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (model(x_adv).argmax(1) != y).float().mean() >= 0.5
+    assert not model.training
+
+
+def test_attacks_are_seedable(cas_model, batch):
+    x, y = batch
+    a = run_attack("pgd", cas_model, x, y, steps=2, seed=3)
+    b = run_attack("pgd", cas_model, x, y, steps=2, seed=3)
+    c = run_attack("pgd", cas_model, x, y, steps=2, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    state = torch.random.get_rng_state()
+    run_attack("square", cas_model, x, y, queries=5, seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())  # caller's global RNG untouched
+
+
+@pytest.mark.parametrize("name", ["pgd", "cw", "fgsm", "pgd_l2"])
+def test_targeted_attacks_reach_the_target(name, batch):
+    x, _ = batch
+    model = Easy().eval()
+    y = model(x).argmax(1)
+    target = (y + 3) % 10
+    eps = 2.0 if name == "pgd_l2" else 16 / 255
+    x_adv = run_attack(name, model, x, y, eps=eps, steps=20, target=target)
+    assert (model(x_adv).argmax(1) == target).all()
+    assert (margin(model(x_adv), y, target) > 0).all()
+
+
+def test_untargeted_pgd_fools_the_easy_model(batch):
+    x, _ = batch
+    model = Easy().eval()
+    y = model(x).argmax(1)
+    assert (model(run_attack("pgd", model, x, y, eps=8 / 255, steps=10)).argmax(1) != y).all()
+
+
+def test_cas_adaptive_attacks_need_a_cas_model(batch):
+    x, y = batch
+    plain = create_model("resnet18", width=4, cas=False).eval()
+    for name in ("joint_pgd", "soft_mask_pgd"):
+        with pytest.raises(ValueError, match="CAS models"):
+            run_attack(name, plain, x, y)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"eps": -1 / 255}, "eps must be"), ({"eps": 2.0}, "eps must be"), ({"steps": 0}, "steps must be"),
+    ({"steps": 10**6}, "steps must be"), ({"step_size": -0.1}, "step_size"), ({"norm": "l1"}, "norm"),
+    ({"restarts": 0}, "restarts"), ({"target": 12}, "target must be"),
+])
+def test_out_of_range_settings_are_refused(bad, match, cas_model, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match=match):
+        run_attack("pgd", cas_model, x, y, **bad)
+
+
+def test_unknown_attack_and_none(cas_model, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match="unknown attack"):
+        run_attack("deepfool", cas_model, x, y)
+    assert torch.equal(run_attack("none", cas_model, x, y), x)
+
+
+def test_best_point_is_kept_and_restarts_help(batch):
+    x, _ = batch
+    model = Easy().eval()
+    y = model(x).argmax(1)
+    s = AttackSettings(eps=1 / 255, steps=2, restarts=3, seed=0)
+    x_adv = run_attack("pgd", model, x, y, s)
+    # the returned point is at least as good (by the real model's margin) as the last restart's
+    single = run_attack("pgd", model, x, y, s, restarts=1)
+    assert (margin(model(x_adv), y) >= margin(model(single), y) - 1e-5).all()
+
+
+def test_progress_callback_counts_steps(cas_model, batch):
+    x, y = batch
+    seen = []
+    run_attack("pgd", cas_model, x, y, steps=4, restarts=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (8, 8) and len(seen) == 8
