@@ -23,7 +23,7 @@ def test_sanity_flags_catch_impossible_numbers():
 def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):
     from cas import data, load_checkpoint
 
-    x, y = data.test_subset(64)
+    x, y = data.test_subset(32)
     model, _ = load_checkpoint(standin_pretrained / "at-cas.safetensors")
     res = evaluate(model, x, y, ["fgsm", "pgd", "joint_pgd", "soft_mask_pgd", "square"], batch_size=32,
                    limits={"square": 16})
@@ -32,7 +32,7 @@ def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):
                         "square", "worst_case"}
     assert acc["adaptive_pgd20"] == min(acc["joint_pgd20"], acc["soft_mask_pgd20"])
     assert res.counts["square"] == 16 and res.counts["worst_case"] == 16
-    assert acc["worst_case"] <= min(v for k, v in acc.items() if k != "worst_case") + 100 * 16 / 64
+    assert acc["worst_case"] <= min(v for k, v in acc.items() if k != "worst_case") + 100 * 16 / 32
     table = markdown_table({"at-cas": res})
     assert table.startswith("| model | clean |") and "(n=16)" in table
     # plain models skip the CAS-only attacks
