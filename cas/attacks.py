@@ -64,8 +64,9 @@ class AttackSettings:
         return replace(self, steps=int(self.steps), restarts=int(self.restarts), step_size=step)
 
 
-def _settings(settings: AttackSettings | None, kw: dict) -> AttackSettings:
-    s = settings or AttackSettings()
+def _settings(settings: AttackSettings | None, kw: dict, defaults: dict | None = None) -> AttackSettings:
+    """``settings`` (or the attack's own ``defaults`` when none is given), then keyword overrides."""
+    s = settings or AttackSettings(**(defaults or {}))
     if kw:
         s = replace(s, **kw)
     return s.validated()
@@ -221,8 +222,8 @@ def _needs_cas(model, name):
 # -- the attacks -----------------------------------------------------------------------------------
 
 def fgsm(model, x, y, settings=None, progress=None, **kw):
-    """One signed-gradient step of size eps (no random start unless asked)."""
-    s = _settings(settings, {"steps": 1, "restarts": 1, "random_start": False, **kw})
+    """One signed-gradient step of size eps (from a random start only if asked: R-FGSM)."""
+    s = _settings(settings, {"steps": 1, "restarts": 1, **kw}, {"random_start": False})
     s = replace(s, step_size=s.eps if "step_size" not in kw else s.step_size)
     return pgd_loop(model, x, y, s, obj_ce, progress)
 
@@ -233,12 +234,13 @@ def pgd(model, x, y, settings=None, progress=None, **kw):
 
 
 def pgd_l2(model, x, y, settings=None, progress=None, **kw):
-    return pgd_loop(model, x, y, _settings(settings, {"norm": "l2", "eps": 0.5, **kw}), obj_ce, progress)
+    """PGD in the L2 norm (default budget eps = 0.5)."""
+    return pgd_loop(model, x, y, _settings(settings, {"norm": "l2", **kw}, {"eps": 0.5}), obj_ce, progress)
 
 
 def cw_linf(model, x, y, settings=None, progress=None, **kw):
     """PGD on the Carlini-Wagner margin loss (CW-Linf, as in the robustness literature)."""
-    return pgd_loop(model, x, y, _settings(settings, {"steps": 30, **kw}), obj_cw, progress)
+    return pgd_loop(model, x, y, _settings(settings, kw, {"steps": 30}), obj_cw, progress)
 
 
 def joint_pgd(model, x, y, settings=None, progress=None, **kw):
@@ -276,7 +278,7 @@ def square(model, x, y, settings=None, progress=None, **kw):
     reference implementation (package ``pyautoattack``), margin loss, untargeted."""
     from pyautoattack.square import SquareAttack
 
-    s = _settings(settings, {"random_start": False, **kw})
+    s = _settings(settings, kw)
     if s.target is not None:
         raise ValueError("the Square attack runs untargeted here; leave the target empty")
     atk = SquareAttack(_Logits(model), p_init=0.8, n_queries=s.queries, eps=s.eps,

@@ -68,9 +68,7 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
             xb = x_u8[i:min(i + batch_size, m)].to(device).float() / 255
             yb = y[i:min(i + batch_size, m)].to(device)
             if name != "clean":
-                s = AttackSettings(eps=eps, seed=seed + i, **PRESETS[name][1])
-                if name == "pgd_l2":
-                    s = AttackSettings(seed=seed + i, **PRESETS[name][1])
+                s = AttackSettings(**{"eps": eps, "seed": seed + i, **PRESETS[name][1]})
                 xb = run_attack(name, model, xb, yb, s)
             with torch.no_grad():
                 correct[key][i:i + len(yb)] = (model(xb).argmax(1) == yb).cpu()

@@ -144,3 +144,14 @@ def test_progress_callback_counts_steps(cas_model, batch):
     seen = []
     run_attack("pgd", cas_model, x, y, steps=4, restarts=2, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (8, 8) and len(seen) == 8
+
+
+def test_explicit_settings_win_over_attack_defaults(batch):
+    x, _ = batch
+    model = Easy().eval()
+    y = model(x).argmax(1)
+    seen = []
+    run_attack("cw", model, x, y, AttackSettings(steps=5), progress=lambda d, t: seen.append(t))
+    assert seen[-1] == 5  # not CW's default of 30
+    x_adv = run_attack("pgd_l2", model, x, y, AttackSettings(eps=0.1, norm="l2", steps=3))
+    assert (x_adv - x).flatten(1).norm(dim=1).max() <= 0.1 + 1e-5
