@@ -136,6 +136,16 @@ def test_attack_lab_in_chromium(server, page):
     _settle(page, 2)
     assert "sort=mask" in page.url
 
+    # the settings survive a visit to another page
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_role("link", name="Compare").click()
+    page.get_by_text("Compare models").first.wait_for()
+    _settle(page, 1)
+    nav.get_by_role("link", name="Attack Lab").click()
+    page.get_by_text("Result: Soft-mask PGD", exact=False).first.wait_for()
+    _settle(page, 2)
+    assert "test image #3" in page.inner_text("body")
+
 
 def test_compare_in_chromium(server, page):
     page.goto(f"{server}/compare?steps=5&img=3")

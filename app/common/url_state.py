@@ -158,7 +158,12 @@ def write_to_url(params: Iterable[Param], extra_names: Iterable[str] = ()) -> di
 def keep_widget_state(prefixes: Sequence[str]) -> None:
     """Keep the values of widgets whose keys start with one of ``prefixes`` while another page is shown
     (Streamlit forgets a widget's value when the widget is not drawn). Call it once per run, from the
-    entry script, before the page runs."""
+    entry script, before the page runs: it copies the current values aside and puts back those that
+    Streamlit has dropped since."""
+    kept = st.session_state.setdefault("_kept_widget_values", {})
     for key in list(st.session_state.keys()):
         if isinstance(key, str) and key.startswith(tuple(prefixes)):
-            st.session_state[key] = st.session_state[key]
+            kept[key] = st.session_state[key]
+    for key, value in kept.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
