@@ -181,6 +181,13 @@ def test_bad_query_params_are_reported_not_fatal(models_dir):
     assert last_result(at).choice.attack == "fgsm"
 
 
+def test_link_to_an_uploaded_photo_explains_itself(models_dir):
+    at = make_app(src="upload").run()
+    assert_clean(at)
+    assert "a link cannot carry" in texts(at.info)
+    assert at.radio(key="lab_src").value == "upload"
+
+
 def test_uploaded_image_is_cropped_and_attacked(models_dir):
     at = make_app(steps=2).run()
     at.radio(key="lab_src").set_value("upload").run()

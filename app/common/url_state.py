@@ -110,12 +110,20 @@ def _url_value(name: str) -> str | None:
     return values[-1] if values else None
 
 
+def _flag(page: str) -> str:
+    return f"_url_loaded_{page}"
+
+
+def first_run(page: str) -> bool:
+    """True until :func:`load_from_url` has run for ``page`` in this session (a link just opened)."""
+    return not st.session_state.get(_flag(page), False)
+
+
 def load_from_url(page: str, params: Iterable[Param]) -> list[str]:
     """On the page's first run in this session, copy valid URL values into session state; on every run,
     give missing keys their default. Returns one message per ignored URL value."""
-    flag = f"_url_loaded_{page}"
     messages = []
-    first = not st.session_state.get(flag, False)
+    first = first_run(page)
     for p in params:
         if first:
             text = _url_value(p.name)
@@ -126,7 +134,7 @@ def load_from_url(page: str, params: Iterable[Param]) -> list[str]:
                     messages.append(f"`{p.name}={text}` {e}")
         if p.key not in st.session_state:
             st.session_state[p.key] = p.default
-    st.session_state[flag] = True
+    st.session_state[_flag(page)] = True
     return messages
 
 

@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.common import images, lab, url_state, widgets  # noqa: E402
+from app.common import images, lab, models, url_state, widgets  # noqa: E402
 
 P = "lab_"
 
@@ -20,12 +20,12 @@ st.caption("Pick a model, an image and an attack. See whether a change too small
            "and what it does to the channels inside the network — with and without CAS "
            "(Channel-wise Activation Suppressing).")
 
-available = widgets.models.list_available()
+available = models.list_available()
 MODEL = url_state.Param(P + "model", "model", available[0]["name"] if available else widgets.UPLOAD, str)
 PARAMS = ([MODEL, url_state.Param(P + "ckpt", "ckpt", "", str)] + widgets.image_params(P)
           + widgets.attack_params(P))
 CHART_PARAMS = widgets.chart_params(P)
-photo_link = "_url_loaded_lab" not in st.session_state and st.query_params.get("src") in ("upload", "camera")
+photo_link = url_state.first_run("lab") and st.query_params.get("src") in ("upload", "camera")
 for message in url_state.load_from_url("lab", PARAMS + CHART_PARAMS):
     st.warning(f"A setting in the link was ignored: {message}.")
 if photo_link:
