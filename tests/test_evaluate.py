@@ -26,7 +26,7 @@ def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):
     x, y = data.test_subset(32)
     model, _ = load_checkpoint(standin_pretrained / "at-cas.safetensors")
     res = evaluate(model, x, y, ["fgsm", "pgd", "joint_pgd", "soft_mask_pgd", "square"], batch_size=32,
-                   limits={"square": 16})
+                   limits={"square": 16}, overrides={"square": {"queries": 200}})
     acc = res.accuracy
     assert set(acc) >= {"clean", "fgsm", "pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_pgd20",
                         "square", "worst_case"}
