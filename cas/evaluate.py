@@ -45,12 +45,13 @@ class EvalResult:
 
 def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS, eps: float = 8 / 255,
              batch_size: int = 500, device=None, limits: dict[str, int] | None = None, seed: int = 0,
-             progress=None, overrides: dict[str, dict] | None = None) -> EvalResult:
+             progress=None, overrides: dict[str, dict] | None = None, amp: bool = True) -> EvalResult:
     """Accuracy (percent) clean and under each attack on uint8 images ``x_u8`` (N, 3, 32, 32).
 
     ``limits`` caps the number of images for some attacks (e.g. ``{"autoattack": 1000}``: the first
     1,000). ``overrides`` changes an attack's preset settings (e.g. ``{"square": {"queries": 500}}``).
-    The worst case is taken over the images every attack saw. Attacks meant for CAS models are
+    The worst case is taken over the images every attack saw. On CUDA with ``amp``, attacks run
+    under bf16 autocast (speed); every accuracy is judged in fp32. Attacks meant for CAS models are
     skipped for models without CAS. ``progress(label, done, total)`` reports batches."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     limits = limits or {}
@@ -71,7 +72,8 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
             if name != "clean":
                 s = AttackSettings(**{"eps": eps, "seed": seed + i, **PRESETS[name][1],
                                       **(overrides or {}).get(name, {})})
-                xb = run_attack(name, model, xb, yb, s)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                    xb = run_attack(name, model, xb, yb, s)
             with torch.no_grad():
                 correct[key][i:i + len(yb)] = (model(xb).argmax(1) == yb).cpu()
             if progress:
