@@ -168,6 +168,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         (out / "STOP").unlink(missing_ok=True)
 
     x_train, y_train = cdata.load("train", cfg.data, download=cfg.download)
+    data_name = cdata.find_source(cfg.data).name
     if cfg.train_subset:
         keep = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
         keep = keep[:cfg.train_subset]
@@ -276,7 +277,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             if improved:
                 best = score
                 card = make_card(model, method=cfg.method, epsilon=cfg.epsilon, epochs=cfg.epochs,
-                                 best_epoch=epoch + 1, data=str(cfg.data or "CIFAR-10"),
+                                 best_epoch=epoch + 1, data=f"CIFAR-10 ({data_name})",
                                  command=command, train_config=asdict(cfg), description=cfg.description,
                                  heldout={k: record[k] for k in record if k.startswith(("heldout", "robust"))})
                 save_checkpoint(out / "best.safetensors", model, card)
