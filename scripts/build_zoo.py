@@ -34,7 +34,7 @@ def train(args):
         if args.only and name not in args.only:
             continue
         cmd = [sys.executable, "-m", "cas.train", "--method", method, "--cas" if cas_on else "--no-cas",
-               "--epochs", str(args.epochs or epochs), "--out", str(REPO / "runs" / f"zoo-{name}"),
+               "--epochs", str(args.epochs or epochs), "--out", f"runs/zoo-{name}",
                "--description", desc, "--resume", *COMMON]
         if args.data:
             cmd += ["--data", args.data]
