@@ -200,7 +200,8 @@ def resolve(name_or_path, directory=None) -> Path:
 
 def available_models() -> list[dict]:
     """Every model a user can pick: the bundled ones (index order), then finished training runs.
-    Each entry: ``name``, ``path``, ``source`` ('bundled' or 'run'), ``description`` and ``card``.
+    Each entry: ``name``, ``path``, ``source`` ('bundled' or 'run'), ``description`` and ``card``
+    (a bundled card lacking accuracies gets those listed in ``index.json``).
     Unreadable run checkpoints are skipped (a run still writing its first epoch has none yet)."""
     out = []
     d = pretrained_dir()
@@ -210,6 +211,8 @@ def available_models() -> list[dict]:
             card = read_card(path)
         except CheckpointError:
             continue
+        listed = {k: v for k, v in (e.get("accuracy") or {}).items() if v is not None}
+        card["accuracy"] = {**listed, **(card.get("accuracy") or {})}  # the card's own numbers win
         out.append({"name": e["name"], "path": path, "source": "bundled",
                     "description": e.get("description", ""), "card": card})
     r = runs_dir()

@@ -39,19 +39,12 @@ class LoadedModel:
 
 
 def list_available() -> list[dict]:
-    """``cas.available_models()``; an unreadable ``index.json`` is reported and treated as empty.
-    A bundled model whose card has no accuracies gets those of its ``index.json`` entry, if any."""
+    """``cas.available_models()``; an unreadable ``index.json`` is reported and treated as empty."""
     try:
-        found = cas.available_models()
-        index = {e.get("name"): e for e in cas.pretrained_index()}
+        return cas.available_models()
     except cas.CheckpointError as e:
         st.error(str(e))
         return []
-    for m in found:
-        listed = index.get(m["name"], {}).get("accuracy")
-        if m["source"] == "bundled" and not m["card"].get("accuracy") and isinstance(listed, dict):
-            m["card"] = {**m["card"], "accuracy": {k: v for k, v in listed.items() if v is not None}}
-    return found
 
 
 def _percent(v) -> str:
