@@ -1,5 +1,355 @@
-"""Train (placeholder until the page is written)."""
-import streamlit as st
+"""Train: configure a training run, start it in the background, and watch its curves.
 
-st.title("Train")
-st.info("Coming soon.")
+Runs are background jobs (see :mod:`app.jobs`): they keep going when the page is reloaded or closed,
+and every run folder under the runs folder is listed here with its status. A run's best checkpoint
+appears in every model picker of the app as soon as its first epoch is saved.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import plotly.graph_objects as go  # noqa: E402
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from app import jobs  # noqa: E402
+from app.common import figures, models  # noqa: E402
+from cas import data as cas_data  # noqa: E402
+from cas.checkpoint import CheckpointError, pretrained_index, read_card, runs_dir  # noqa: E402
+
+P = "train_"
+GPU = torch.cuda.is_available()
+
+# Preselected settings. Without a GPU: a small run that finishes in a few minutes on a CPU; with one:
+# the full recipe (all 50,000 training images, PGD-10, 40 epochs).
+SMALL = dict(method="at", cas=True, arch="resnet18", width=8, epochs=3, train_subset=3000, batch_size=128,
+             lr=0.1, epsilon=8.0, steps=3, eval_subset=200, eval_steps=3, description="")
+FULL = dict(method="at", cas=True, arch="resnet18", width=32, epochs=40, train_subset=0, batch_size=512,
+            lr=0.2, epsilon=8.0, steps=10, eval_subset=1000, eval_steps=10, description="")
+PRESET = FULL if GPU else SMALL
+
+METHODS = {"at": "Adversarial training (PGD-AT)", "trades": "TRADES", "mart": "MART",
+           "std": "Standard training (no attacks)"}
+ARCHS = {"resnet18": "ResNet-18", "vgg16": "VGG-16", "wrn34_10": "WideResNet-34-10 (large: GPU only)"}
+STATUS_ICONS = {"running": ":material/progress_activity:", "finished": ":material/check_circle:",
+                "stopped": ":material/pause_circle:", "failed": ":material/error:", "unknown": ":material/help:"}
+STATUS_TEXT = {
+    "running": "Running.",
+    "finished": "Finished: every planned epoch is done.",
+    "stopped": "Stopped. Its last finished epoch is kept; Resume continues from there.",
+    "failed": "Failed: the training process ended without finishing. Its last output is below.",
+    "unknown": "Not started from this page (for example trained on the command line), and its log does not "
+               "say that it finished or stopped.",
+}
+
+
+# -- settings ------------------------------------------------------------------------------------------
+
+def free_name() -> str:
+    """A suggested run name that no run folder uses yet."""
+    i = 1
+    while jobs.run_dir(f"run-{i}").exists():
+        i += 1
+    return f"run-{i}"
+
+
+def settings() -> dict:
+    """The settings as the widgets hold them now."""
+    return {k: st.session_state[P + k] for k in PRESET}
+
+
+def args_of(s: dict) -> list[str]:
+    """The trainer's arguments for settings ``s``."""
+    return jobs.train_args(method=s["method"], cas=s["cas"], arch=s["arch"], width=int(s["width"]),
+                           epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lr=float(s["lr"]),
+                           epsilon=float(s["epsilon"]), steps=int(s["steps"]),
+                           train_subset=int(s["train_subset"]), eval_subset=int(s["eval_subset"]),
+                           eval_steps=int(s["eval_steps"]), description=s["description"].strip())
+
+
+def data_problem() -> str | None:
+    """Why the trainer would not find CIFAR-10, or None."""
+    try:
+        cas_data.find_source()
+    except cas_data.DataNotFoundError as e:
+        return str(e)
+    return None
+
+
+def bundled_names() -> set[str]:
+    try:
+        return {str(e.get("name")) for e in pretrained_index()}
+    except CheckpointError:
+        return set()
+
+
+def problems(name: str, s: dict) -> list[str]:
+    """Everything that stops a new run with this name and these settings (empty: it can start)."""
+    out = []
+    problem, _ = jobs.start_problem(name)
+    if problem:
+        out.append(problem)
+    if name in bundled_names():
+        out.append(f"A bundled model is already called '{name}': choose another name, so that model pickers "
+                   "can tell the two apart.")
+    settings_problem = jobs.settings_problem(args_of(s))
+    if settings_problem:
+        out.append(settings_problem)
+    missing = data_problem()
+    if missing:
+        out.append(missing)
+    return out
+
+
+def _flash(kind: str, text: str) -> None:
+    st.session_state[P + "flash"] = (kind, text)
+
+
+def start_clicked() -> None:
+    """Start a new run from the current settings (checked again here: they may have changed)."""
+    name = st.session_state[P + "name"].strip()
+    s = settings()
+    found = problems(name, s)
+    if found:
+        _flash("error", " ".join(found))
+        return
+    jobs.start(name, args_of(s))
+    st.session_state[P + "view"] = name
+    st.session_state[P + "name"] = free_name()
+    _flash("success", f"Started run '{name}'. It runs in the background: you can leave or reload this page.")
+
+
+def resume_clicked(name: str) -> None:
+    """Start run ``name`` again from its last finished epoch."""
+    if jobs.status(name) == "running":
+        _flash("error", f"Run '{name}' is already running.")
+        return
+    jobs.resume(name)
+    st.session_state[P + "view"] = name
+    _flash("success", f"Resumed run '{name}' from its last finished epoch.")
+
+
+# -- one run -------------------------------------------------------------------------------------------
+
+def curves_figure(records: list[dict], height: int = 330) -> go.Figure:
+    """Loss (left) and accuracies (right) per epoch: train, held-out clean, held-out robust."""
+    epochs = [r["epoch"] for r in records]
+    layout = dict(height=height, margin=dict(l=10, r=10, t=75, b=10), font=figures.FONT, hovermode="x unified",
+                  legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
+                  xaxis=dict(domain=[0, 0.42], title=dict(text="epoch"), dtick=1 if len(epochs) < 15 else None),
+                  yaxis=dict(anchor="x", title=dict(text="loss")),
+                  xaxis2=dict(domain=[0.55, 1], anchor="y2", title=dict(text="epoch"),
+                              dtick=1 if len(epochs) < 15 else None),
+                  yaxis2=dict(anchor="x2", range=[0, 100], ticksuffix="%", title=dict(text="accuracy")),
+                  annotations=[
+                      dict(text="Training loss", x=0.21, y=1.0, xref="paper", yref="paper", xanchor="center",
+                           yanchor="bottom", showarrow=False, font=figures.TITLE_FONT),
+                      dict(text="Accuracy", x=0.775, y=1.0, xref="paper", yref="paper", xanchor="center",
+                           yanchor="bottom", showarrow=False, font=figures.TITLE_FONT)])
+    data = [dict(type="scatter", mode="lines+markers", x=epochs, y=[r.get("loss") for r in records],
+                 name="loss", line=dict(color="#555"), xaxis="x", yaxis="y")]
+    series = [("train_acc", "train (attacked training images)", "#999", "dash"),
+              ("heldout_clean", "held-out clean", figures.NATURAL, "solid"),
+              ("heldout_robust", "held-out under attack", figures.ADVERSARIAL, "solid")]
+    for key, label, colour, dash in series:
+        if any(key in r for r in records):
+            data.append(dict(type="scatter", mode="lines+markers", x=epochs, y=[r.get(key) for r in records],
+                             name=label, line=dict(color=colour, dash=dash), xaxis="x2", yaxis="y2",
+                             hovertemplate="%{y:.1f}%"))
+    return go.Figure(data=data, layout=layout)
+
+
+def progress(info: jobs.RunInfo) -> None:
+    """Progress bar (epochs done / planned) and, while running, an estimate of the time left."""
+    total = info.total_epochs or max(info.done, 1)
+    text = f"{info.done} of {total} epochs done"
+    if info.status == "running" and info.records:
+        per_epoch = sum(r.get("seconds", 0) for r in info.records) / info.done
+        left = max(total - info.done, 0) * per_epoch
+        text += f" · about {per_epoch:.0f} s per epoch, {left / 60:.0f} min left" if left >= 60 else \
+            f" · about {per_epoch:.0f} s per epoch, {left:.0f} s left"
+    elif info.status == "running":
+        text += " · loading the data and training the first epoch"
+    st.progress(min(info.done / total, 1.0), text=text)
+
+
+def card_summary(info: jobs.RunInfo) -> None:
+    """The best checkpoint's card: held-out accuracies, best epoch and the exact command."""
+    try:
+        card = read_card(info.best_checkpoint)
+    except CheckpointError as e:  # being rewritten at this very moment, or damaged
+        st.warning(f"The best checkpoint could not be read just now: {e}")
+        return
+    st.markdown("##### :material/workspace_premium: Best checkpoint")
+    held = card.get("heldout") or {}
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Best epoch", f"{card.get('best_epoch', '?')} of {card.get('epochs', '?')}")
+    if "heldout_clean" in held:
+        c2.metric("Held-out clean accuracy", f"{held['heldout_clean']:.1f}%")
+    if "heldout_robust" in held:
+        c3.metric("Held-out accuracy under attack", f"{held['heldout_robust']:.1f}%",
+                  help=f"Attack: {held.get('robust_attack', '?')} at ε = {card.get('epsilon', '?')}/255.")
+    st.caption(models.card_line(card, card.get("description", "")))
+    st.success(f"This model now appears in every model picker of the app (Attack Lab, Compare, ...) as "
+               f"**{info.name}**. Its file: `{info.best_checkpoint}`", icon=":material/check_circle:")
+    st.markdown("The exact command that trains it again:")
+    st.code(card.get("command", "?"), language="bash")
+
+
+def run_panel(name: str) -> None:
+    """Everything about one run: status, buttons, progress, curves, checkpoint and output."""
+    info = jobs.run_info(name)
+    st.markdown(f"#### {STATUS_ICONS[info.status]} {name}: {info.status}")
+    st.caption(STATUS_TEXT[info.status]
+               + (f" Started {info.job['started_text']}." if info.job and info.job.get("started_text") else ""))
+    stopping = info.status == "running" and (info.path / jobs.STOP_FILE).exists()
+    c1, c2, _ = st.columns([1, 1, 4])
+    if info.status == "running":
+        if c1.button("Stop", key="btn_train_stop", icon=":material/stop_circle:", disabled=stopping,
+                     help="Stops after the current batch and keeps the last finished epoch."):
+            jobs.stop(name)
+            stopping = True
+    if info.can_resume:
+        c2.button("Resume", key="btn_train_resume", icon=":material/play_circle:", on_click=resume_clicked,
+                  args=(name,), help="Continues from the last finished epoch with the same settings.")
+    if stopping:
+        st.info("Stopping after the current batch…", icon=":material/hourglass_top:")
+    progress(info)
+    if info.status == "failed":
+        st.error("The training process ended without finishing. Its last output:", icon=":material/error:")
+        st.code(jobs.output_tail(name) or "(it printed nothing)", language=None)
+    if info.records:
+        st.plotly_chart(curves_figure(info.records), key=f"train_curves_{name}", config={"displayModeBar": False})
+        last = info.records[-1]
+        st.caption(f"Last epoch ({last['epoch']}): loss {last.get('loss', '?')}, train accuracy "
+                   f"{last.get('train_acc', '?')}%, held-out clean {last.get('heldout_clean', '?')}%, "
+                   f"held-out under attack {last.get('heldout_robust', '?')}% "
+                   f"({last.get('robust_attack', 'no attack')}), {last.get('images_per_s', '?')} images/s.")
+    if info.best_checkpoint:
+        card_summary(info)
+    with st.expander("Trainer output and command", icon=":material/terminal:"):
+        if info.job:
+            st.code(" ".join(info.job.get("command", [])), language="bash")
+        st.code(jobs.output_tail(name, 40) or "(no output yet)", language=None)
+
+
+def runs_section(running_before: tuple[str, ...]) -> None:
+    """The list of runs and the chosen run's panel. While a run is running this part refreshes every two
+    seconds; when the set of running runs changes, the whole page is drawn again."""
+    runs = jobs.list_runs()
+    running_now = tuple(r.name for r in runs if r.status == "running")
+    if running_now != running_before:
+        st.rerun()
+    flash = st.session_state.pop(P + "flash", None)
+    if flash:
+        (st.success if flash[0] == "success" else st.error)(flash[1])
+    if not runs:
+        st.info(f"No runs yet. Runs are kept in `{runs_dir()}`.", icon=":material/folder_open:")
+        return
+    rows = []
+    for r in runs:
+        last = r.records[-1] if r.records else {}
+        rows.append({"run": r.name, "status": r.status, "epochs": f"{r.done} / {r.total_epochs or '?'}",
+                     "held-out clean %": last.get("heldout_clean"),
+                     "held-out under attack %": last.get("heldout_robust"),
+                     "best epoch": last.get("best_epoch"),
+                     "started": (r.job or {}).get("started_text", "")})
+    st.dataframe(rows, hide_index=True, width="stretch")
+    names = [r.name for r in runs]
+    if st.session_state.get(P + "view") not in names:
+        st.session_state[P + "view"] = names[0]
+    view = st.selectbox("Show run", names, key=P + "view")
+    run_panel(view)
+
+
+# -- the page ------------------------------------------------------------------------------------------
+
+st.title(":material/model_training: Train")
+st.caption("Train your own CIFAR-10 model, with or without CAS, and watch it learn. Training runs in the "
+           "background: you can leave or reload this page, and the finished model appears in every model "
+           "picker of the app.")
+with st.expander("What adversarial training does, and what the numbers mean", icon=":material/help:"):
+    st.markdown(
+        "**Adversarial training** shows the network attacked images while it learns: for every batch, an "
+        "attack (PGD) first looks for a small change, at most ε/255 per pixel, that fools the network as it "
+        "is now, and the network then learns to classify the changed images correctly. **CAS** adds small "
+        "modules that learn to turn down the channels such changes excite.\n\n"
+        "- **Loss**: the training loss; it should fall.\n"
+        "- **Train accuracy**: on the attacked training images. For CAS models it uses the mask of the "
+        "*true* label, which the model does not know at test time, so it reads higher than any test "
+        "accuracy.\n"
+        "- **Held-out clean**: accuracy on test images the network never trains on.\n"
+        "- **Held-out under attack**: the same images after a PGD attack (soft-mask PGD for CAS models, an "
+        "honest attack against their masks). The epoch where this is highest is kept as the best "
+        "checkpoint.")
+
+for key, value in PRESET.items():
+    st.session_state.setdefault(P + key, value)
+st.session_state.setdefault(P + "name", free_name())
+
+st.subheader("New run")
+if GPU:
+    st.info("A GPU is available, so the full recipe is preselected: ResNet-18 at width 32, all 50,000 "
+            "training images, PGD-10, 40 epochs, batch 512, learning rate 0.2.", icon=":material/memory:")
+else:
+    st.info(f"No GPU here, so a small run is preselected that finishes in a few minutes on this CPU: "
+            f"ResNet-18 at width {SMALL['width']}, {SMALL['train_subset']:,} training images, {SMALL['epochs']} "
+            f"epochs, {SMALL['steps']} PGD steps. Its accuracies stay low (it sees few images, briefly); it "
+            "shows how training works. The full recipe needs a GPU.", icon=":material/memory:")
+
+c1, c2, c3 = st.columns(3)
+with c1:
+    st.text_input("Run name", key=P + "name", max_chars=jobs.NAME_MAX,
+                  help="Letters, digits, '-' and '_'. It names the run's folder and the model in the pickers.")
+    st.selectbox("Training method", list(METHODS), format_func=METHODS.get, key=P + "method")
+    st.toggle("CAS (Channel-wise Activation Suppressing)", key=P + "cas")
+    st.text_input("Description (optional)", key=P + "description", max_chars=200,
+                  help="Shown next to the model in the pickers.")
+with c2:
+    st.selectbox("Architecture", list(ARCHS), format_func=ARCHS.get, key=P + "arch")
+    st.number_input("Width (channels of the first stage)", 2, 128, step=2, key=P + "width",
+                    disabled=st.session_state[P + "arch"] == "wrn34_10",
+                    help="64 is the paper's ResNet-18; smaller is faster. WideResNet-34-10 has a fixed width.")
+    st.number_input("Epochs", 1, 200, key=P + "epochs")
+    st.number_input("Training images (0 = all 50,000)", 0, 50_000, step=500, key=P + "train_subset")
+    st.number_input("Batch size", 8, 2048, step=32, key=P + "batch_size")
+with c3:
+    st.number_input("Learning rate (peak)", 0.001, 2.0, step=0.01, format="%.3f", key=P + "lr")
+    st.number_input("Attack budget ε (/255)", 0.0, 32.0, step=0.5, key=P + "epsilon",
+                    help="Each pixel may change by at most this much (8/255 in the paper).")
+    st.number_input("PGD steps per training batch", 1, 20, key=P + "steps")
+    st.number_input("Held-out test images checked each epoch", 0, 10_000, step=100, key=P + "eval_subset")
+    st.number_input("PGD steps of that check", 1, 50, key=P + "eval_steps")
+
+s = settings()
+name = st.session_state[P + "name"].strip()
+step = jobs.default_step_size(float(s["epsilon"]), int(s["steps"]))
+st.caption(f"PGD step size: {step:g}/255 (2.5 × ε / steps, at least ε / 4). "
+           + ("Standard training uses no attack; ε and the steps only matter for the held-out check."
+              if s["method"] == "std" else ""))
+images = int(s["train_subset"]) or 50_000
+if int(s["batch_size"]) > images:
+    st.warning(f"The batch size ({s['batch_size']}) is larger than the number of training images ({images}): "
+               "each epoch is one batch of all of them.")
+if not GPU and (s["arch"] == "wrn34_10" or images > 10_000 or int(s["width"]) > 32):
+    st.warning("Without a GPU these settings take a long time (hours). The preselected small run takes minutes.")
+
+found = problems(name, s)
+for message in found:
+    st.error(message)
+_, existing = jobs.start_problem(name)
+b1, b2, _ = st.columns([1, 1, 3])
+b1.button("Start training", key="btn_train_start", type="primary", icon=":material/play_arrow:",
+          on_click=start_clicked, disabled=bool(found))
+if existing is not None and existing.can_resume:
+    b2.button(f"Resume '{name}'", key="btn_train_resume_existing", icon=":material/play_circle:",
+              on_click=resume_clicked, args=(name,))
+
+st.subheader("Runs")
+running = tuple(r.name for r in jobs.list_runs() if r.status == "running")
+st.fragment(run_every=2 if running else None)(runs_section)(running)

@@ -1,0 +1,320 @@
+"""Training runs as background jobs: start, stop, resume, and tell what state each run is in.
+
+A job is ``python -m cas.train ... --out <runs>/<name> --no-progress`` started in its own session, so
+it keeps running when the page is reloaded or closed. Everything about it lives on disk, in the run's
+folder, never in the browser session:
+
+* ``job.json``: the process id, the trainer's arguments, the full command and the start time;
+* ``train.out``: what the trainer printed (its error message, if it failed);
+* the trainer's own files: ``log.jsonl``, ``state.pt``, ``best.safetensors``, ``config.json``;
+* ``STOP``: created to ask the trainer to stop after its current batch.
+
+A run's status is read from these files and from whether its process is still alive:
+``running``, ``finished``, ``stopped``, ``failed`` or ``unknown`` (a folder not started from the app,
+for example a run trained on the command line, with neither a live job nor a final log event).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cas.checkpoint import atomic_write, runs_dir
+from cas.train import TrainConfig, build_parser, read_log
+
+ROOT = Path(__file__).resolve().parent.parent  # the trainer runs from the repository root
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+NAME_MAX = 64
+JOB_FILE, OUTPUT_FILE, LOG_FILE, STOP_FILE = "job.json", "train.out", "log.jsonl", "STOP"
+STATUSES = ("running", "finished", "stopped", "failed", "unknown")
+
+# Popen objects of the jobs this process started, by pid: polling them collects finished children,
+# so they do not linger as zombie processes while the app keeps running.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def run_dir(name: str) -> Path:
+    """The folder of the run called ``name``."""
+    return runs_dir() / name
+
+
+# -- names and settings --------------------------------------------------------------------------------
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run's folder, or None if its form is fine (existing runs are not
+    checked here; see :func:`start_problem`)."""
+    if not name:
+        return "Give the run a name."
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return "A run name cannot contain '/' or '\\': it names one folder inside the runs folder."
+    if len(name) > NAME_MAX:
+        return f"A run name can have at most {NAME_MAX} characters."
+    if not NAME_PATTERN.fullmatch(name):
+        return "A run name may contain only letters, digits, '-' and '_' (no spaces)."
+    return None
+
+
+def config_from_args(args: list[str]) -> TrainConfig:
+    """The trainer's configuration for these command-line arguments (the trainer's own parser)."""
+    return TrainConfig(**vars(build_parser().parse_args(args)))
+
+
+def settings_problem(args: list[str]) -> str | None:
+    """What the trainer would refuse in these arguments (its own checks), or None."""
+    try:
+        config_from_args(args).validate()
+    except ValueError as e:
+        return f"These settings cannot be used: {e}."
+    return None
+
+
+def train_args(*, method: str, cas: bool, arch: str, width: int, epochs: int, batch_size: int, lr: float,
+               epsilon: float, steps: int, train_subset: int, eval_subset: int, eval_steps: int,
+               step_size: float | None = None, description: str = "") -> list[str]:
+    """The trainer's arguments for these settings (``--out`` and ``--no-progress`` are added when the
+    job starts). ``step_size`` defaults to the usual PGD rule, 2.5 x epsilon / steps, but at least
+    epsilon / 4; all budgets are in /255."""
+    if step_size is None:
+        step_size = default_step_size(epsilon, steps)
+    args = ["--method", method, "--cas" if cas else "--no-cas", "--arch", arch, "--width", str(width),
+            "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", f"{lr:g}",
+            "--epsilon", f"{epsilon:g}", "--step-size", f"{step_size:g}", "--steps", str(steps),
+            "--train-subset", str(train_subset), "--eval-subset", str(eval_subset),
+            "--eval-steps", str(eval_steps)]
+    if description:
+        args += ["--description", description]
+    return args
+
+
+def default_step_size(epsilon: float, steps: int) -> float:
+    """PGD step size (/255) for a budget and a number of steps: 2.5 x epsilon / steps, at least epsilon / 4
+    (for the paper's 8/255 and 10 steps this is its 2/255)."""
+    return round(max(epsilon / 4, 2.5 * epsilon / max(steps, 1)), 4) or 1.0
+
+
+# -- processes -----------------------------------------------------------------------------------------
+
+def pid_alive(pid: int | None, out: Path | None = None) -> bool:
+    """Whether ``pid`` is a live trainer process (for the run folder ``out``, if given). Where
+    ``/proc`` exists, its command line must name ``cas.train`` (and the folder), so a recycled pid
+    is not mistaken for the job."""
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+        return False
+    proc = Path("/proc")
+    if proc.is_dir():
+        try:
+            cmdline = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        words = [w.decode(errors="replace") for w in cmdline]
+        if "cas.train" not in words:
+            return False  # another program, or a finished process not yet collected (empty line)
+        return out is None or str(out) in words
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_job(out: Path) -> dict | None:
+    """The run's ``job.json`` (None if it was not started from the app or the file is unreadable)."""
+    try:
+        job = json.loads((Path(out) / JOB_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return job if isinstance(job, dict) else None
+
+
+def _write_job(out: Path, job: dict) -> None:
+    atomic_write(out / JOB_FILE, lambda tmp: Path(tmp).write_text(json.dumps(job, indent=2)))
+
+
+def start(name: str, args: list[str], resume: bool = False) -> dict:
+    """Start the trainer for run ``name`` in the background; returns the job record written to
+    ``job.json``. With ``resume`` the trainer continues from the run's last finished epoch."""
+    out = run_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STOP_FILE).unlink(missing_ok=True)
+    args = [a for a in args if a != "--resume"]
+    command = [sys.executable, "-m", "cas.train", *args, *(["--resume"] if resume else []),
+               "--out", str(out), "--no-progress"]
+    started = time.time()
+    with open(out / OUTPUT_FILE, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} ===\n".encode())
+        log.flush()
+        proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    _children[proc.pid] = proc
+    job = {"name": name, "pid": proc.pid, "args": args, "resume": resume, "command": command,
+           "started": started, "started_text": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))}
+    _write_job(out, job)
+    return job
+
+
+def stop(name: str) -> None:
+    """Ask the run's trainer to stop: it finishes its current batch, logs 'stopped' and exits, keeping
+    its last finished epoch (resume continues from there)."""
+    (run_dir(name) / STOP_FILE).touch()
+
+
+def resume_args(name: str) -> list[str] | None:
+    """The arguments the run was started with (from ``job.json``, else from the trainer's
+    ``config.json``), or None when neither is there."""
+    out = run_dir(name)
+    job = read_job(out)
+    if job and isinstance(job.get("args"), list):
+        return [str(a) for a in job["args"]]
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    except (OSError, json.JSONDecodeError, TypeError):
+        return None
+    from cas.train import _cli_args  # the trainer's own config -> arguments translation
+
+    args = _cli_args(cfg)
+    if "--out" in args:  # start() adds the folder itself
+        i = args.index("--out")
+        del args[i:i + 2]
+    return args
+
+
+def resume(name: str) -> dict:
+    """Start the run again with its own arguments plus ``--resume``."""
+    args = resume_args(name)
+    if args is None:
+        raise ValueError(f"run {name!r} has no record of its settings (job.json or config.json)")
+    return start(name, args, resume=True)
+
+
+# -- status --------------------------------------------------------------------------------------------
+
+def _last_event(out: Path, since: float | None) -> str | None:
+    """The log's last 'stopped'/'finished' event; with ``since`` (a start time), only if the log was
+    written after it (an event of an earlier attempt says nothing about the current one)."""
+    log = out / LOG_FILE
+    try:
+        if since is not None and log.stat().st_mtime < since:
+            return None
+        lines = log.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "event" in record:
+            return record["event"]
+        if "epoch" in record:
+            return None  # an epoch after the last event: that event belonged to an earlier attempt
+    return None
+
+
+def status(name: str) -> str:
+    """One of :data:`STATUSES` for run ``name`` (see the module's description)."""
+    out = run_dir(name)
+    job = read_job(out)
+    if job and pid_alive(job.get("pid"), out):
+        return "running"
+    event = _last_event(out, job.get("started") if job else None)
+    if event in ("finished", "stopped"):
+        return event
+    return "failed" if job else "unknown"
+
+
+def output_tail(name: str, lines: int = 25) -> str:
+    """The last lines the run's trainer printed (``train.out``)."""
+    try:
+        text = (run_dir(name) / OUTPUT_FILE).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+@dataclass
+class RunInfo:
+    """What the app shows about one run."""
+
+    name: str
+    path: Path
+    status: str
+    records: list[dict] = field(default_factory=list)  # the log's epoch records
+    total_epochs: int | None = None
+    job: dict | None = None
+
+    @property
+    def done(self) -> int:
+        return len(self.records)
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        f = self.path / "best.safetensors"
+        return f if f.exists() else None
+
+    @property
+    def can_resume(self) -> bool:
+        """Stopped or failed, with a saved epoch to continue from and epochs left."""
+        return (self.status in ("stopped", "failed", "unknown") and (self.path / "state.pt").exists()
+                and (self.total_epochs is None or self.done < self.total_epochs))
+
+
+def run_info(name: str) -> RunInfo:
+    """Status, log records and planned epochs of run ``name``."""
+    out = run_dir(name)
+    job = read_job(out)
+    total = None
+    args = resume_args(name)
+    if args is not None:
+        try:
+            total = config_from_args(args).epochs
+        except SystemExit:  # arguments the parser refuses (a hand-edited job.json)
+            total = None
+    return RunInfo(name, out, status(name), read_log(out / LOG_FILE), total, job)
+
+
+def list_runs() -> list[RunInfo]:
+    """Every run folder (one holding a job record or trainer files), newest first."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and name_problem(d.name) is None and any(
+                (d / f).exists() for f in (JOB_FILE, LOG_FILE, "config.json", "best.safetensors")):
+            found.append(d)
+    found.sort(key=lambda d: max((d / f).stat().st_mtime for f in (JOB_FILE, LOG_FILE, "config.json",
+                                                                     "best.safetensors") if (d / f).exists()),
+               reverse=True)
+    return [run_info(d.name) for d in found]
+
+
+def start_problem(name: str) -> tuple[str | None, RunInfo | None]:
+    """Why a new run called ``name`` cannot start (None if it can), and the existing run of that name."""
+    problem = name_problem(name)
+    if problem:
+        return problem, None
+    out = run_dir(name)
+    if not out.exists():
+        return None, None
+    info = run_info(name)
+    if info.status == "running":
+        return f"A run called '{name}' is already running. Stop it first, or choose another name.", info
+    if info.can_resume:
+        return (f"A run called '{name}' already exists ({info.status} after {info.done} of "
+                f"{info.total_epochs or '?'} epochs). Resume it, or choose another name.", info)
+    if info.records or info.best_checkpoint:
+        return (f"A run called '{name}' already exists ({info.status}, {info.done} epochs). "
+                "Choose another name.", info)
+    return None, info  # a folder with no finished epoch (for example a run that failed at once): reused
