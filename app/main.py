@@ -42,7 +42,7 @@ def _coming_soon(title: str):
 
 
 st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide")
-keep_widget_state(("lab_", "cmp_"))  # settings survive a visit to another page
+keep_widget_state(("lab_", "cmp_", "stats_", "rob_", "train_"))  # settings survive a visit to another page
 
 pages = []
 for i, (file, title, icon, url) in enumerate(PAGE_LIST):

@@ -202,7 +202,9 @@ def main(argv=None):
     from .checkpoint import CheckpointError, load_checkpoint, resolve
 
     ap = argparse.ArgumentParser(prog="python -m cas.analyze", description=__doc__.split("\n\n")[0])
-    ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
+    ap.add_argument("models", nargs="*",
+                    help="bundled model names or checkpoint paths (default: one standard, one AT and one CAS "
+                         "model from the bundled set and finished runs)")
     ap.add_argument("--n", type=int, default=500, help="test images (of the class, if one is given)")
     ap.add_argument("--class", dest="cls", default="all", choices=("all",) + CLASSES)
     ap.add_argument("--attack", default="pgd", help="attack name (see cas.ATTACKS)")
@@ -213,6 +215,15 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true", help="report whether the paper's effects hold")
     ap.add_argument("--data", default=None)
     a = ap.parse_args(argv)
+    if not a.models:
+        from .checkpoint import available_models
+
+        picked = {}
+        for m in available_models():
+            picked.setdefault(role_of(m["card"]), str(m["path"]))
+        a.models = [picked[r] for r in ("std", "at", "cas") if r in picked]
+        if not a.models:
+            raise SystemExit("error: no models given and none installed (see pretrained/README.md)")
     try:
         x, y = cdata.test_subset(None, a.data)
     except cdata.DataNotFoundError as e:

@@ -73,7 +73,9 @@ def test_robustness_table_fresh_evaluation_and_curve(models_dir):
     fresh = at.dataframe[2].value
     assert list(fresh["model"]) == ["at", "at-cas"]
     at_cas = fresh.set_index("model").loc["at-cas"]
-    assert at_cas["soft-mask PGD-20"] <= at_cas["clean"] + 100 / 16 * 16  # a percentage, present
+    for col in ("clean", "FGSM", "PGD-20", "soft-mask PGD-20", "worst case"):
+        assert 0 <= at_cas[col] <= 100 and (at_cas[col] * 16 / 100) % 1 < 1e-6  # a count out of 16
+    assert at_cas["worst case"] <= min(at_cas["clean"], at_cas["PGD-20"], at_cas["soft-mask PGD-20"])
     assert fresh.set_index("model").loc["at"].isna()["soft-mask PGD-20"]  # not run on a plain model
     at.multiselect(key="rob_cmodels").set_value(["at-cas"])
     at.number_input(key="rob_cn").set_value(8)

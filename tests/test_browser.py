@@ -153,3 +153,34 @@ def test_compare_in_chromium(server, page):
     _settle(page, 6)  # 3 models x (probabilities + channels)
     assert "Traceback" not in page.inner_text("body")
     _screenshot(page, "compare.png")
+
+
+def test_statistics_robustness_and_train_pages_in_chromium(server, page):
+    # Channel statistics: compute on a few images, the paper's figures appear
+    page.goto(f"{server}/channel_stats")
+    page.get_by_text("Compute statistics").first.wait_for()
+    count = page.get_by_role("spinbutton", name="Number of images")
+    count.fill("16")
+    count.press("Tab")
+    page.get_by_role("button", name="Compute statistics").click()
+    page.get_by_text("Do the paper's claims hold here?").first.wait_for()
+    _settle(page, 8)  # std and at: 2 figures each; at-cas: 2 stages x 2 figures in its first (open) tab
+    body = page.inner_text("body")
+    assert "Traceback" not in body and "Summary" in body
+    _screenshot(page, "channel_stats.png")
+
+    # Robustness: cards, the literature table, the gradient-masking lesson
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_role("link", name="Robustness").click()
+    page.get_by_text("Why a CAS model needs adaptive attacks").first.wait_for()
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    body = page.inner_text("body")
+    assert "Traceback" not in body and "Soft-mask PGD" in body
+    _screenshot(page, "robustness.png")
+
+    # Train: the form to start a run
+    nav.get_by_role("link", name="Train").click()
+    page.get_by_role("heading", name="Train").first.wait_for()
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    assert "Traceback" not in page.inner_text("body")
+    _screenshot(page, "train.png")

@@ -45,13 +45,13 @@ with st.form(P + "form"):
                             help="Pick a standard model, an adversarially trained one and a CAS one to see "
                                  "all three of the paper's claims.")
     c1, c2, c3, c4 = st.columns(4)
-    cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), key=P + "cls",
+    cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), index=1, key=P + "cls",
                        help="The paper used the 1,000 test images of one class (airplane).")
     n = c2.number_input("Number of images", 8, 10000, 512 if ON_GPU else 64, step=8, key=P + "n",
                         help="A few hundred take about a minute per model on a laptop CPU.")
     attack = c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=lambda a: cas.ATTACKS[a].label,
                           help="CAS-adaptive attacks apply to CAS models; other models get plain PGD.")
-    eps = c4.number_input("ε (/255)", 0.0, 64.0, 8.0, step=1.0, key=P + "eps")
+    eps = c4.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
     steps = st.slider("Attack steps", 1, 50, 10, key=P + "steps")
     go = st.form_submit_button("Compute statistics", type="primary")
 
