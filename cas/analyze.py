@@ -111,10 +111,8 @@ def magnitude_figure(p: PointStats, stage: str = "before", threshold: float = 0.
         go.Bar(x=k, y=c["magnitude_natural"].numpy(), name="natural", marker_color=NATURAL, opacity=0.75),
         go.Bar(x=k, y=c["magnitude_adversarial"].numpy(), name="adversarial", marker_color=ADVERSARIAL,
                opacity=0.6)])
-    fig.update_layout(barmode="overlay", bargap=0, height=300, margin=dict(l=10, r=10, t=40, b=10),
-                      title=title or f"Magnitude at {p.name} ({stage} mask)",
-                      xaxis_title="channel (sorted by magnitude)", yaxis_title="average activation",
-                      legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    _layout(fig, title or f"Magnitude at {p.name} ({stage} mask)", "channel (sorted by magnitude)",
+            "average activation")
     return fig
 
 
@@ -130,11 +128,16 @@ def frequency_figure(p: PointStats, stage: str = "before", threshold: float = 0.
         go.Bar(x=k, y=c["frequency_natural"].numpy(), name="natural", marker_color=NATURAL, opacity=0.75),
         go.Bar(x=k, y=c["frequency_adversarial"].numpy(), name="adversarial", marker_color=ADVERSARIAL,
                opacity=0.6)])
-    fig.update_layout(barmode="overlay", bargap=0, height=300, margin=dict(l=10, r=10, t=40, b=10),
-                      title=title or f"Activation frequency at {p.name} ({stage} mask)",
-                      xaxis_title="channel (sorted by natural frequency)", yaxis_title="images activating it",
-                      legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+    _layout(fig, title or f"Activation frequency at {p.name} ({stage} mask)",
+            "channel (sorted by natural frequency)", "images activating it")
     return fig
+
+
+def _layout(fig, title: str, xtitle: str, ytitle: str) -> None:
+    """Shared look of the two figures: title on top, legend under the axis so they never overlap."""
+    fig.update_layout(barmode="overlay", bargap=0, height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text=title, x=0, xanchor="left"), xaxis_title=xtitle, yaxis_title=ytitle,
+                      legend=dict(orientation="h", y=-0.25, yanchor="top", x=0.5, xanchor="center"))
 
 
 def _stage(p: PointStats, stage: str):
