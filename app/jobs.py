@@ -77,8 +77,7 @@ def train_args(*, method: str, cas: bool, arch: str, width: int, epochs: int, ba
                epsilon: float, steps: int, train_subset: int, eval_subset: int, eval_steps: int,
                step_size: float | None = None, description: str = "") -> list[str]:
     """The trainer's arguments for these settings (``--out`` and ``--no-progress`` are added when the
-    job starts). ``step_size`` defaults to the usual PGD rule, 2.5 x epsilon / steps, but at least
-    epsilon / 4; all budgets are in /255."""
+    job starts). ``step_size`` defaults to :func:`default_step_size`; all budgets are in /255."""
     if step_size is None:
         step_size = default_step_size(epsilon, steps)
     args = ["--method", method, "--cas" if cas else "--no-cas", "--arch", arch, "--width", str(width),
@@ -92,9 +91,10 @@ def train_args(*, method: str, cas: bool, arch: str, width: int, epochs: int, ba
 
 
 def default_step_size(epsilon: float, steps: int) -> float:
-    """PGD step size (/255) for a budget and a number of steps: 2.5 x epsilon / steps, at least epsilon / 4
-    (for the paper's 8/255 and 10 steps this is its 2/255)."""
-    return round(max(epsilon / 4, 2.5 * epsilon / max(steps, 1)), 4) or 1.0
+    """PGD step size (/255) for a budget and a number of steps: 2.5 x epsilon / steps, kept between
+    epsilon / 4 and epsilon (for the paper's 8/255 and 10 steps this is its 2/255). A zero budget gets
+    a nominal step of 1, since the trainer needs a positive one."""
+    return round(min(epsilon, max(epsilon / 4, 2.5 * epsilon / max(steps, 1))), 4) or 1.0
 
 
 # -- processes -----------------------------------------------------------------------------------------

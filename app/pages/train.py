@@ -198,7 +198,7 @@ def card_summary(info: jobs.RunInfo) -> None:
     st.success(f"This model now appears in every model picker of the app (Attack Lab, Compare, ...) as "
                f"**{info.name}**. Its file: `{info.best_checkpoint}`", icon=":material/check_circle:")
     st.markdown("The exact command that trains it again:")
-    st.code(card.get("command", "?"), language="bash")
+    st.code(card.get("command", "?"), language="bash", wrap_lines=True)
 
 
 def run_panel(name: str) -> None:
@@ -234,7 +234,7 @@ def run_panel(name: str) -> None:
         card_summary(info)
     with st.expander("Trainer output and command", icon=":material/terminal:"):
         if info.job:
-            st.code(" ".join(info.job.get("command", [])), language="bash")
+            st.code(" ".join(info.job.get("command", [])), language="bash", wrap_lines=True)
         st.code(jobs.output_tail(name, 40) or "(no output yet)", language=None)
 
 
@@ -329,7 +329,7 @@ with c3:
 s = settings()
 name = st.session_state[P + "name"].strip()
 step = jobs.default_step_size(float(s["epsilon"]), int(s["steps"]))
-st.caption(f"PGD step size: {step:g}/255 (2.5 × ε / steps, at least ε / 4). "
+st.caption(f"PGD step size: {step:.3g}/255 (2.5 × ε / steps, kept between ε / 4 and ε). "
            + ("Standard training uses no attack; ε and the steps only matter for the held-out check."
               if s["method"] == "std" else ""))
 images = int(s["train_subset"]) or 50_000
