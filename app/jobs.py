@@ -181,9 +181,9 @@ def resume_args(name: str) -> list[str] | None:
         cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     except (OSError, json.JSONDecodeError, TypeError):
         return None
-    from cas.train import _cli_args  # the trainer's own config -> arguments translation
+    from cas.train import cli_args
 
-    args = _cli_args(cfg)
+    args = cli_args(cfg)
     if "--out" in args:  # start() adds the folder itself
         i = args.index("--out")
         del args[i:i + 2]

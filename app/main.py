@@ -1,6 +1,6 @@
 """CAS Lab, the Streamlit app: ``streamlit run app/main.py``.
 
-This entry script only sets up the page and the navigation; each page lives in ``app/pages/``.
+This entry script only sets up the page and the navigation; each page lives in ``app/views/`` (not ``pages/``: Streamlit would also list that folder on its own).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import streamlit as st  # noqa: E402
 
 from app.common.url_state import keep_widget_state  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "views"
 # (file, title, icon, url path); the first page is the default one.
 PAGE_LIST = [
     ("attack_lab.py", "Attack Lab", ":material/target:", "attack_lab"),

@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     if cfg.compile and device.type == "cuda":
         net = torch.compile(net)
     lcfg = cfg.loss_config
-    command = "python -m cas.train " + " ".join(shlex.quote(a) for a in _cli_args(cfg))
+    command = "python -m cas.train " + " ".join(shlex.quote(a) for a in cli_args(cfg))
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _cli_args(cfg: TrainConfig) -> list[str]:
+def cli_args(cfg: TrainConfig) -> list[str]:
     """The command-line arguments that reproduce ``cfg`` (defaults left out)."""
     args = []
     for f in fields(TrainConfig):

@@ -343,7 +343,7 @@ def test_exports_are_exact():
 
 def compare_app(**query) -> AppTest:
     at = make_app(attack="none").run()
-    at.switch_page("pages/compare.py")
+    at.switch_page("views/compare.py")
     for k, v in query.items():
         at.query_params[k] = str(v)
     return at.run()
@@ -374,7 +374,7 @@ def test_compare_transfer(models_dir):
 
 def test_compare_follows_the_attack_lab(models_dir):
     at = make_app(img=12, attack="fgsm").run()
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     assert_clean(at)
     assert at.session_state["cmp_idx"] == 12 and at.session_state["cmp_attack"] == "fgsm"
 
@@ -395,5 +395,5 @@ def test_compare_needs_two_models(monkeypatch, tmp_path, models_dir):
 def test_all_pages_are_registered(models_dir):
     at = make_app(attack="none").run()
     for page in ["compare.py", "channel_stats.py", "robustness.py", "train.py"]:
-        at.switch_page(f"pages/{page}").run()
+        at.switch_page(f"views/{page}").run()
         assert_clean(at)

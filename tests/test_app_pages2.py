@@ -7,8 +7,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-STATS = str(ROOT / "app" / "pages" / "channel_stats.py")
-ROBUSTNESS = str(ROOT / "app" / "pages" / "robustness.py")
+STATS = str(ROOT / "app" / "views" / "channel_stats.py")
+ROBUSTNESS = str(ROOT / "app" / "views" / "robustness.py")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from app import jobs  # noqa: E402
 from cas.train import read_log  # noqa: E402
 
-PAGE = str(ROOT / "app" / "pages" / "train.py")
+PAGE = str(ROOT / "app" / "views" / "train.py")
 DEADLINE = 180  # seconds; a generous limit for a busy machine, not a speed requirement
 TINY = {"width": 4, "train_subset": 256, "batch_size": 16, "steps": 1, "eval_subset": 64, "eval_steps": 1}
 
