@@ -102,42 +102,33 @@ def summary_rows(stats: ModelStats, threshold: float = 0.01) -> list[dict]:
 def magnitude_figure(p: PointStats, stage: str = "before", threshold: float = 0.01, title: str = ""):
     """The paper's magnitude figure: per-channel magnitude, natural and adversarial curves each sorted
     in descending order, overlaid as bars."""
-    import plotly.graph_objects as go
-
-    nat, adv = _stage(p, stage)
-    c = analysis.compare(nat, adv, threshold)
-    k = list(range(nat.shape[1]))
-    fig = go.Figure([
-        go.Bar(x=k, y=c["magnitude_natural"].numpy(), name="natural", marker_color=NATURAL, opacity=0.75),
-        go.Bar(x=k, y=c["magnitude_adversarial"].numpy(), name="adversarial", marker_color=ADVERSARIAL,
-               opacity=0.6)])
-    _layout(fig, title or f"Magnitude at {p.name} ({stage} mask)", "channel (sorted by magnitude)",
-            "average activation")
-    return fig
+    c = analysis.compare(*_stage(p, stage), threshold)
+    return _overlay(c["magnitude_natural"], c["magnitude_adversarial"],
+                    title or f"Magnitude at {p.name} ({stage} mask)", "channel (sorted by magnitude)",
+                    "average activation")
 
 
 def frequency_figure(p: PointStats, stage: str = "before", threshold: float = 0.01, title: str = ""):
     """The paper's uniformity figure: how many images activate each channel (above ``threshold`` x the
     image's strongest channel); channels in the natural count's order, adversarial in the same order."""
+    c = analysis.compare(*_stage(p, stage), threshold)
+    return _overlay(c["frequency_natural"], c["frequency_adversarial"],
+                    title or f"Activation frequency at {p.name} ({stage} mask)",
+                    "channel (sorted by natural frequency)", "images activating it")
+
+
+def _overlay(natural: torch.Tensor, adversarial: torch.Tensor, title: str, xtitle: str, ytitle: str):
+    """Natural and adversarial curves as overlaid bars; title on top, legend under the axis."""
     import plotly.graph_objects as go
 
-    nat, adv = _stage(p, stage)
-    c = analysis.compare(nat, adv, threshold)
-    k = list(range(nat.shape[1]))
-    fig = go.Figure([
-        go.Bar(x=k, y=c["frequency_natural"].numpy(), name="natural", marker_color=NATURAL, opacity=0.75),
-        go.Bar(x=k, y=c["frequency_adversarial"].numpy(), name="adversarial", marker_color=ADVERSARIAL,
-               opacity=0.6)])
-    _layout(fig, title or f"Activation frequency at {p.name} ({stage} mask)",
-            "channel (sorted by natural frequency)", "images activating it")
-    return fig
-
-
-def _layout(fig, title: str, xtitle: str, ytitle: str) -> None:
-    """Shared look of the two figures: title on top, legend under the axis so they never overlap."""
+    k = list(range(natural.shape[0]))
+    fig = go.Figure([go.Bar(x=k, y=natural.numpy(), name="natural", marker_color=NATURAL, opacity=0.75),
+                     go.Bar(x=k, y=adversarial.numpy(), name="adversarial", marker_color=ADVERSARIAL,
+                            opacity=0.6)])
     fig.update_layout(barmode="overlay", bargap=0, height=340, margin=dict(l=10, r=10, t=40, b=10),
                       title=dict(text=title, x=0, xanchor="left"), xaxis_title=xtitle, yaxis_title=ytitle,
                       legend=dict(orientation="h", y=-0.25, yanchor="top", x=0.5, xanchor="center"))
+    return fig
 
 
 def _stage(p: PointStats, stage: str):
@@ -235,7 +226,7 @@ def main(argv=None):
         keep = y == CLASSES.index(a.cls)
         x, y = x[keep], y[keep]
     x, y = x[:a.n], y[:a.n]
-    settings = AttackSettings(eps=a.eps / 255, steps=a.steps, step_size=max(a.eps / 255 / 4, 2.5 * a.eps / 255 / a.steps))
+    settings = AttackSettings(eps=a.eps / 255, steps=a.steps)
     all_stats, by_role, rows = {}, {}, []
     for name in a.models:
         try:

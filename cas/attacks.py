@@ -34,7 +34,7 @@ class AttackSettings:
 
     eps: float = 8 / 255
     steps: int = 20
-    step_size: float | None = None  # default: 2.5 * eps / steps, at least eps / 4 ... see resolved()
+    step_size: float | None = None  # None: max(eps / 4, 2.5 * eps / steps), see validated()
     norm: str = "linf"
     random_start: bool | str = True  # True: uniform in the ball; "normal": x + 0.001 * N(0, 1)
     restarts: int = 1

@@ -142,8 +142,7 @@ def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
         yb = y[i:i + cfg.eval_batch_size].to(device)
         with _autocast(cfg, device):
             clean += (_accuracy(model, xb, yb) * len(yb))
-            xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps,
-                        step_size=max(cfg.epsilon / 255 / 4, 2.5 * cfg.epsilon / 255 / cfg.eval_steps), seed=i)
+            xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i)
             correct += (_accuracy(model, xa, yb) * len(yb))
     n = max(x_u8.shape[0], 1)
     name = ("soft_mask_pgd" if model.has_cas else "pgd") + str(cfg.eval_steps)

@@ -159,3 +159,23 @@ def npy_bytes(x: np.ndarray) -> bytes:
 def repo_data_dir() -> Path:
     """Where :func:`download_cifar` puts CIFAR-10."""
     return Path(__file__).resolve().parents[2] / "data"
+
+
+def cifar_test_or_stop() -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cifar_test`, or a warning saying how to get CIFAR-10 and the end of this page run."""
+    try:
+        return cifar_test()
+    except cas_data.DataNotFoundError as e:
+        st.warning(str(e))
+        st.stop()
+
+
+def shuffled_subset(n: int, cls: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (of class ``cls``, or all) in the fixed shuffle that the trainer's
+    held-out check and the evaluator use: (uint8 (n, 3, 32, 32), labels)."""
+    x, y = cifar_test_or_stop()
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)).numpy()
+    if cls != "all":
+        idx = idx[y[idx] == cas_data.CLASSES.index(cls)]
+    idx = idx[:n]
+    return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])

@@ -15,7 +15,6 @@ import torch  # noqa: E402
 import cas  # noqa: E402
 from app.common import images, models, widgets  # noqa: E402
 from cas import analyze  # noqa: E402
-from cas.data import DataNotFoundError  # noqa: E402
 
 P = "stats_"
 ON_GPU = torch.cuda.is_available()
@@ -32,11 +31,7 @@ available = models.list_available()
 if not available:
     st.info(models.NO_MODELS_MESSAGE)
     st.stop()
-try:
-    x_all, y_all = images.cifar_test()
-except DataNotFoundError as e:
-    st.warning(str(e))
-    st.stop()
+images.cifar_test_or_stop()
 
 names = [m["name"] for m in available]
 default = [n for n in ("std", "at", "at-cas") if n in names] or names[:3]
@@ -60,21 +55,13 @@ threshold = st.slider("A channel counts as *activated* above this share of the i
                       help="The paper uses 1%. Changing it re-counts; it does not re-run the attacks.") / 100
 
 
-def _subset(x, y, cls: str, n: int):
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)).numpy()
-    if cls != "all":
-        idx = idx[y[idx] == cas.CLASSES.index(cls)]
-    idx = idx[:n]
-    return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-
-
 def compute(name: str) -> analyze.ModelStats:
     entry = available[names.index(name)]
     loaded = models.load_from_path(entry["path"], name=name)
     atk = attack if (loaded.model.has_cas or not cas.ATTACKS[attack].cas_only) else "pgd"
     key = ("stats", loaded.key, cls, int(n), atk, float(eps), int(steps))
-    xs, ys = _subset(x_all, y_all, cls, int(n))
-    settings = cas.AttackSettings(eps=eps / 255, steps=steps, step_size=max(eps / 255 / 4, 2.5 * eps / 255 / steps))
+    xs, ys = images.shuffled_subset(int(n), cls)
+    settings = cas.AttackSettings(eps=eps / 255, steps=steps)  # default step: max(eps / 4, 2.5 eps / steps)
 
     def run():
         bar = st.progress(0.0, text=f"{name}: attacking {len(ys)} images…")

@@ -16,7 +16,6 @@ import torch  # noqa: E402
 
 import cas  # noqa: E402
 from app.common import images, models, widgets  # noqa: E402
-from cas.data import DataNotFoundError  # noqa: E402
 from cas.evaluate import PRESETS, evaluate  # noqa: E402
 
 P = "rob_"
@@ -77,16 +76,7 @@ st.markdown(
 
 if not available:
     st.stop()
-try:
-    x_all, y_all = images.cifar_test()
-except DataNotFoundError as e:
-    st.warning(str(e))
-    st.stop()
-
-
-def _subset(n: int):
-    idx = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0)).numpy()[:n]
-    return torch.from_numpy(x_all[idx]), torch.from_numpy(y_all[idx])
+images.cifar_test_or_stop()
 
 
 def _load(name):
@@ -113,7 +103,7 @@ if run_eval:
 done = st.session_state.get(P + "evaluated")
 if done:
     chosen, n, steps, eps, attacks = done
-    xs, ys = _subset(n)
+    xs, ys = images.shuffled_subset(n)
     overrides = {a: {"steps": steps} for a in ("pgd", "cw", "joint_pgd", "soft_mask_pgd")}
     overrides["square"] = {"queries": 1000}
     results = {}
@@ -164,7 +154,7 @@ if run_curve:
 curve = st.session_state.get(P + "curve_done")
 if curve and curve[3]:
     curve_models, cn, csteps, eps_list = curve
-    xs, ys = _subset(cn)
+    xs, ys = images.shuffled_subset(cn)
     fig = go.Figure()
     for name in curve_models:
         if name not in names:
@@ -183,7 +173,7 @@ if curve and curve[3]:
                         accs.append(r.accuracy["clean"])
                     else:
                         r = evaluate(loaded.model, xs, ys, [atk], eps=e / 255, device="cpu", batch_size=64,
-                                     overrides={atk: {"steps": csteps, "step_size": max(e / 255 / 4, 2.5 * e / 255 / csteps)}})
+                                     overrides={atk: {"steps": csteps, "step_size": None}})
                         accs.append(r.accuracy[PRESETS[atk][0]])
                     bar.progress((i + 1) / len(eps_list), text=f"{name}, {cas.ATTACKS[atk].label}: ε = {e}/255")
                 bar.empty()
