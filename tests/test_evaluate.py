@@ -31,6 +31,8 @@ def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):
     assert set(acc) >= {"clean", "fgsm", "pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_pgd20",
                         "square", "worst_case"}
     assert acc["adaptive_pgd20"] == min(acc["joint_pgd20"], acc["soft_mask_pgd20"])
+    print("at-cas stand-in:", acc)
+    assert acc["adaptive_pgd20"] <= acc["pgd20"]  # the CAS-adaptive attacks are at least as strong
     assert res.counts["square"] == 16 and res.counts["worst_case"] == 16
     assert acc["worst_case"] <= min(v for k, v in acc.items() if k != "worst_case") + 100 * 16 / 32
     table = markdown_table({"at-cas": res})
