@@ -19,23 +19,29 @@ from __future__ import annotations
 
 import torch
 
-from .models import CASNet, ChannelDetail
+from .models import CASNet, ChannelDetail, ForwardResult
 
 
 @torch.no_grad()
 def channel_activations(model: CASNet, x: torch.Tensor, y: torch.Tensor | None = None,
-                        mask: str = "pred", batch_size: int = 256) -> list[ChannelDetail]:
-    """Per-channel activations at every CAS point (batched; values on the CPU, float32)."""
-    parts: list[list[ChannelDetail]] = []
+                        mask: str = "pred", batch_size: int = 256) -> ForwardResult:
+    """:meth:`CASNet.forward_details` over a large batch, in chunks: final logits and a
+    :class:`ChannelDetail` per CAS point, every tensor concatenated on the CPU as float32."""
+    parts = []
     for i in range(0, x.shape[0], batch_size):
         yb = None if y is None else y[i:i + batch_size]
-        parts.append(model.forward_details(x[i:i + batch_size], yb, mask).details)
-    out = []
-    for j, first in enumerate(parts[0]):
-        cat = lambda field: torch.cat([getattr(p[j], field).float().cpu() for p in parts])  # noqa: E731
-        aux = None if first.aux_logits is None else cat("aux_logits")
-        out.append(ChannelDetail(first.name, cat("before"), cat("mask"), cat("after"), aux))
-    return out
+        parts.append(model.forward_details(x[i:i + batch_size], yb, mask))
+
+    def cat(tensors):
+        return torch.cat([t.float().cpu() for t in tensors])
+
+    details = []
+    for j, first in enumerate(parts[0].details):
+        aux = None if first.aux_logits is None else cat([p.details[j].aux_logits for p in parts])
+        details.append(ChannelDetail(first.name, *(cat([getattr(p.details[j], f) for p in parts])
+                                                   for f in ("before", "mask", "after")), aux))
+    return ForwardResult(cat([p.logits for p in parts]),
+                         [d.aux_logits for d in details if d.aux_logits is not None], details)
 
 
 def activated(values: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:

@@ -54,29 +54,22 @@ def channel_statistics(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str =
     """Attack ``x_u8`` (uint8 (N, 3, 32, 32)) in batches and collect per-channel activations.
     ``progress(done, total)`` counts images. The model is only called, never changed."""
     settings = settings or AttackSettings(eps=8 / 255, steps=20, step_size=2 / 255)
-    parts_nat, parts_adv = [], []
-    correct_nat = correct_adv = 0
     n = x_u8.shape[0]
+    x = x_u8.float() / 255
+    adv_parts = []
     for i in range(0, n, batch_size):
-        xb = x_u8[i:i + batch_size].float() / 255
-        yb = y[i:i + batch_size]
-        xa = run_attack(attack, model, xb, yb, settings)
-        with torch.no_grad():
-            nat = model.forward_details(xb)
-            adv = model.forward_details(xa)
-        correct_nat += int((nat.logits.argmax(1) == yb).sum())
-        correct_adv += int((adv.logits.argmax(1) == yb).sum())
-        parts_nat.append(nat.details)
-        parts_adv.append(adv.details)
+        adv_parts.append(run_attack(attack, model, x[i:i + batch_size], y[i:i + batch_size], settings))
         if progress:
             progress(min(i + batch_size, n), n)
-    points = []
-    for j, first in enumerate(parts_nat[0]):
-        def cat(parts, field):
-            return torch.cat([getattr(p[j], field).float().cpu() for p in parts])
-        points.append(PointStats(first.name, cat(parts_nat, "before"), cat(parts_adv, "before"),
-                                 cat(parts_nat, "after"), cat(parts_adv, "after"), first.aux_logits is not None))
-    return ModelStats(name, attack, n, 100 * correct_nat / max(n, 1), 100 * correct_adv / max(n, 1), points)
+    nat = analysis.channel_activations(model, x, batch_size=batch_size)
+    adv = analysis.channel_activations(model, torch.cat(adv_parts), batch_size=batch_size)
+    points = [PointStats(dn.name, dn.before, da.before, dn.after, da.after, dn.aux_logits is not None)
+              for dn, da in zip(nat.details, adv.details)]
+
+    def accuracy(logits):
+        return 100 * float((logits.argmax(1) == y).float().mean()) if n else 0.0
+
+    return ModelStats(name, attack, n, accuracy(nat.logits), accuracy(adv.logits), points)
 
 
 def summary_rows(stats: ModelStats, threshold: float = 0.01) -> list[dict]:

@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"], state["best"]
-        history = _read_log(out / "log.jsonl")[:start_epoch]
+        history = read_log(out / "log.jsonl")[:start_epoch]
         if main_proc:  # drop log lines of a partly finished epoch
             atomic_write(out / "log.jsonl", lambda t: Path(t).write_text(
                 "".join(json.dumps(r) + "\n" for r in history)))
@@ -307,7 +307,7 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _read_log(path: Path) -> list[dict]:
+def read_log(path: Path) -> list[dict]:
     """Epoch records of a run's log (event lines and a torn last line are skipped)."""
     if not path.exists():
         return []
@@ -321,8 +321,6 @@ def _read_log(path: Path) -> list[dict]:
             out.append(r)
     return out
 
-
-read_log = _read_log
 
 
 def build_parser() -> argparse.ArgumentParser:

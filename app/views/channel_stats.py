@@ -100,7 +100,7 @@ st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(
 
 roles = {}
 for name, s in results.items():
-    roles.setdefault(analyze.role_of(models.load_from_path(available[names.index(name)]["path"], name=name).card), s)
+    roles.setdefault(analyze.role_of(available[names.index(name)]["card"]), s)
 effects = analyze.paper_effects(roles, threshold)
 if effects:
     st.subheader("Do the paper's claims hold here?")
