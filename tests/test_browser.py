@@ -159,6 +159,8 @@ def test_statistics_robustness_and_train_pages_in_chromium(server, page):
     # Channel statistics: compute on a few images, the paper's figures appear
     page.goto(f"{server}/channel_stats")
     page.get_by_text("Compute statistics").first.wait_for()
+    page.wait_for_timeout(500)  # let the first script run finish before typing into the form
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
     count = page.get_by_role("spinbutton", name="Number of images")
     count.fill("16")
     count.press("Tab")
