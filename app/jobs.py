@@ -74,7 +74,7 @@ def settings_problem(args: list[str]) -> str | None:
 
 
 def train_args(*, method: str, cas: bool, arch: str, width: int, epochs: int, batch_size: int, lr: float,
-               epsilon: float, steps: int, train_subset: int, eval_subset: int, eval_steps: int,
+               epsilon: float, steps: int, train_subset: int, val_size: int, eval_steps: int,
                step_size: float | None = None, description: str = "") -> list[str]:
     """The trainer's arguments for these settings (``--out`` and ``--no-progress`` are added when the
     job starts). ``step_size`` defaults to :func:`default_step_size`; all budgets are in /255."""
@@ -83,7 +83,7 @@ def train_args(*, method: str, cas: bool, arch: str, width: int, epochs: int, ba
     args = ["--method", method, "--cas" if cas else "--no-cas", "--arch", arch, "--width", str(width),
             "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", f"{lr:g}",
             "--epsilon", f"{epsilon:g}", "--step-size", f"{step_size:g}", "--steps", str(steps),
-            "--train-subset", str(train_subset), "--eval-subset", str(eval_subset),
+            "--train-subset", str(train_subset), "--val-size", str(val_size),
             "--eval-steps", str(eval_steps)]
     if description:
         args += ["--description", description]

@@ -112,8 +112,21 @@ def test_subset(n: int | None = None, path=None) -> tuple[torch.Tensor, torch.Te
     the source stores them in (image-folder copies are sorted by class). The same images everywhere:
     the trainer's held-out check, the evaluator, the app."""
     x, y = load("test", path)
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    idx = shuffled_indices(x.shape[0])[:n]
     return x[idx], y[idx]
+
+
+def shuffled_indices(n_images: int) -> torch.Tensor:
+    """The fixed shuffle (seed 0) of ``n_images`` test-set positions behind :func:`test_subset`."""
+    return torch.randperm(n_images, generator=torch.Generator().manual_seed(0))
+
+
+def validation_split(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0):
+    """((x, y) to train on, (x, y) of ``n`` validation images): a fixed seeded split of the training
+    set, the same for every run, so that choices (the best epoch) never look at test images."""
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    keep, val = idx[n:].sort().values, idx[:n]
+    return (x[keep], y[keep]), (x[val], y[val])
 
 
 def fetch_torchvision(root: Path) -> None:

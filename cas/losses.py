@@ -4,7 +4,13 @@ Every method is one per-head loss ``head_loss(method, adv_logits, nat_logits, y,
 is added in exactly one place, :func:`training_loss`: the same loss on every auxiliary head, averaged
 over the CAS modules, weighted by ``cas_beta`` (2 in the paper). Training examples are crafted as the
 authors did (:func:`perturb`): Linf PGD with the model in eval mode, maximising the method's attack
-loss on the final head plus ``cas_beta`` x the auxiliary heads.
+loss on the final head plus ``cas_beta`` x the auxiliary heads, by one of three recipes:
+
+* ``pgd``: PGD-k from a random start (Madry et al.), the paper's recipe;
+* ``fgsm_rs``: one signed step of 1.25 eps from a uniform random start, projected to the eps ball
+  ("fast AT", Wong et al. 2020);
+* ``n_fgsm``: one signed step of eps from uniform noise in a 2 eps box, not projected (N-FGSM,
+  de Jorge et al. 2022), which resists catastrophic overfitting at larger budgets.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from .attacks import AttackSettings, pgd_loop
 
 METHODS = ("std", "at", "trades", "mart")
+RECIPES = ("pgd", "fgsm_rs", "n_fgsm")
 DEFAULT_BETA = {"std": 0.0, "at": 0.0, "trades": 6.0, "mart": 6.0}
 
 
@@ -25,12 +32,18 @@ class LossConfig:
     beta: float | None = None  # TRADES / MART trade-off; None -> 6
     cas_beta: float = 2.0  # weight of the auxiliary (CAS) losses
     eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
+    step_size: float | None = None  # None: the recipe's own (pgd eps/4, fgsm_rs 1.25 eps, n_fgsm eps)
+    steps: int = 10  # pgd only
+    recipe: str = "pgd"  # how training examples are made: pgd | fgsm_rs | n_fgsm
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.step_size is None:
+            object.__setattr__(self, "step_size", {"pgd": self.eps / 4, "fgsm_rs": 1.25 * self.eps,
+                                                   "n_fgsm": self.eps}[self.recipe])
         if self.eps < 0 or self.step_size <= 0 or self.steps < 1:
             raise ValueError("need eps >= 0, step_size > 0 and steps >= 1")
 
@@ -110,6 +123,16 @@ def perturb(model, x, y, cfg: LossConfig, generator: torch.Generator | None = No
         with torch.no_grad():
             logits, aux = model(x, return_aux=True)
             nat_heads = [h.float() for h in (logits, *aux)]
-    start = "normal" if cfg.method in ("trades", "mart") else True
-    s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, random_start=start).validated()
-    return pgd_loop(model, x, y, s, _attack_objective(cfg, nat_heads), keep_best=False, generator=generator)
+    objective = _attack_objective(cfg, nat_heads)
+    if cfg.recipe == "n_fgsm":  # noise in a 2 eps box, one step of eps, no projection back to eps
+        noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * 2 * cfg.eps
+        x0 = (x + noise).clamp(0, 1).requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(objective(model, x0, y, None, None)[0].sum(), x0)
+        return (x0.detach() + cfg.step_size * grad.sign()).clamp(0, 1)
+    if cfg.recipe == "fgsm_rs":  # one step from a uniform start (Wong et al.), for every method
+        s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=1, random_start=True)
+    else:  # PGD-k; TRADES and MART start next to x, as their authors did
+        start = "normal" if cfg.method in ("trades", "mart") else True
+        s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, random_start=start)
+    return pgd_loop(model, x, y, s.validated(), objective, keep_best=False, generator=generator)

@@ -3,7 +3,11 @@
 One loop for every method (they differ only in the loss, see :mod:`cas.losses`). Training data sit on
 the device as uint8 and are augmented there. Every epoch appends a JSON line to ``<out>/log.jsonl``
 and atomically rewrites ``<out>/state.pt`` (everything needed to resume: ``--resume``); the epoch with
-the best held-out robust accuracy is kept as ``<out>/best.safetensors`` with its model card.
+the best robust accuracy on a validation split carved from the *training* set (never test images) is
+kept as ``<out>/best.safetensors`` with its model card; a collapse of that accuracy (catastrophic
+overfitting of single-step recipes) is flagged loudly in the log and the card.
+On CPUs with native bf16 (AVX-512 BF16, AMX) and on CUDA, training and the crafting of training
+examples run under bf16 autocast with channels_last tensors (``--no-amp`` for fp32).
 A run stops cleanly, keeping its last finished epoch, when ``<out>/STOP`` appears.
 Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel.
 """
@@ -26,8 +30,9 @@ from tqdm import tqdm
 
 from . import data as cdata
 from .attacks import pgd, soft_mask_pgd
-from .checkpoint import atomic_write, make_card, save_checkpoint
-from .losses import METHODS, LossConfig, perturb, training_loss
+from .checkpoint import atomic_write, make_card, save_checkpoint, update_card
+from .losses import METHODS, RECIPES, LossConfig, perturb, training_loss
+from .precision import autocast, fast_bf16
 from .models import create_model
 
 
@@ -47,12 +52,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     epsilon: float = 8.0  # Linf budget, in /255
-    step_size: float = 2.0  # PGD step, in /255
-    steps: int = 10  # PGD steps for training examples
+    recipe: str = "pgd"  # training examples: pgd | fgsm_rs | n_fgsm (see cas.losses)
+    step_size: float | None = None  # attack step in /255 (default: pgd eps/4, fgsm_rs 1.25 eps, n_fgsm eps)
+    steps: int = 10  # PGD steps for training examples (recipe pgd)
     beta: float | None = None  # TRADES / MART trade-off (default 6)
     cas_beta: float = 2.0  # weight of the auxiliary CAS losses
     train_subset: int = 0  # train on this many images (0: all 50,000)
-    eval_subset: int = 1000  # held-out test images for the per-epoch check
+    val_size: int = 1000  # validation images held out of the training set for the per-epoch check
     eval_steps: int = 10  # PGD steps of the per-epoch robust check
     eval_batch_size: int = 1000
     seed: int = 0
@@ -60,8 +66,8 @@ class TrainConfig:
     download: bool = False  # fetch CIFAR-10 through torchvision first
     out: str = "runs/run"
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast (CUDA only)
-    channels_last: bool = True  # (CUDA only)
+    amp: bool = True  # bf16 autocast where the hardware does bf16 natively (CUDA, AVX-512 BF16 CPUs)
+    channels_last: bool = True  # channels_last memory format for model and batches
     compile: bool = False  # torch.compile the model (CUDA only)
     resume: bool = False
     description: str = ""
@@ -75,8 +81,11 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
             (0 <= self.epsilon <= 255, "epsilon is in /255 and must lie in [0, 255]"),
-            (self.step_size > 0 and self.steps >= 1, "need step_size > 0 and steps >= 1"),
-            (self.train_subset >= 0 and self.eval_subset >= 0, "subset sizes must be >= 0"),
+            (self.recipe in RECIPES, f"recipe must be one of {RECIPES}"),
+            ((self.step_size is None or self.step_size > 0) and self.steps >= 1,
+             "need step_size > 0 and steps >= 1"),
+            (self.train_subset >= 0 and 0 <= self.val_size <= 10_000, "need train_subset >= 0 and "
+             "val_size in [0, 10000]"),
             (0 <= self.warmup < 1, "warmup is a fraction in [0, 1)"),
         ]
         for ok, msg in checks:
@@ -86,8 +95,9 @@ class TrainConfig:
 
     @property
     def loss_config(self) -> LossConfig:
-        return LossConfig(self.method, self.beta, self.cas_beta, self.epsilon / 255, self.step_size / 255,
-                          self.steps)
+        step = None if self.step_size is None else self.step_size / 255
+        return LossConfig(self.method, self.beta, self.cas_beta, self.epsilon / 255, step, self.steps,
+                          self.recipe)
 
     def model_kwargs(self) -> dict:
         kw = {"cas": self.cas}
@@ -133,25 +143,34 @@ def _accuracy(model, x, y) -> float:
 
 
 def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
-    """Clean and robust accuracy (percent) on the held-out subset; robust uses soft-mask PGD for CAS
-    models (plain PGD over-reports them) and plain PGD otherwise."""
+    """Clean and robust accuracy (percent) on the validation split; robust uses soft-mask PGD for CAS
+    models (plain PGD over-reports them) and plain PGD otherwise. Attacks run under bf16 autocast
+    where it is fast; every accuracy is judged in fp32."""
     clean = correct = 0
     attack = soft_mask_pgd if model.has_cas else pgd
     for i in range(0, x_u8.shape[0], cfg.eval_batch_size):
         xb = cdata.to_float(x_u8[i:i + cfg.eval_batch_size].to(device))
         yb = y[i:i + cfg.eval_batch_size].to(device)
-        with _autocast(cfg, device):
-            clean += (_accuracy(model, xb, yb) * len(yb))
+        with autocast(device, cfg.amp):
             xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i)
-            correct += (_accuracy(model, xa, yb) * len(yb))
+        clean += (_accuracy(model, xb, yb) * len(yb))
+        correct += (_accuracy(model, xa, yb) * len(yb))
     n = max(x_u8.shape[0], 1)
     name = ("soft_mask_pgd" if model.has_cas else "pgd") + str(cfg.eval_steps)
     return {"heldout_clean": round(clean / n, 2), "heldout_robust": round(correct / n, 2), "robust_attack": name}
 
 
-def _autocast(cfg, device):
-    enabled = cfg.amp and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+COLLAPSE_FRACTION = 0.5  # robust accuracy below this share of its best so far counts as a collapse
+
+
+def collapse_warning(robust: float, best: float, epoch: int) -> str | None:
+    """A loud message when validation robust accuracy has collapsed (catastrophic overfitting: the
+    single-step attack of fast AT stops finding adversarial examples and robustness vanishes)."""
+    if best >= 10 and robust < COLLAPSE_FRACTION * best:
+        return (f"CATASTROPHIC OVERFITTING? epoch {epoch}: validation robust accuracy {robust:.1f}% fell "
+                f"below {COLLAPSE_FRACTION:.0%} of its best ({best:.1f}%). The best epoch is kept; consider "
+                "--recipe n_fgsm, a smaller step or --recipe pgd.")
+    return None
 
 
 def train(cfg: TrainConfig, on_epoch=None) -> Path:
@@ -166,18 +185,21 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "STOP").unlink(missing_ok=True)
 
-    x_train, y_train = cdata.load("train", cfg.data, download=cfg.download)
+    # data: a fixed validation split (the same for every run) carved from the training set
+    x_all, y_all = cdata.load("train", cfg.data, download=cfg.download)
     data_name = cdata.find_source(cfg.data).name
+    (x_train, y_train), (x_held, y_held) = cdata.validation_split(x_all, y_all, cfg.val_size)
     if cfg.train_subset:
         keep = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
         keep = keep[:cfg.train_subset]
         x_train, y_train = x_train[keep], y_train[keep]
     x_train, y_train = x_train.to(device), y_train.to(device)
-    x_held, y_held = cdata.test_subset(cfg.eval_subset, cfg.data) if cfg.eval_subset else (None, None)
+    if not cfg.val_size:
+        x_held = y_held = None
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, **cfg.model_kwargs()).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -188,7 +210,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     steps_per_epoch = max(per_rank // cfg.batch_size, 1)
     total_steps = steps_per_epoch * cfg.epochs
 
-    start_epoch, best, history = 0, -1.0, []
+    start_epoch, best, history, warnings = 0, -1.0, [], []
     state_file = out / "state.pt"
     if cfg.resume and state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=True)
@@ -201,6 +223,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         opt.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"], state["best"]
         history = read_log(out / "log.jsonl")[:start_epoch]
+        warnings = [r["warning"] for r in history if r.get("warning")]
         if main_proc:  # drop log lines of a partly finished epoch
             atomic_write(out / "log.jsonl", lambda t: Path(t).write_text(
                 "".join(json.dumps(r) + "\n" for r in history)))
@@ -232,15 +255,15 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         for it in bar:
             idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
             xb, yb = cdata.augment(x_train[idx], gen_dev), y_train[idx]
-            if device.type == "cuda" and cfg.channels_last:
+            if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             model.eval()  # training examples are crafted in eval mode, as the authors did
-            with _autocast(cfg, device):
+            with autocast(device, cfg.amp):
                 x_adv = perturb(model, xb, yb, lcfg, generator=gen_dev)
             model.train()
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, epoch * steps_per_epoch + it, total_steps)
-            with _autocast(cfg, device):
+            with autocast(device, cfg.amp):
                 loss, logits = training_loss(net, xb, yb, x_adv, lcfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,13 +295,23 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         record.update(seconds=round(seconds, 2), images_per_s=round(float(sums[2]) / seconds, 1))
         if main_proc:
             score = record.get("heldout_robust" if lcfg.adversarial else "heldout_clean", -record["loss"])
+            warning = collapse_warning(score, best, epoch + 1) if lcfg.adversarial else None
+            if warning:
+                record["warning"] = warning
+                warnings.append(warning)
+                print("\n!!! " + warning + "\n", file=sys.stderr, flush=True)
+                if (out / "best.safetensors").exists():
+                    update_card(out / "best.safetensors", warnings=warnings)
             improved = score > best
             if improved:
                 best = score
                 card = make_card(model, method=cfg.method, epsilon=cfg.epsilon, epochs=cfg.epochs,
                                  best_epoch=epoch + 1, data=f"CIFAR-10 ({data_name})",
                                  command=command, train_config=asdict(cfg), description=cfg.description,
-                                 heldout={k: record[k] for k in record if k.startswith(("heldout", "robust"))})
+                                 precision="bf16 autocast" if cfg.amp and fast_bf16(device) else "fp32",
+                                 heldout={"images": cfg.val_size, "split": "validation (training set)",
+                                          **{k: record[k] for k in record if k.startswith(("heldout", "robust"))}},
+                                 warnings=warnings)
                 save_checkpoint(out / "best.safetensors", model, card)
             record["best_epoch"] = epoch + 1 if improved else (history[-1]["best_epoch"] if history else epoch + 1)
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,

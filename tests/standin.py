@@ -24,7 +24,7 @@ def make_standins(dest: Path, names=tuple(STANDINS), train_subset: int = 2048, e
         method, cas = STANDINS[name]
         run = dest / "runs" / name
         cfg = TrainConfig(method=method, cas=cas, width=8, epochs=epochs, batch_size=128, lr=0.1,
-                          train_subset=train_subset, eval_subset=200, steps=3, step_size=3.0, eval_steps=3,
+                          train_subset=train_subset, val_size=200, steps=3, step_size=3.0, eval_steps=3,
                           out=str(run), device="cpu", progress=False,
                           description=f"CPU stand-in ({method}{' + CAS' if cas else ''}, width 8)")
         best = train(cfg)

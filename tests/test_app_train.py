@@ -28,7 +28,7 @@ from cas.train import read_log  # noqa: E402
 
 PAGE = str(ROOT / "app" / "views" / "train.py")
 DEADLINE = 180  # seconds; a generous limit for a busy machine, not a speed requirement
-TINY = {"width": 4, "train_subset": 256, "batch_size": 16, "steps": 1, "eval_subset": 64, "eval_steps": 1}
+TINY = {"width": 4, "train_subset": 256, "batch_size": 16, "steps": 1, "val_size": 64, "eval_steps": 1}
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -100,7 +100,7 @@ def _fake_run(runs: Path, name: str, pid: int, started: float, log: list[dict] |
     out = runs / name
     out.mkdir(parents=True)
     args = jobs.train_args(method="at", cas=True, arch="resnet18", width=4, epochs=epochs, batch_size=16, lr=0.1,
-                           epsilon=8, steps=1, train_subset=256, eval_subset=64, eval_steps=1)
+                           epsilon=8, steps=1, train_subset=256, val_size=64, eval_steps=1)
     (out / "job.json").write_text(json.dumps({"name": name, "pid": pid, "args": args, "started": started,
                                               "command": ["python", "-m", "cas.train", *args]}))
     if log is not None:

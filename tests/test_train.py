@@ -11,7 +11,7 @@ import torch
 from cas import load_checkpoint, read_card
 from cas.train import TrainConfig, build_parser, lr_factor, read_log, train
 
-TINY = dict(width=4, epochs=1, batch_size=64, lr=0.05, train_subset=256, eval_subset=64, steps=2,
+TINY = dict(width=4, epochs=1, batch_size=64, lr=0.05, train_subset=256, val_size=64, steps=2,
             eval_steps=2, device="cpu", progress=False)
 
 
@@ -85,7 +85,7 @@ def test_stop_file_ends_the_run_keeping_the_last_epoch(tmp_path):
 
 def test_a_small_cas_model_learns_on_real_images(tmp_path):
     cfg = TrainConfig(method="std", cas=True, width=8, epochs=3, batch_size=128, lr=0.1, train_subset=4096,
-                      eval_subset=500, eval_steps=2, device="cpu", progress=False, out=str(tmp_path / "l"))
+                      val_size=500, eval_steps=2, device="cpu", progress=False, out=str(tmp_path / "l"))
     train(cfg)
     log = read_log(tmp_path / "l" / "log.jsonl")
     print("held-out clean accuracy per epoch:", [r["heldout_clean"] for r in log])
@@ -114,7 +114,7 @@ def test_distributed_training_with_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cas.train", "--method", "at", "--cas", "--width", "4", "--epochs", "1", "--batch-size", "32",
-           "--train-subset", "256", "--eval-subset", "32", "--steps", "1", "--eval-steps", "1",
+           "--train-subset", "256", "--val-size", "32", "--steps", "1", "--eval-steps", "1",
            "--device", "cpu", "--no-progress", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

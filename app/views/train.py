@@ -28,9 +28,9 @@ GPU = torch.cuda.is_available()
 # Preselected settings. Without a GPU: a small run that finishes in a few minutes on a CPU; with one:
 # the full recipe (all 50,000 training images, PGD-10, 40 epochs).
 SMALL = dict(method="at", cas=True, arch="resnet18", width=8, epochs=3, train_subset=3000, batch_size=128,
-             lr=0.1, epsilon=8.0, steps=3, eval_subset=200, eval_steps=3, description="")
+             lr=0.1, epsilon=8.0, steps=3, val_size=200, eval_steps=3, description="")
 FULL = dict(method="at", cas=True, arch="resnet18", width=32, epochs=40, train_subset=0, batch_size=512,
-            lr=0.2, epsilon=8.0, steps=10, eval_subset=1000, eval_steps=10, description="")
+            lr=0.2, epsilon=8.0, steps=10, val_size=1000, eval_steps=10, description="")
 PRESET = FULL if GPU else SMALL
 
 METHODS = {"at": "Adversarial training (PGD-AT)", "trades": "TRADES", "mart": "MART",
@@ -68,7 +68,7 @@ def args_of(s: dict) -> list[str]:
     return jobs.train_args(method=s["method"], cas=s["cas"], arch=s["arch"], width=int(s["width"]),
                            epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lr=float(s["lr"]),
                            epsilon=float(s["epsilon"]), steps=int(s["steps"]),
-                           train_subset=int(s["train_subset"]), eval_subset=int(s["eval_subset"]),
+                           train_subset=int(s["train_subset"]), val_size=int(s["val_size"]),
                            eval_steps=int(s["eval_steps"]), description=s["description"].strip())
 
 
@@ -323,7 +323,7 @@ with c3:
     st.number_input("Attack budget ε (/255)", 0.0, 32.0, step=0.5, key=P + "epsilon",
                     help="Each pixel may change by at most this much (8/255 in the paper).")
     st.number_input("PGD steps per training batch", 1, 20, key=P + "steps")
-    st.number_input("Held-out test images checked each epoch", 0, 10_000, step=100, key=P + "eval_subset")
+    st.number_input("Validation images (held out of the training set) checked each epoch", 0, 10_000, step=100, key=P + "val_size")
     st.number_input("PGD steps of that check", 1, 50, key=P + "eval_steps")
 
 s = settings()
