@@ -265,7 +265,7 @@ class _Logits(torch.nn.Module):
         object.__setattr__(self, "_model", model)  # not registered: no .to()/.train() reaches it
 
     def forward(self, x):
-        return self._model(x)
+        return self._model(x).float()  # fp32 logits even under bf16 autocast (losses, sorting, checks)
 
 
 def _fork_rng(x):
@@ -292,9 +292,17 @@ def square(model, x, y, settings=None, progress=None, **kw):
     return _clip(x, x_adv, s)
 
 
+AUTOATTACK_VERSIONS = {
+    "standard": None,  # APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries)
+    "apgd": ["apgd-ce", "apgd-t"],  # the standard version's two APGD attacks, same settings
+}
+
+
 def autoattack(model, x, y, settings=None, progress=None, version="standard", **kw):
-    """AutoAttack (Croce & Hein 2020; APGD-CE, APGD-T, FAB-T and Square in its standard version) on
-    the final logits, from the maintained package of the reference implementation."""
+    """AutoAttack (Croce & Hein 2020) on the final logits, from the maintained package of the
+    reference implementation. ``version="standard"``: APGD-CE, APGD-T, FAB-T and Square;
+    ``version="apgd"``: its APGD-CE and APGD-T (9 target classes, 100 iterations each) only, which
+    is where nearly all of its successes come from, at a fraction of the cost on a CPU."""
     import logging
 
     from pyautoattack import AutoAttack
@@ -302,8 +310,16 @@ def autoattack(model, x, y, settings=None, progress=None, version="standard", **
     s = _settings(settings, kw)
     if s.target is not None:
         raise ValueError("AutoAttack runs untargeted here; leave the target empty")
+    if version not in AUTOATTACK_VERSIONS:
+        raise ValueError(f"AutoAttack version must be one of {', '.join(AUTOATTACK_VERSIONS)}")
+    subset = AUTOATTACK_VERSIONS[version]
     adversary = AutoAttack(_Logits(model), norm="Linf" if s.norm == "linf" else "L2", eps=s.eps,
-                           version=version, seed=0 if s.seed is None else int(s.seed), device=x.device)
+                           version="custom" if subset else version, attacks=subset,
+                           seed=0 if s.seed is None else int(s.seed), device=x.device)
+    if subset:  # the standard version's settings
+        adversary.apgd.n_restarts = 1
+        adversary.apgd_targeted.n_restarts = 1
+        adversary.apgd_targeted.n_target_classes = 9
     adversary.verbose = False
     adversary.logger.setLevel(logging.ERROR)
     with _fork_rng(x), contextlib.redirect_stdout(io.StringIO()):

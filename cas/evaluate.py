@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .attacks import ATTACKS, AttackSettings, run_attack
+from .precision import autocast
 
 # attack name -> (card key, settings overrides). Card keys are the ones pretrained/index.json uses.
 PRESETS: dict[str, tuple[str, dict]] = {
@@ -40,19 +41,23 @@ class EvalResult:
     accuracy: dict[str, float] = field(default_factory=dict)  # card key -> percent
     counts: dict[str, int] = field(default_factory=dict)  # card key -> images evaluated
     seconds: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)  # card key -> standard error, percent points
     flags: list[str] = field(default_factory=list)
 
 
 def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS, eps: float = 8 / 255,
              batch_size: int = 500, device=None, limits: dict[str, int] | None = None, seed: int = 0,
-             progress=None, overrides: dict[str, dict] | None = None, amp: bool = True) -> EvalResult:
+             progress=None, overrides: dict[str, dict] | None = None, amp: bool = True,
+             autoattack_version: str = "standard") -> EvalResult:
     """Accuracy (percent) clean and under each attack on uint8 images ``x_u8`` (N, 3, 32, 32).
 
     ``limits`` caps the number of images for some attacks (e.g. ``{"autoattack": 1000}``: the first
     1,000). ``overrides`` changes an attack's preset settings (e.g. ``{"square": {"queries": 500}}``).
-    The worst case is taken over the images every attack saw. On CUDA with ``amp``, attacks run
-    under bf16 autocast (speed); every accuracy is judged in fp32. Attacks meant for CAS models are
-    skipped for models without CAS. ``progress(label, done, total)`` reports batches."""
+    The worst case is taken over the images every attack saw. With ``amp``, attacks run under bf16
+    autocast where the hardware does bf16 natively (CUDA, AVX-512 BF16 CPUs); every accuracy is
+    judged in fp32. Attacks meant for CAS models are
+    skipped for models without CAS. ``autoattack_version``: "standard" or "apgd" (its APGD-CE and
+    APGD-T only, see :func:`cas.attacks.autoattack`). ``progress(label, done, total)`` reports batches."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     limits = limits or {}
     attacks = [a for a in attacks if not (ATTACKS[a].cas_only and not getattr(model, "has_cas", False))]
@@ -72,8 +77,9 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
             if name != "clean":
                 s = AttackSettings(**{"eps": eps, "seed": seed + i, **PRESETS[name][1],
                                       **(overrides or {}).get(name, {})})
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                    xb = run_attack(name, model, xb, yb, s)
+                with autocast(device, amp):
+                    extra = {"version": autoattack_version} if name == "autoattack" else {}
+                    xb = run_attack(name, model, xb, yb, s, **extra)
             with torch.no_grad():
                 correct[key][i:i + len(yb)] = (model(xb).argmax(1) == yb).cpu()
             if progress:
@@ -90,8 +96,17 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
         worst &= correct[key][:common]
     res.accuracy["worst_case"] = round(100 * float(worst.float().mean()), 2)
     res.counts["worst_case"] = common
+    if adaptive:
+        res.counts["adaptive_pgd20"] = min(res.counts[k] for k in adaptive)
+    res.stderr = {k: standard_error(v, res.counts.get(k, n)) for k, v in res.accuracy.items()}
     res.flags = sanity_flags(res.accuracy, getattr(model, "has_cas", False))
     return res
+
+
+def standard_error(percent: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` images, in percentage points."""
+    p = percent / 100
+    return round(100 * (p * (1 - p) / max(n, 1)) ** 0.5, 2)
 
 
 def sanity_flags(acc: dict[str, float], has_cas: bool) -> list[str]:
