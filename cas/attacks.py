@@ -11,6 +11,10 @@ Gradient attacks keep, per image, the best point they visited as judged by the *
 (``max other logit - true logit``, or ``target logit - max other`` when targeted). This matters for the
 CAS-adaptive attacks, whose gradients come from a different forward than the one that classifies.
 
+Speed: on hardware with native bf16 (CUDA, CPUs with AVX-512 BF16 or AMX) the gradient computations
+run under bf16 autocast (``AttackSettings.amp``; ``amp=False`` or ``CAS_FP32=1`` forces fp32), while
+every point is still judged by the real model in fp32.
+
 ``run_attack(name, model, x, y, **settings)`` runs an attack by name; ``ATTACKS`` lists them.
 """
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .precision import autocast, fast_bf16
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,15 @@ class AttackSettings:
     aux_weight: float = 2.0
     seed: int | None = 0
     queries: int = 1000  # Square attack's query budget
+    amp: bool = True  # bf16 autocast for gradients where the hardware does bf16 natively (judged in fp32)
     extra: dict = field(default_factory=dict)
 
     def validated(self) -> "AttackSettings":
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
         limit = 1.0 if self.norm == "linf" else math.sqrt(3 * 32 * 32)
-        if not (0 <= self.eps <= limit) or math.isnan(self.eps):
+        eps = torch.as_tensor(self.eps, dtype=torch.float32)
+        if eps.dim() > 1 or eps.isnan().any() or not bool(((eps >= 0) & (eps <= limit)).all()):
             raise ValueError(f"eps must be between 0 and {limit:g} for {self.norm}, got {self.eps}")
         if not (1 <= int(self.steps) <= 10_000):
             raise ValueError(f"steps must be between 1 and 10000, got {self.steps}")
@@ -60,7 +68,12 @@ class AttackSettings:
             raise ValueError(f"queries must be between 1 and 100000, got {self.queries}")
         if self.aux_weight < 0:
             raise ValueError("aux_weight must be non-negative")
-        step = self.step_size if self.step_size is not None else max(2.5 * self.eps / self.steps, self.eps / 4)
+        if self.step_size is not None:
+            step = self.step_size
+        elif isinstance(self.eps, torch.Tensor):  # one budget per image (e.g. a whole accuracy-vs-eps curve)
+            step = torch.maximum(2.5 * self.eps / self.steps, self.eps / 4)
+        else:
+            step = max(2.5 * self.eps / self.steps, self.eps / 4)
         return replace(self, steps=int(self.steps), restarts=int(self.restarts), step_size=step)
 
 
@@ -147,6 +160,16 @@ def _random_start(x, eps, norm, gen, kind=True):
     return d * (eps * r)[:, None, None, None]
 
 
+def _per_image(v, x):
+    """A budget or step for every image of ``x``, shaped to broadcast over (N, C, H, W)."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    v = v.to(x.device, x.dtype).reshape(-1)
+    if v.numel() not in (1, x.shape[0]):
+        raise ValueError(f"got {v.numel()} per-image budgets for {x.shape[0]} images")
+    return v.expand(x.shape[0]).reshape(-1, 1, 1, 1)
+
+
 def _generator(device, seed):
     gen = torch.Generator(device=device)
     if seed is None:
@@ -164,6 +187,10 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
     ``keep_best=False`` returns the last iterate and skips judging (training-time examples)."""
     x = x.detach()
     y = y.to(x.device)
+    if isinstance(s.eps, torch.Tensor) or isinstance(s.step_size, torch.Tensor):
+        if s.norm != "linf":
+            raise ValueError("one budget per image is supported for Linf attacks only")
+        s = replace(s, eps=_per_image(s.eps, x), step_size=_per_image(s.step_size, x))
     target = _targets(s, y, _num_classes(model, x))
     gen = generator or _generator(x.device, s.seed)
     best_x = x.clone()
@@ -171,10 +198,12 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
     total = s.restarts * s.steps
     done = 0
 
+    fast = s.amp and fast_bf16(x.device)
+
     def consider(x_cand, logits):
         nonlocal best_x, best_score
-        if logits is None:
-            with torch.no_grad():
+        if logits is None or fast or torch.is_autocast_enabled(x.device.type):  # judge in fp32
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 logits = model(x_cand)
         score = margin(logits.detach().float(), y, target)
         better = score > best_score
@@ -186,7 +215,7 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
         x_adv = (x + delta).clamp(0, 1)
         for _ in range(s.steps):
             x_adv.requires_grad_(True)
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast(x.device, True) if fast else contextlib.nullcontext():
                 loss, logits = objective(model, x_adv, y, target, s)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
             if keep_best:
@@ -256,16 +285,24 @@ def soft_mask_pgd(model, x, y, settings=None, progress=None, **kw):
     return pgd_loop(model, x, y, _settings(settings, kw), obj_soft, progress)
 
 
+def _scalar_budget(s: AttackSettings, name: str) -> AttackSettings:
+    if isinstance(s.eps, torch.Tensor):
+        raise ValueError(f"{name} takes one budget for all images, not one per image")
+    return s
+
+
 class _Logits(torch.nn.Module):
     """Adapter for third-party attacks: a plain module whose forward is ``model(x)``, and whose
     ``eval``/``train`` calls leave the wrapped model untouched."""
 
-    def __init__(self, model):
+    def __init__(self, model, amp: bool = False):
         super().__init__()
         object.__setattr__(self, "_model", model)  # not registered: no .to()/.train() reaches it
+        self.amp = amp
 
     def forward(self, x):
-        return self._model(x).float()  # fp32 logits even under bf16 autocast (losses, sorting, checks)
+        with autocast(x.device, self.amp):
+            return self._model(x).float()  # fp32 logits even under bf16 autocast (losses, sorting, checks)
 
 
 def _fork_rng(x):
@@ -278,10 +315,10 @@ def square(model, x, y, settings=None, progress=None, **kw):
     reference implementation (package ``pyautoattack``), margin loss, untargeted."""
     from pyautoattack.square import SquareAttack
 
-    s = _settings(settings, kw)
+    s = _scalar_budget(_settings(settings, kw), "Square")
     if s.target is not None:
         raise ValueError("the Square attack runs untargeted here; leave the target empty")
-    atk = SquareAttack(_Logits(model), p_init=0.8, n_queries=s.queries, eps=s.eps,
+    atk = SquareAttack(_Logits(model, s.amp), p_init=0.8, n_queries=s.queries, eps=s.eps,
                        norm="Linf" if s.norm == "linf" else "L2", n_restarts=1,
                        seed=0 if s.seed is None else int(s.seed), verbose=False, device=x.device,
                        resc_schedule=s.queries != 5000)
@@ -307,13 +344,13 @@ def autoattack(model, x, y, settings=None, progress=None, version="standard", **
 
     from pyautoattack import AutoAttack
 
-    s = _settings(settings, kw)
+    s = _scalar_budget(_settings(settings, kw), "AutoAttack")
     if s.target is not None:
         raise ValueError("AutoAttack runs untargeted here; leave the target empty")
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"AutoAttack version must be one of {', '.join(AUTOATTACK_VERSIONS)}")
     subset = AUTOATTACK_VERSIONS[version]
-    adversary = AutoAttack(_Logits(model), norm="Linf" if s.norm == "linf" else "L2", eps=s.eps,
+    adversary = AutoAttack(_Logits(model, s.amp), norm="Linf" if s.norm == "linf" else "L2", eps=s.eps,
                            version="custom" if subset else version, attacks=subset,
                            seed=0 if s.seed is None else int(s.seed), device=x.device)
     if subset:  # the standard version's settings

@@ -16,7 +16,6 @@ import torch
 from tqdm import tqdm
 
 from .attacks import ATTACKS, AttackSettings, run_attack
-from .precision import autocast
 
 # attack name -> (card key, settings overrides). Card keys are the ones pretrained/index.json uses.
 PRESETS: dict[str, tuple[str, dict]] = {
@@ -75,11 +74,10 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
             xb = x_u8[i:min(i + batch_size, m)].to(device).float() / 255
             yb = y[i:min(i + batch_size, m)].to(device)
             if name != "clean":
-                s = AttackSettings(**{"eps": eps, "seed": seed + i, **PRESETS[name][1],
+                s = AttackSettings(**{"eps": eps, "seed": seed + i, "amp": amp, **PRESETS[name][1],
                                       **(overrides or {}).get(name, {})})
-                with autocast(device, amp):
-                    extra = {"version": autoattack_version} if name == "autoattack" else {}
-                    xb = run_attack(name, model, xb, yb, s, **extra)
+                extra = {"version": autoattack_version} if name == "autoattack" else {}
+                xb = run_attack(name, model, xb, yb, s, **extra)
             with torch.no_grad():
                 correct[key][i:i + len(yb)] = (model(xb).argmax(1) == yb).cpu()
             if progress:
@@ -101,6 +99,36 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
     res.stderr = {k: standard_error(v, res.counts.get(k, n)) for k, v in res.accuracy.items()}
     res.flags = sanity_flags(res.accuracy, getattr(model, "has_cas", False))
     return res
+
+
+def accuracy_vs_eps(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str, eps_values, steps: int = 10,
+                    batch_size: int = 256, seed: int = 0, amp: bool = True, progress=None) -> list[float]:
+    """Accuracy (percent) under ``attack`` at each budget of ``eps_values`` (in input units; 0 means
+    clean), as one batched job: every image is paired with every non-zero budget and the pairs are
+    attacked together, each with its own budget (step size: the library's automatic rule per budget).
+    Gradient attacks only. ``progress(done, total)`` counts image-budget pairs."""
+    if attack not in ATTACKS or not ATTACKS[attack].gradient:
+        raise ValueError(f"accuracy_vs_eps needs a gradient attack, got {attack!r}")
+    eps_values = [float(e) for e in eps_values]
+    n = x_u8.shape[0]
+    attacked = [e for e in eps_values if e > 0]
+    x = x_u8.float() / 255
+    xs, ys = x.repeat(len(attacked), 1, 1, 1), y.repeat(len(attacked))
+    budgets = torch.tensor(attacked).repeat_interleave(n)
+    correct = torch.zeros(len(ys), dtype=torch.bool)
+    for i in range(0, len(ys), batch_size):
+        sl = slice(i, i + batch_size)
+        s = AttackSettings(eps=budgets[sl], steps=steps, seed=seed + i, amp=amp)
+        xa = run_attack(attack, model, xs[sl], ys[sl], s)
+        with torch.no_grad():
+            correct[sl] = model(xa).argmax(1).cpu() == ys[sl]
+        if progress:
+            progress(min(i + batch_size, len(ys)), len(ys))
+    with torch.no_grad():
+        clean = 100 * float((model(x).argmax(1) == y).float().mean()) if n else 0.0
+    per_eps = correct.view(len(attacked), n).float().mean(1).mul(100).tolist() if attacked else []
+    it = iter(per_eps)
+    return [round(clean if e == 0 else next(it), 2) for e in eps_values]
 
 
 def standard_error(percent: float, n: int) -> float:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import AttackSettings, pgd_loop
+from .precision import autocast
 
 METHODS = ("std", "at", "trades", "mart")
 RECIPES = ("pgd", "fgsm_rs", "n_fgsm")
@@ -35,6 +36,7 @@ class LossConfig:
     step_size: float | None = None  # None: the recipe's own (pgd eps/4, fgsm_rs 1.25 eps, n_fgsm eps)
     steps: int = 10  # pgd only
     recipe: str = "pgd"  # how training examples are made: pgd | fgsm_rs | n_fgsm
+    amp: bool = True  # craft them under bf16 autocast where the hardware does bf16 natively
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -120,19 +122,20 @@ def perturb(model, x, y, cfg: LossConfig, generator: torch.Generator | None = No
         return x
     nat_heads = None
     if cfg.method == "trades":
-        with torch.no_grad():
+        with torch.no_grad(), autocast(x.device, cfg.amp):
             logits, aux = model(x, return_aux=True)
             nat_heads = [h.float() for h in (logits, *aux)]
     objective = _attack_objective(cfg, nat_heads)
     if cfg.recipe == "n_fgsm":  # noise in a 2 eps box, one step of eps, no projection back to eps
         noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * 2 * cfg.eps
         x0 = (x + noise).clamp(0, 1).requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(x.device, cfg.amp):
             (grad,) = torch.autograd.grad(objective(model, x0, y, None, None)[0].sum(), x0)
         return (x0.detach() + cfg.step_size * grad.sign()).clamp(0, 1)
     if cfg.recipe == "fgsm_rs":  # one step from a uniform start (Wong et al.), for every method
-        s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=1, random_start=True)
+        s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=1, random_start=True, amp=cfg.amp)
     else:  # PGD-k; TRADES and MART start next to x, as their authors did
         start = "normal" if cfg.method in ("trades", "mart") else True
-        s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, random_start=start)
+        s = AttackSettings(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps, random_start=start,
+                           amp=cfg.amp)
     return pgd_loop(model, x, y, s.validated(), objective, keep_best=False, generator=generator)

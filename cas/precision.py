@@ -6,6 +6,7 @@ the environment forces fp32 everywhere, for comparisons or odd hardware.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -42,3 +43,29 @@ def autocast(device, enabled: bool = True):
     context otherwise. Losses and judgements should still be taken in fp32 (``.float()``)."""
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and fast_bf16(device))
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """Run the block with ``n`` intra-op CPU threads (None: leave the setting alone), then restore.
+
+    PyTorch keeps this setting per calling thread (OpenMP), so a web server can give one thread
+    to a single-image attack, which is bound by the cost of waking threads rather than by
+    arithmetic, and all cores to batch work in another session, at the same time."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def all_cores() -> int:
+    """Threads for batch work: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

@@ -97,7 +97,7 @@ class TrainConfig:
     def loss_config(self) -> LossConfig:
         step = None if self.step_size is None else self.step_size / 255
         return LossConfig(self.method, self.beta, self.cas_beta, self.epsilon / 255, step, self.steps,
-                          self.recipe)
+                          self.recipe, self.amp)
 
     def model_kwargs(self) -> dict:
         kw = {"cas": self.cas}
@@ -151,8 +151,7 @@ def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
     for i in range(0, x_u8.shape[0], cfg.eval_batch_size):
         xb = cdata.to_float(x_u8[i:i + cfg.eval_batch_size].to(device))
         yb = y[i:i + cfg.eval_batch_size].to(device)
-        with autocast(device, cfg.amp):
-            xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i)
+        xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp)
         clean += (_accuracy(model, xb, yb) * len(yb))
         correct += (_accuracy(model, xa, yb) * len(yb))
     n = max(x_u8.shape[0], 1)
@@ -171,6 +170,30 @@ def collapse_warning(robust: float, best: float, epoch: int) -> str | None:
                 f"below {COLLAPSE_FRACTION:.0%} of its best ({best:.1f}%). The best epoch is kept; consider "
                 "--recipe n_fgsm, a smaller step or --recipe pgd.")
     return None
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with (Nesterov) momentum; no weight decay on biases and batch-norm parameters."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def train_step(model, net, opt, xb, yb, lcfg: LossConfig, generator=None):
+    """One update: craft the training examples with ``model`` in eval mode (as the authors did), then
+    one optimizer step on the method's loss through ``net`` (``model`` itself, or its DDP wrapper) in
+    train mode, both under bf16 autocast where it is fast (``lcfg.amp``). Returns (loss, logits), detached."""
+    model.eval()
+    x_adv = perturb(model, xb, yb, lcfg, generator=generator)  # under bf16 autocast where it is fast
+    model.train()
+    with autocast(xb.device, lcfg.amp):
+        loss, logits = training_loss(net, xb, yb, x_adv, lcfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
 
 
 def train(cfg: TrainConfig, on_epoch=None) -> Path:
@@ -201,11 +224,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     model = create_model(cfg.arch, **cfg.model_kwargs()).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    opt = make_optimizer(model, cfg)
     per_rank = x_train.shape[0] // world
     steps_per_epoch = max(per_rank // cfg.batch_size, 1)
     total_steps = steps_per_epoch * cfg.epochs
@@ -257,18 +276,10 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             xb, yb = cdata.augment(x_train[idx], gen_dev), y_train[idx]
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            model.eval()  # training examples are crafted in eval mode, as the authors did
-            with autocast(device, cfg.amp):
-                x_adv = perturb(model, xb, yb, lcfg, generator=gen_dev)
-            model.train()
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, epoch * steps_per_epoch + it, total_steps)
-            with autocast(device, cfg.amp):
-                loss, logits = training_loss(net, xb, yb, x_adv, lcfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach().float() * len(yb), (logits.argmax(1) == yb).sum().float(),
+            loss, logits = train_step(model, net, opt, xb, yb, lcfg, gen_dev)
+            sums += torch.stack([loss.float() * len(yb), (logits.argmax(1) == yb).sum().float(),
                                  torch.tensor(float(len(yb)), device=device)])
             if main_proc and it % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")

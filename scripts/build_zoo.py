@@ -3,6 +3,7 @@
     python scripts/build_zoo.py [all] [--only at-cas at] # per model: train (resumable), evaluate, bundle
     python scripts/build_zoo.py train [--only ...]        # training only
     python scripts/build_zoo.py bundle [--force]          # evaluate and bundle finished runs
+    python scripts/build_zoo.py table                     # the results table (Markdown) from index.json
 
 One architecture and one recipe for all seven models: ResNet-18 width 16 (2.8 M parameters: a
 fast-AT epoch of 49,000 images takes about a minute on two cores with bf16), fast AT with FGSM and a
@@ -108,11 +109,32 @@ def bundle_one(name: str, args, test_set) -> bool:
     return True
 
 
+COLUMNS = [("clean", "clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw", "CW-Linf"),
+           ("joint_pgd20", "joint PGD-20"), ("soft_mask_pgd20", "soft-mask PGD-20"),
+           ("autoattack", "AutoAttack (APGD-CE + APGD-T)"), ("worst_case", "worst case")]
+
+
+def table() -> str:
+    """The bundled models' accuracies as a Markdown table: percent ± standard error, with n."""
+    entries = json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
+    lines = ["| model | " + " | ".join(label for _, label in COLUMNS) + " | training |",
+             "|---|" + "---|" * (len(COLUMNS) + 1)]
+    for e in entries:
+        cells = [f"{e['accuracy'][k]:.1f} ± {e['stderr'][k]:.1f}" if k in e["accuracy"] else "—"
+                 for k, _ in COLUMNS]
+        lines.append(f"| `{e['name']}` | " + " | ".join(cells) + f" | {e['train_seconds'] / 60:.0f} min |")
+    counts = entries[0]["counts"] if entries else {}
+    lines.append(f"\nPercent ± one standard error; n = {counts.get('clean')} test images "
+                 f"(AutoAttack and the worst case: n = {counts.get('autoattack')}).")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle"],
-                    help="all: train then bundle each model in turn; train or bundle: only that stage")
+    ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle", "table"],
+                    help="all: train then bundle each model in turn; train or bundle: only that stage; "
+                         "table: print the results table")
     ap.add_argument("--only", nargs="*", choices=list(ZOO), help="models to build (default: all seven)")
     ap.add_argument("--epochs", type=int, default=None, help="override every model's epochs (for trials)")
     ap.add_argument("--n", type=int, default=1000, help="test images for the evaluation")
@@ -120,6 +142,9 @@ def main():
     ap.add_argument("--force", action="store_true", help="re-evaluate models already bundled from their run")
     ap.add_argument("--data", default=None, help="CIFAR-10 location (default: $CAS_DATA or the usual places)")
     a = ap.parse_args()
+    if a.cmd == "table":
+        print(table())
+        return
     names = [n for n in ZOO if not a.only or n in a.only]
     test_set = None
     for name in names:

@@ -155,3 +155,60 @@ def test_explicit_settings_win_over_attack_defaults(batch):
     assert seen[-1] == 5  # not CW's default of 30
     x_adv = run_attack("pgd_l2", model, x, y, AttackSettings(eps=0.1, norm="l2", steps=3))
     assert (x_adv - x).flatten(1).norm(dim=1).max() <= 0.1 + 1e-5
+
+
+def test_one_budget_per_image_is_respected():
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=4, cas=True).eval()
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    eps = torch.tensor([0.0, 1, 2, 4, 8, 16]) / 255
+    for name in ("pgd", "soft_mask_pgd"):
+        x_adv = run_attack(name, model, x, y, eps=eps, steps=3)
+        dist = (x_adv - x).abs().flatten(1).max(1).values
+        assert (dist <= eps + 1e-6).all() and dist[0] == 0 and dist[-1] > 8 / 255
+    with pytest.raises(ValueError, match="per-image budgets"):
+        run_attack("pgd", model, x, y, eps=eps[:4], steps=1)
+    with pytest.raises(ValueError, match="one budget"):
+        run_attack("square", model, x, y, eps=eps, queries=2)
+
+
+def test_accuracy_vs_eps_is_one_batched_curve():
+    from cas.evaluate import accuracy_vs_eps
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=4, cas=False).eval()
+    x, y = (torch.rand(5, 3, 32, 32) * 255).to(torch.uint8), torch.randint(0, 10, (5,))
+    seen = []
+    curve = accuracy_vs_eps(model, x, y, "pgd", [0, 4 / 255, 0, 16 / 255], steps=2, batch_size=4,
+                            progress=lambda d, t: seen.append((d, t)))
+    with torch.no_grad():
+        clean = 100 * float((model(x.float() / 255).argmax(1) == y).float().mean())
+    assert curve[0] == curve[2] == round(clean, 2) and len(curve) == 4
+    assert seen[-1] == (10, 10)  # 5 images x 2 non-zero budgets
+    with pytest.raises(ValueError, match="gradient attack"):
+        accuracy_vs_eps(model, x, y, "square", [8 / 255])
+
+
+def test_thread_setting_is_per_calling_thread():
+    import threading
+
+    from cas.precision import threads
+
+    before = torch.get_num_threads()
+    seen = {}
+    started, release = threading.Event(), threading.Event()
+
+    def worker():
+        with threads(1):
+            seen["inside"] = torch.get_num_threads()
+            started.set()
+            release.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    started.wait(10)
+    seen["main while the worker holds one thread"] = torch.get_num_threads()
+    release.set()
+    t.join()
+    assert seen == {"inside": 1, "main while the worker holds one thread": before}
+    assert torch.get_num_threads() == before

@@ -174,7 +174,7 @@ def shuffled_subset(n: int, cls: str = "all") -> tuple[torch.Tensor, torch.Tenso
     """The first ``n`` test images (of class ``cls``, or all) in the fixed shuffle that the trainer's
     held-out check and the evaluator use: (uint8 (n, 3, 32, 32), labels)."""
     x, y = cifar_test_or_stop()
-    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)).numpy()
+    idx = cas_data.shuffled_indices(len(y)).numpy()
     if cls != "all":
         idx = idx[y[idx] == cas_data.CLASSES.index(cls)]
     idx = idx[:n]

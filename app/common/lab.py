@@ -17,12 +17,17 @@ import torch
 
 import cas
 from cas import analysis
+from cas import data as cas_data
+from cas.precision import all_cores, threads
 
 # Attacks offered in the interactive pages, in menu order (AutoAttack is too slow for them).
 LAB_ATTACKS = ("none", "fgsm", "pgd", "cw", "pgd_l2", "square", "joint_pgd", "soft_mask_pgd")
 ITERATIVE = {"pgd", "cw", "pgd_l2", "joint_pgd", "soft_mask_pgd"}
 PLAIN_GRADIENT = {"fgsm", "pgd", "cw", "pgd_l2"}  # attacks that cannot see CAS's argmax mask
 SORTS = ("natural", "mask", "index")
+# One image's attack is bound by the cost of waking threads, not by arithmetic: one intra-op thread is
+# faster, and leaves the other cores to other visitors. Batch work (many images) takes every core.
+SINGLE_IMAGE_THREADS = 1
 SORT_LABELS = {"natural": "natural activation (as in the paper)", "mask": "mask weight",
                "index": "channel number"}
 
@@ -220,17 +225,40 @@ def analyse(model, x_uint8: np.ndarray, choice: AttackChoice, label: int | None 
     choice.validate()
     x = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(255).unsqueeze(0)
     known = label is not None
-    y = torch.tensor([label if known else predict(model, x)])
-    start = time.perf_counter()
-    if x_adv is not None:
-        adv = torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).unsqueeze(0)
-    elif choice.attack == "none":
-        adv = x.clone()
-    else:
-        adv = cas.run_attack(choice.attack, model, x, y, progress=progress, **choice.library_kwargs())
-    seconds = time.perf_counter() - start
-    probs, modules = _views(model, x, adv.float())
+    with threads(SINGLE_IMAGE_THREADS):
+        y = torch.tensor([label if known else predict(model, x)])
+        start = time.perf_counter()
+        if x_adv is not None:
+            adv = torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).unsqueeze(0)
+        elif choice.attack == "none":
+            adv = x.clone()
+        else:
+            adv = cas.run_attack(choice.attack, model, x, y, progress=progress, **choice.library_kwargs())
+        seconds = time.perf_counter() - start
+        probs, modules = _views(model, x, adv.float())
     return LabResult(x[0].numpy(), adv[0].float().numpy(), int(y[0]), known, choice, probs, modules, seconds)
+
+
+def first_view_index(model, x_all: np.ndarray, y_all: np.ndarray, choice: AttackChoice = AttackChoice(),
+                     candidates: int = 32, min_confidence: float = 0.6) -> int | None:
+    """Test-set index of the first image, in the fixed shuffle, that ``model`` classifies correctly
+    with at least ``min_confidence`` and that ``choice`` (by default the Attack Lab's PGD) fools, so
+    that a first visit shows an attack that works. One batched attack screens ``candidates`` images;
+    the pick is confirmed with :func:`analyse`, exactly as the page will run it. None if none qualifies."""
+    idx = cas_data.shuffled_indices(len(y_all))[:candidates].numpy()
+    x = torch.from_numpy(np.ascontiguousarray(x_all[idx])).float().div(255)
+    y = torch.from_numpy(np.asarray(y_all[idx], dtype=np.int64))
+    with threads(all_cores()), torch.no_grad():
+        p = torch.softmax(model(x).float(), dim=1)
+        good = (p.argmax(1) == y) & (p.gather(1, y[:, None])[:, 0] >= min_confidence)
+        if not good.any():
+            return None
+        adv = cas.run_attack(choice.attack, model, x[good], y[good], **choice.library_kwargs())
+        fooled = model(adv).argmax(1) != y[good]
+    for i in idx[good.numpy()][fooled.numpy()]:
+        if analyse(model, x_all[i], choice, int(y_all[i])).success:
+            return int(i)
+    return None
 
 
 # -- channel summaries and tables --------------------------------------------------------------------

@@ -21,8 +21,9 @@ st.caption("Pick a model, an image and an attack. See whether a change too small
            "(Channel-wise Activation Suppressing).")
 
 available = models.list_available()
-MODEL = url_state.Param(P + "model", "model", available[0]["name"] if available else widgets.UPLOAD, str)
-PARAMS = ([MODEL, url_state.Param(P + "ckpt", "ckpt", "", str)] + widgets.image_params(P)
+MODEL = url_state.Param(P + "model", "model", models.default_model(available) or widgets.UPLOAD, str)
+PARAMS = ([MODEL, url_state.Param(P + "ckpt", "ckpt", "", str)]
+          + widgets.image_params(P, {"idx": models.first_image(available)})
           + widgets.attack_params(P))
 CHART_PARAMS = widgets.chart_params(P)
 photo_link = url_state.first_run("lab") and st.query_params.get("src") in ("upload", "camera")

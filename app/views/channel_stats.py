@@ -15,6 +15,7 @@ import torch  # noqa: E402
 import cas  # noqa: E402
 from app.common import images, models, widgets  # noqa: E402
 from cas import analyze  # noqa: E402
+from cas.precision import all_cores, threads  # noqa: E402
 
 P = "stats_"
 ON_GPU = torch.cuda.is_available()
@@ -66,9 +67,10 @@ def compute(name: str) -> analyze.ModelStats:
     def run():
         bar = st.progress(0.0, text=f"{name}: attacking {len(ys)} images…")
         try:
-            return analyze.channel_statistics(
-                loaded.model, xs, ys, atk, settings, batch_size=64, name=name,
-                progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d} of {t} images"))
+            with threads(all_cores()):
+                return analyze.channel_statistics(
+                    loaded.model, xs, ys, atk, settings, batch_size=64, name=name,
+                    progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d} of {t} images"))
         finally:
             bar.empty()
     return widgets.cached(key, run)

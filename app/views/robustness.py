@@ -16,7 +16,8 @@ import torch  # noqa: E402
 
 import cas  # noqa: E402
 from app.common import images, models, widgets  # noqa: E402
-from cas.evaluate import PRESETS, evaluate  # noqa: E402
+from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
+from cas.precision import all_cores, threads  # noqa: E402
 
 P = "rob_"
 ON_GPU = torch.cuda.is_available()
@@ -116,9 +117,10 @@ if done:
         def run(loaded=loaded, name=name):
             bar = st.progress(0.0, text=f"{name}…")
             try:
-                return evaluate(loaded.model, xs, ys, list(attacks), eps=eps / 255, batch_size=64, device="cpu",
-                                overrides=overrides,
-                                progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
+                with threads(all_cores()):
+                    return evaluate(loaded.model, xs, ys, list(attacks), eps=eps / 255, batch_size=64,
+                                    device="cpu", overrides=overrides,
+                                    progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
             finally:
                 bar.empty()
         results[name] = widgets.cached(key, run)
@@ -165,19 +167,15 @@ if curve and curve[3]:
             key = ("curve", loaded.key, cn, csteps, eps_list, atk)
 
             def run(loaded=loaded, atk=atk, name=name):
-                accs = []
-                bar = st.progress(0.0, text=f"{name}, {cas.ATTACKS[atk].label}…")
-                for i, e in enumerate(eps_list):
-                    if e == 0:
-                        r = evaluate(loaded.model, xs, ys, [], device="cpu")
-                        accs.append(r.accuracy["clean"])
-                    else:
-                        r = evaluate(loaded.model, xs, ys, [atk], eps=e / 255, device="cpu", batch_size=64,
-                                     overrides={atk: {"steps": csteps, "step_size": None}})
-                        accs.append(r.accuracy[PRESETS[atk][0]])
-                    bar.progress((i + 1) / len(eps_list), text=f"{name}, {cas.ATTACKS[atk].label}: ε = {e}/255")
-                bar.empty()
-                return accs
+                label = cas.ATTACKS[atk].label
+                bar = st.progress(0.0, text=f"{name}, {label}…")
+                try:  # every ε in one batched job, each image-ε pair with its own budget
+                    with threads(all_cores()):
+                        return accuracy_vs_eps(
+                            loaded.model, xs, ys, atk, [e / 255 for e in eps_list], steps=csteps,
+                            progress=lambda d, t: bar.progress(d / t, text=f"{name}, {label}: {d} of {t} image-ε pairs"))
+                finally:
+                    bar.empty()
             accs = widgets.cached(key, run)
             fig.add_scatter(x=list(eps_list), y=accs, mode="lines+markers",
                             name=f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}",

@@ -1,0 +1,162 @@
+"""The app's speed on the CPU, the fp32 path and the fast path side by side, in one run.
+
+    python benchmarks/app_speed.py [--runs 20] [--no-cold-start]
+
+* **fp32 path** (what the app did before): fp32 everywhere, every piece of work on the process's
+  default threads, NCHW models, the accuracy-vs-ε curve as one evaluation per ε.
+* **fast path** (what the app does now): attack gradients under bf16 autocast with channels_last
+  models where the CPU does bf16 natively (every point judged in fp32), one intra-op thread for a
+  single image's attack, every core for batch work, the ε-curve as one batched job.
+
+Figures, on the bundled models (``std``, ``at``, ``at-cas``):
+1. click latency: the Attack Lab's whole update after a click (PGD-20 on one test image, the channel
+   analysis and every figure), ``at-cas``; median and p90;
+2. Channel statistics: 32 test images x 3 models, PGD-10 (the page's defaults);
+3. the accuracy-vs-ε curve: 32 images, ε in {0, 2, 4, 8, 16}/255, PGD-10 on each model and soft-mask
+   PGD-10 on ``at-cas`` (the Robustness page's defaults);
+4. cold start: from the server answering its health check to the first page (Attack Lab on
+   ``at-cas``, attack done) drawn in Chromium; needs Chromium (``--no-cold-start`` skips it).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import cas  # noqa: E402
+from app.common import lab  # noqa: E402
+from benchmarks.app_latency import one_update  # noqa: E402
+from cas import analyze  # noqa: E402
+from cas import data as cdata  # noqa: E402
+from cas.evaluate import PRESETS, accuracy_vs_eps, evaluate  # noqa: E402
+from cas.precision import all_cores, fast_bf16, threads  # noqa: E402
+
+MODELS = ("std", "at", "at-cas")
+TARGETS = {"click median": 0.25, "Channel statistics": 3.0, "ε-curve": 6.0, "cold start": 3.0}
+EPS = (0, 2, 4, 8, 16)
+
+
+@contextlib.contextmanager
+def fp32_path():
+    """Today's fp32 path: no bf16, default threads for single images, NCHW models."""
+    os.environ["CAS_FP32"] = "1"
+    saved, lab.SINGLE_IMAGE_THREADS = lab.SINGLE_IMAGE_THREADS, None
+    try:
+        yield
+    finally:
+        del os.environ["CAS_FP32"]
+        lab.SINGLE_IMAGE_THREADS = saved
+
+
+def load(name: str, fast: bool):
+    model = cas.load_model(name)
+    if fast and fast_bf16("cpu"):  # as the app's loader prepares models
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def click(model, x_all, y_all, runs: int) -> tuple[float, float]:
+    choice = lab.AttackChoice(attack="pgd", steps=20)
+    one_update(model, x_all[0], int(y_all[0]), choice)  # warm-up
+    totals = sorted(one_update(model, x_all[i], int(y_all[i]), choice)["total"] for i in range(1, runs + 1))
+    return statistics.median(totals), totals[min(len(totals) - 1, round(0.9 * (len(totals) - 1)))]
+
+
+def channel_stats(models, x, y, fast: bool) -> float:
+    t = time.perf_counter()
+    with threads(all_cores() if fast else None):
+        for m in models.values():
+            analyze.channel_statistics(m, x, y, "pgd", cas.AttackSettings(eps=8 / 255, steps=10), batch_size=64)
+    return time.perf_counter() - t
+
+
+def eps_curve(models, x, y, fast: bool) -> float:
+    t = time.perf_counter()
+    for m in models.values():
+        for atk in ["pgd"] + (["soft_mask_pgd"] if m.has_cas else []):
+            if fast:
+                with threads(all_cores()):
+                    accuracy_vs_eps(m, x, y, atk, [e / 255 for e in EPS], steps=10)
+            else:  # one evaluation per ε, as the page did
+                for e in EPS:
+                    r = evaluate(m, x, y, [atk] if e else [], eps=e / 255, device="cpu", batch_size=64,
+                                 overrides={atk: {"steps": 10, "step_size": None}})
+                    r.accuracy.get(PRESETS[atk][0])
+    return time.perf_counter() - t
+
+
+def cold_start(fp32: bool) -> float:
+    """Seconds from the server's health check answering to the first page's attack result drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy
+
+    port = _free_port()
+    log = Path("/tmp") / f"cas-cold-{port}.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CAS_FP32", None)
+    if fp32:
+        env["CAS_FP32"] = "1"
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, log)
+        t0 = time.perf_counter()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_text("The attack succeeded").first.wait_for(timeout=120_000)
+            seconds = time.perf_counter() - t0
+            browser.close()
+        return seconds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20, help="clicks timed per path")
+    ap.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the first page in Chromium")
+    a = ap.parse_args()
+    x_all, y_all = (t.numpy() for t in cdata.load("test"))
+    x, y = cdata.test_subset(32)
+    rows = []
+    for fast in (False, True):
+        ctx = contextlib.nullcontext() if fast else fp32_path()
+        with ctx:
+            models = {n: load(n, fast) for n in MODELS}
+            med, p90 = click(models["at-cas"], x_all, y_all, a.runs)
+            row = {"click median": med, "click p90": p90,
+                   "Channel statistics": channel_stats(models, x, y, fast),
+                   "ε-curve": eps_curve(models, x, y, fast)}
+        if a.cold_start:
+            row["cold start"] = cold_start(fp32=not fast)
+        rows.append(row)
+    print(f"CPU: {all_cores()} cores, bf16 native: {fast_bf16('cpu')}; torch {torch.__version__}; "
+          f"models: bundled {', '.join(MODELS)}")
+    print("| figure | fp32 path (s) | fast path (s) | ratio | target (s) |")
+    print("|---|---|---|---|---|")
+    for key in rows[0]:
+        old, new = rows[0][key], rows[1][key]
+        print(f"| {key} | {old:.3f} | {new:.3f} | {old / new:.2f}x | {TARGETS.get(key, '')} |")
+
+
+if __name__ == "__main__":
+    main()
