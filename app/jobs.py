@@ -4,7 +4,8 @@ A job is ``python -m cas.train ... --out <runs>/<name> --no-progress`` started i
 it keeps running when the page is reloaded or closed. Everything about it lives on disk, in the run's
 folder, never in the browser session:
 
-* ``job.json``: the process id, the trainer's arguments, the full command and the start time;
+* ``job.json``: the process id, the run's settings (a :class:`cas.train.TrainConfig`), the full command
+  and the start time;
 * ``train.out``: what the trainer printed (its error message, if it failed);
 * the trainer's own files: ``log.jsonl``, ``state.pt``, ``best.safetensors``, ``config.json``;
 * ``STOP``: created to ask the trainer to stop after its current batch.
@@ -21,11 +22,11 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cas.checkpoint import atomic_write, runs_dir
-from cas.train import TrainConfig, build_parser, read_log
+from cas.train import TrainConfig, cli_args, read_log
 
 ROOT = Path(__file__).resolve().parent.parent  # the trainer runs from the repository root
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
@@ -59,42 +60,13 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def config_from_args(args: list[str]) -> TrainConfig:
-    """The trainer's configuration for these command-line arguments (the trainer's own parser)."""
-    return TrainConfig(**vars(build_parser().parse_args(args)))
-
-
-def settings_problem(args: list[str]) -> str | None:
-    """What the trainer would refuse in these arguments (its own checks), or None."""
+def settings_problem(cfg: TrainConfig) -> str | None:
+    """What the trainer would refuse in these settings (its own checks), or None."""
     try:
-        config_from_args(args).validate()
+        cfg.validate()
     except ValueError as e:
         return f"These settings cannot be used: {e}."
     return None
-
-
-def train_args(*, method: str, cas: bool, arch: str, width: int, epochs: int, batch_size: int, lr: float,
-               epsilon: float, steps: int, train_subset: int, val_size: int, eval_steps: int,
-               step_size: float | None = None, description: str = "") -> list[str]:
-    """The trainer's arguments for these settings (``--out`` and ``--no-progress`` are added when the
-    job starts). ``step_size`` defaults to :func:`default_step_size`; all budgets are in /255."""
-    if step_size is None:
-        step_size = default_step_size(epsilon, steps)
-    args = ["--method", method, "--cas" if cas else "--no-cas", "--arch", arch, "--width", str(width),
-            "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", f"{lr:g}",
-            "--epsilon", f"{epsilon:g}", "--step-size", f"{step_size:g}", "--steps", str(steps),
-            "--train-subset", str(train_subset), "--val-size", str(val_size),
-            "--eval-steps", str(eval_steps)]
-    if description:
-        args += ["--description", description]
-    return args
-
-
-def default_step_size(epsilon: float, steps: int) -> float:
-    """PGD step size (/255) for a budget and a number of steps: 2.5 x epsilon / steps, kept between
-    epsilon / 4 and epsilon (for the paper's 8/255 and 10 steps this is its 2/255). A zero budget gets
-    a nominal step of 1, since the trainer needs a positive one."""
-    return round(min(epsilon, max(epsilon / 4, 2.5 * epsilon / max(steps, 1))), 4) or 1.0
 
 
 # -- processes -----------------------------------------------------------------------------------------
@@ -141,14 +113,15 @@ def _write_job(out: Path, job: dict) -> None:
     atomic_write(out / JOB_FILE, lambda tmp: Path(tmp).write_text(json.dumps(job, indent=2)))
 
 
-def start(name: str, args: list[str], resume: bool = False) -> dict:
-    """Start the trainer for run ``name`` in the background; returns the job record written to
-    ``job.json``. With ``resume`` the trainer continues from the run's last finished epoch."""
+def start(name: str, cfg: TrainConfig, resume: bool = False) -> dict:
+    """Start the trainer for run ``name`` with settings ``cfg`` in the background; returns the job
+    record written to ``job.json``. With ``resume`` the trainer continues from the run's last finished
+    epoch. The settings become command-line arguments here, where the process starts, and nowhere else."""
     out = run_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     (out / STOP_FILE).unlink(missing_ok=True)
-    args = [a for a in args if a != "--resume"]
-    command = [sys.executable, "-m", "cas.train", *args, *(["--resume"] if resume else []),
+    cfg = replace(cfg, out=str(out), progress=False, resume=resume)
+    command = [sys.executable, "-m", "cas.train", *cli_args(cfg), *(["--resume"] if resume else []),
                "--out", str(out), "--no-progress"]
     started = time.time()
     with open(out / OUTPUT_FILE, "ab") as log:
@@ -157,7 +130,7 @@ def start(name: str, args: list[str], resume: bool = False) -> dict:
         proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     _children[proc.pid] = proc
-    job = {"name": name, "pid": proc.pid, "args": args, "resume": resume, "command": command,
+    job = {"name": name, "pid": proc.pid, "config": asdict(cfg), "resume": resume, "command": command,
            "started": started, "started_text": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))}
     _write_job(out, job)
     return job
@@ -169,33 +142,25 @@ def stop(name: str) -> None:
     (run_dir(name) / STOP_FILE).touch()
 
 
-def resume_args(name: str) -> list[str] | None:
-    """The arguments the run was started with (from ``job.json``, else from the trainer's
-    ``config.json``), or None when neither is there."""
+def run_config(name: str) -> TrainConfig | None:
+    """The settings run ``name`` was started with (from ``job.json``, else from the trainer's
+    ``config.json``), or None when neither is there or readable."""
     out = run_dir(name)
     job = read_job(out)
-    if job and isinstance(job.get("args"), list):
-        return [str(a) for a in job["args"]]
     try:
-        saved = json.loads((out / "config.json").read_text())
-        cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
-    except (OSError, json.JSONDecodeError, TypeError):
+        if job and isinstance(job.get("config"), dict):
+            return TrainConfig.from_dict(job["config"])
+        return TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    except (OSError, json.JSONDecodeError, TypeError, ValueError):
         return None
-    from cas.train import cli_args
-
-    args = cli_args(cfg)
-    if "--out" in args:  # start() adds the folder itself
-        i = args.index("--out")
-        del args[i:i + 2]
-    return args
 
 
 def resume(name: str) -> dict:
-    """Start the run again with its own arguments plus ``--resume``."""
-    args = resume_args(name)
-    if args is None:
+    """Start the run again with its own settings, continuing from its last finished epoch."""
+    cfg = run_config(name)
+    if cfg is None:
         raise ValueError(f"run {name!r} has no record of its settings (job.json or config.json)")
-    return start(name, args, resume=True)
+    return start(name, cfg, resume=True)
 
 
 # -- status --------------------------------------------------------------------------------------------
@@ -274,14 +239,8 @@ def run_info(name: str) -> RunInfo:
     """Status, log records and planned epochs of run ``name``."""
     out = run_dir(name)
     job = read_job(out)
-    total = None
-    args = resume_args(name)
-    if args is not None:
-        try:
-            total = config_from_args(args).epochs
-        except SystemExit:  # arguments the parser refuses (a hand-edited job.json)
-            total = None
-    return RunInfo(name, out, status(name), read_log(out / LOG_FILE), total, job)
+    cfg = run_config(name)
+    return RunInfo(name, out, status(name), read_log(out / LOG_FILE), cfg.epochs if cfg else None, job)
 
 
 def list_runs() -> list[RunInfo]:

@@ -39,7 +39,7 @@ from app.common import lab  # noqa: E402
 from benchmarks.app_latency import one_update  # noqa: E402
 from cas import analyze  # noqa: E402
 from cas import data as cdata  # noqa: E402
-from cas.evaluate import PRESETS, accuracy_vs_eps, evaluate  # noqa: E402
+from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
 from cas.precision import all_cores, fast_bf16, threads  # noqa: E402
 
 MODELS = ("std", "at", "at-cas")
@@ -92,7 +92,7 @@ def eps_curve(models, x, y, fast: bool) -> float:
                 for e in EPS:
                     r = evaluate(m, x, y, [atk] if e else [], eps=e / 255, device="cpu", batch_size=64,
                                  overrides={atk: {"steps": 10, "step_size": None}})
-                    r.accuracy.get(PRESETS[atk][0])
+                    r.accuracy.get(cas.ATTACKS[atk].card_key)
     return time.perf_counter() - t
 
 
@@ -128,9 +128,12 @@ def cold_start(fp32: bool) -> float:
         proc.wait(timeout=30)
 
 
+from cas.cli import HelpFormatter  # noqa: E402
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--runs", type=int, default=20, help="clicks timed per path")
     ap.add_argument("--cold-start", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the first page in Chromium")

@@ -39,7 +39,7 @@ def main():
     print("|---|---|---|")
     for name, kw in [("fgsm", {}), ("pgd", {"steps": 20}), ("cw", {"steps": 30}),
                      ("soft_mask_pgd", {"steps": 20}), ("square", {"queries": 1000})]:
-        if cas.ATTACKS[name].cas_only and not model.has_cas:
+        if cas.ATTACKS[name].needs_cas and not model.has_cas:
             continue
         cas.run_attack(name, model, x, y, **kw)  # warm-up
         times = []

@@ -31,7 +31,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def reference_epoch(model, x_u8, y, device, batch_size, steps, alpha, cas_beta=2.0):
+def reference_epoch(model, x_u8, y, device, batch_size, steps, alpha, aux_weight=2.0):
     """fp32, DataLoader with per-sample augmentation, the attack loop written out as usual."""
     import torchvision.transforms.v2 as T
     from torch.utils.data import DataLoader, TensorDataset
@@ -51,7 +51,7 @@ def reference_epoch(model, x_u8, y, device, batch_size, steps, alpha, cas_beta=2
         logits, aux = model.forward_aux(x, labels)
         loss = F.cross_entropy(logits, yb)
         if aux:
-            loss = loss + cas_beta * torch.stack([F.cross_entropy(a, yb) for a in aux]).mean()
+            loss = loss + aux_weight * torch.stack([F.cross_entropy(a, yb) for a in aux]).mean()
         return loss
 
     n = 0
@@ -96,10 +96,13 @@ def timed(fn, device):
     return n, time.perf_counter() - t
 
 
+from cas.cli import HelpFormatter  # noqa: E402
+
+
 def main():
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--images", type=int, default=10240 if cuda else 2048, help="images per timed epoch")
     ap.add_argument("--width", type=int, default=64 if cuda else 16, help="ResNet-18 width")
     ap.add_argument("--batch-size", type=int, default=512 if cuda else 128, help="the same for both loops")

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from . import analysis
-from .attacks import AttackSettings, run_attack
+from .attacks import ATTACKS, AttackSettings, run_attack
+from .cli import HelpFormatter
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NATURAL, ADVERSARIAL = "#1f77b4", "#d62728"
@@ -188,19 +189,23 @@ def main(argv=None):
     from . import data as cdata
     from .checkpoint import CheckpointError, load_checkpoint, resolve
 
-    ap = argparse.ArgumentParser(prog="python -m cas.analyze", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m cas.analyze", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="*",
                     help="bundled model names or checkpoint paths (default: one standard, one AT and one CAS "
                          "model from the bundled set and finished runs)")
     ap.add_argument("--n", type=int, default=500, help="test images (of the class, if one is given)")
-    ap.add_argument("--class", dest="cls", default="all", choices=("all",) + CLASSES)
-    ap.add_argument("--attack", default="pgd", help="attack name (see cas.ATTACKS)")
+    ap.add_argument("--class", dest="cls", default="all", choices=("all",) + CLASSES,
+                    help="use only test images of this class (the paper used airplane)")
+    ap.add_argument("--attack", default="pgd", choices=[n for n, s in ATTACKS.items() if s.gradient and s.norm == "linf"],
+                    help="the attack (a CAS-only one becomes its fallback on models without CAS)")
     ap.add_argument("--eps", type=float, default=8.0, help="Linf budget in /255")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20, help="attack steps (step size: the automatic rule)")
     ap.add_argument("--threshold", type=float, default=0.01, help="activation threshold (share of the max)")
     ap.add_argument("--out", default=None, help="folder for figures (HTML), table (CSV) and numbers (JSON)")
     ap.add_argument("--check", action="store_true", help="report whether the paper's effects hold")
-    ap.add_argument("--data", default=None)
+    ap.add_argument("--data", default=None,
+                    help="CIFAR-10 location: a torchvision folder, an image-folder tree or a .tar.xz of one (default: $CAS_DATA or the usual places)")
     a = ap.parse_args(argv)
     if not a.models:
         from .checkpoint import available_models
@@ -226,9 +231,7 @@ def main(argv=None):
             model, card = load_checkpoint(resolve(name))
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
-        attack = a.attack
-        if attack in ("joint_pgd", "soft_mask_pgd") and not model.has_cas:
-            attack = "pgd"
+        attack = ATTACKS[a.attack].for_model(model).name if a.attack in ATTACKS else a.attack
         try:
             s = channel_statistics(model, x, y, attack, settings, name=model_label(name))
         except ValueError as e:

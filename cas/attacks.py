@@ -15,7 +15,10 @@ Speed: on hardware with native bf16 (CUDA, CPUs with AVX-512 BF16 or AMX) the gr
 run under bf16 autocast (``AttackSettings.amp``; ``amp=False`` or ``CAS_FP32=1`` forces fp32), while
 every point is still judged by the real model in fp32.
 
-``run_attack(name, model, x, y, **settings)`` runs an attack by name; ``ATTACKS`` lists them.
+``run_attack(name, model, x, y, **settings)`` runs an attack by name. ``ATTACKS`` is the one registry
+of what is known about each attack (:class:`AttackSpec`): its settings with their units and bounds,
+whether it needs CAS and what it becomes without, its evaluation preset and strength rank; the
+evaluator and every page of the app derive their lists and controls from it.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class AttackSettings:
 
     eps: float = 8 / 255
     steps: int = 20
-    step_size: float | None = None  # None: max(eps / 4, 2.5 * eps / steps), see validated()
+    step_size: float | None = None  # None: auto_step_size(eps, steps)
     norm: str = "linf"
     random_start: bool | str = True  # True: uniform in the ball; "normal": x + 0.001 * N(0, 1)
     restarts: int = 1
@@ -49,7 +52,6 @@ class AttackSettings:
     seed: int | None = 0
     queries: int = 1000  # Square attack's query budget
     amp: bool = True  # bf16 autocast for gradients where the hardware does bf16 natively (judged in fp32)
-    extra: dict = field(default_factory=dict)
 
     def validated(self) -> "AttackSettings":
         if self.norm not in ("linf", "l2"):
@@ -68,12 +70,7 @@ class AttackSettings:
             raise ValueError(f"queries must be between 1 and 100000, got {self.queries}")
         if self.aux_weight < 0:
             raise ValueError("aux_weight must be non-negative")
-        if self.step_size is not None:
-            step = self.step_size
-        elif isinstance(self.eps, torch.Tensor):  # one budget per image (e.g. a whole accuracy-vs-eps curve)
-            step = torch.maximum(2.5 * self.eps / self.steps, self.eps / 4)
-        else:
-            step = max(2.5 * self.eps / self.steps, self.eps / 4)
+        step = self.step_size if self.step_size is not None else auto_step_size(self.eps, int(self.steps))
         return replace(self, steps=int(self.steps), restarts=int(self.restarts), step_size=step)
 
 
@@ -243,7 +240,7 @@ def _num_classes(model, x) -> int:
     return n
 
 
-def _needs_cas(model, name):
+def _needs_cas(model, name):  # the attack functions refuse; pages use AttackSpec.for_model
     if not getattr(model, "has_cas", False):
         raise ValueError(f"the {name} attack is for CAS models; this model has no CAS module")
 
@@ -371,29 +368,124 @@ def _clip(x, x_adv, s):
     return (x + _project(x_adv.detach().to(x.dtype) - x, s.eps, s.norm)).clamp(0, 1)
 
 
+# -- the registry: everything the library, the evaluator and the app know about each attack ------------
+
 @dataclass(frozen=True)
-class AttackInfo:
+class Knob:
+    """One user setting of an attack. ``key`` names it on the pages and in links; ``field`` is the
+    :class:`AttackSettings` field it sets; pages show ``value = library value x scale`` (255 for
+    budgets in /255). ``kind``: "float", "int", "bool", "step" (a float; None = automatic) or "class"
+    (a class index; None = untargeted)."""
+
+    key: str
+    field: str
+    label: str
+    kind: str
+    low: float
+    high: float
+    default: object
+    scale: float = 1.0
+    help: str = ""
+    increment: float = 1  # what one click of a number field adds
+
+    def check(self, value) -> None:
+        if value is None and self.kind in ("step", "class"):
+            return
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{self.label}: expected true or false, got {value!r}")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+                or not self.low <= value <= self.high:
+            raise ValueError(f"{self.label} must be between {self.low:g} and {self.high:g}, got {value!r}")
+
+    def to_library(self, value):
+        return value / self.scale if self.kind in ("float", "step") and value is not None else value
+
+
+AUTO_STEP = "automatic: max(ε / 4, 2.5 × ε / steps)"  # the one rule, see auto_step_size
+LINF_EPS = Knob("eps", "eps", "ε (largest change per pixel, in /255)", "float", 0.0, 64.0, 8.0, 255,
+                "8/255 is the usual CIFAR-10 budget; 0 leaves the image unchanged.", 0.5)
+L2_EPS = Knob("l2eps", "eps", "ε (L2 length of the perturbation)", "float", 0.0, 10.0, 0.5, 1,
+              "Pixel values are in [0, 1]; 0.5 is the usual CIFAR-10 budget.", 0.05)
+STEPS = Knob("steps", "steps", "Steps", "int", 1, 1000, 20)
+LINF_STEP = Knob("step", "step_size", "Step size (/255; empty = automatic)", "step", 0.01, 64.0, None, 255,
+                 AUTO_STEP, 0.25)
+FGSM_STEP = replace(LINF_STEP, help="automatic: ε")
+L2_STEP = Knob("l2step", "step_size", "Step size (L2; empty = automatic)", "step", 0.001, 10.0, None, 1, AUTO_STEP,
+               0.01)
+RANDOM_START = Knob("rand", "random_start", "Random start", "bool", 0, 1, True,
+                    help="Start from a random point inside the ε-ball instead of the image itself.")
+TARGET = Knob("target", "target", "Target", "class", 0, 9, None)
+SEED = Knob("seed", "seed", "Seed", "int", 0, 2**31 - 1, 0,
+            help="Fixes the random start (and Square's search), so a link reproduces the result.")
+QUERIES = Knob("queries", "queries", "Queries (model evaluations)", "int", 10, 10_000, 300, increment=50)
+ITERATIVE_KNOBS = (LINF_EPS, STEPS, LINF_STEP, RANDOM_START, TARGET, SEED)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack: how to run it, how to present it, when it applies and how to evaluate with it."""
+
+    name: str
     fn: Callable
     label: str
-    cas_only: bool = False
-    gradient: bool = True
-    description: str = ""
+    description: str
+    knobs: tuple[Knob, ...]
+    norm: str = "linf"
+    needs_cas: bool = False  # meaningful only for models with CAS modules ...
+    fallback: str | None = None  # ... and what it reduces to on a model without them
+    sees_mask: bool = False  # its gradient flows through the (soft) CAS mask
+    gradient: bool = True  # a gradient attack (bf16 fast path, one budget per image)
+    untargeted_only: bool = False
+    interactive: bool = True  # offered on the interactive pages (AutoAttack is too slow for them)
+    card_key: str | None = None  # evaluation: the accuracy's key in model cards and index.json
+    preset: dict = field(default_factory=dict)  # evaluation settings (the card key's meaning)
+    strength: int | None = None  # rank in the strength order (higher: at least as strong); None: unranked
+
+    def knob(self, key: str) -> Knob | None:
+        return next((k for k in self.knobs if k.key == key), None)
+
+    def for_model(self, model) -> "AttackSpec":
+        """This attack on ``model``: a CAS-only attack on a model without CAS becomes its fallback."""
+        if self.needs_cas and not getattr(model, "has_cas", False):
+            return ATTACKS[self.fallback]
+        return self
 
 
-ATTACKS: dict[str, AttackInfo] = {
-    "fgsm": AttackInfo(fgsm, "FGSM", description="one gradient-sign step of size eps"),
-    "pgd": AttackInfo(pgd, "PGD", description="iterated gradient steps on the final cross-entropy"),
-    "pgd_l2": AttackInfo(pgd_l2, "PGD-L2", description="PGD in the L2 norm"),
-    "cw": AttackInfo(cw_linf, "CW-Linf", description="PGD on the Carlini-Wagner margin loss"),
-    "joint_pgd": AttackInfo(joint_pgd, "Joint PGD (CAS-adaptive)", cas_only=True,
-                            description="PGD on the final + auxiliary losses, as the CAS authors evaluated"),
-    "soft_mask_pgd": AttackInfo(soft_mask_pgd, "Soft-mask PGD (CAS-adaptive)", cas_only=True,
-                                description="PGD whose gradient flows through softmax-mixed masks"),
-    "square": AttackInfo(square, "Square (gradient-free)", gradient=False,
-                         description="random-search attack that uses no gradients"),
-    "autoattack": AttackInfo(autoattack, "AutoAttack", gradient=False,
-                             description="APGD-CE, APGD-T, FAB-T and Square, standard version"),
-}
+def auto_step_size(eps, steps: int):
+    """The automatic step size of iterative attacks: max(eps / 4, 2.5 x eps / steps) (2/255 for the
+    usual 8/255 and 10 steps; the budget's size for very few steps). Works per image on tensors."""
+    if isinstance(eps, torch.Tensor):
+        return torch.maximum(2.5 * eps / steps, eps / 4)
+    return max(2.5 * eps / steps, eps / 4)
+
+
+_PGD20 = {"steps": 20, "step_size": 2 / 255}
+ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
+    AttackSpec("fgsm", fgsm, "FGSM", "one gradient-sign step of size eps", (LINF_EPS, FGSM_STEP, TARGET, SEED),
+               card_key="fgsm", strength=1),
+    AttackSpec("pgd", pgd, "PGD", "iterated gradient steps on the final cross-entropy", ITERATIVE_KNOBS,
+               card_key="pgd20", preset=_PGD20, strength=2),
+    AttackSpec("cw", cw_linf, "CW-Linf", "PGD on the Carlini-Wagner margin loss", ITERATIVE_KNOBS,
+               card_key="cw", preset={"steps": 30, "step_size": 2 / 255}),
+    AttackSpec("pgd_l2", pgd_l2, "PGD-L2", "PGD in the L2 norm",
+               (L2_EPS, STEPS, L2_STEP, RANDOM_START, TARGET, SEED), norm="l2",
+               card_key="pgd20_l2", preset={"steps": 20, "eps": 0.5, "step_size": 0.5 / 8}),
+    AttackSpec("square", square, "Square (gradient-free)", "random-search attack that uses no gradients",
+               (LINF_EPS, QUERIES, TARGET, SEED), gradient=False, untargeted_only=True,
+               card_key="square", preset={"queries": 5000}),
+    AttackSpec("joint_pgd", joint_pgd, "Joint PGD (CAS-adaptive)",
+               "PGD on the final + auxiliary losses, as the CAS authors evaluated", ITERATIVE_KNOBS,
+               needs_cas=True, fallback="pgd", card_key="joint_pgd20", preset=_PGD20, strength=3),
+    AttackSpec("soft_mask_pgd", soft_mask_pgd, "Soft-mask PGD (CAS-adaptive)",
+               "PGD whose gradient flows through softmax-mixed masks", ITERATIVE_KNOBS,
+               needs_cas=True, fallback="pgd", sees_mask=True, card_key="soft_mask_pgd20", preset=_PGD20,
+               strength=3),
+    AttackSpec("autoattack", autoattack, "AutoAttack", "APGD-CE, APGD-T, FAB-T and Square, standard version",
+               (LINF_EPS, SEED), gradient=False, untargeted_only=True, interactive=False,
+               card_key="autoattack", strength=3),
+]}
 
 
 def run_attack(name: str, model, x, y, settings: AttackSettings | None = None, progress=None, **kw):

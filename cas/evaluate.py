@@ -16,21 +16,10 @@ import torch
 from tqdm import tqdm
 
 from .attacks import ATTACKS, AttackSettings, run_attack
+from .cli import HelpFormatter
 
-# attack name -> (card key, settings overrides). Card keys are the ones pretrained/index.json uses.
-PRESETS: dict[str, tuple[str, dict]] = {
-    "fgsm": ("fgsm", {}),
-    "pgd": ("pgd20", {"steps": 20, "step_size": 2 / 255}),
-    "cw": ("cw", {"steps": 30, "step_size": 2 / 255}),
-    "joint_pgd": ("joint_pgd20", {"steps": 20, "step_size": 2 / 255}),
-    "soft_mask_pgd": ("soft_mask_pgd20", {"steps": 20, "step_size": 2 / 255}),
-    "pgd_l2": ("pgd20_l2", {"steps": 20, "eps": 0.5, "step_size": 0.5 / 8}),
-    "square": ("square", {"queries": 5000}),
-    "autoattack": ("autoattack", {}),
-}
 DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "autoattack")
-# (weaker, stronger): the stronger attack should not leave more images correct than the weaker one
-STRENGTH_ORDER = (("fgsm", "pgd"), ("pgd", "autoattack"), ("pgd", "joint_pgd"), ("pgd", "soft_mask_pgd"))
+EVALUATED = [name for name, spec in ATTACKS.items() if spec.card_key]  # attacks with an evaluation preset
 MASKING_GAP = 5.0  # points between plain and adaptive PGD that count as gradient masking
 
 
@@ -59,13 +48,13 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
     APGD-T only, see :func:`cas.attacks.autoattack`). ``progress(label, done, total)`` reports batches."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     limits = limits or {}
-    attacks = [a for a in attacks if not (ATTACKS[a].cas_only and not getattr(model, "has_cas", False))]
+    attacks = [a for a in attacks if not (ATTACKS[a].needs_cas and not getattr(model, "has_cas", False))]
     n = x_u8.shape[0]
     correct = {"clean": torch.zeros(n, dtype=torch.bool)}
     seen = {"clean": n}
     res = EvalResult(n=n)
     for name in ["clean", *attacks]:
-        key = "clean" if name == "clean" else PRESETS[name][0]
+        key = "clean" if name == "clean" else ATTACKS[name].card_key
         m = min(n, limits.get(name, n))
         seen[key] = m
         correct.setdefault(key, torch.zeros(n, dtype=torch.bool))
@@ -74,7 +63,7 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
             xb = x_u8[i:min(i + batch_size, m)].to(device).float() / 255
             yb = y[i:min(i + batch_size, m)].to(device)
             if name != "clean":
-                s = AttackSettings(**{"eps": eps, "seed": seed + i, "amp": amp, **PRESETS[name][1],
+                s = AttackSettings(**{"eps": eps, "seed": seed + i, "amp": amp, **ATTACKS[name].preset,
                                       **(overrides or {}).get(name, {})})
                 extra = {"version": autoattack_version} if name == "autoattack" else {}
                 xb = run_attack(name, model, xb, yb, s, **extra)
@@ -145,12 +134,13 @@ def sanity_flags(acc: dict[str, float], has_cas: bool) -> list[str]:
         if key != "clean" and clean is not None and v > clean + 1e-9:
             flags.append(f"{key} accuracy {v:.2f}% is ABOVE clean accuracy {clean:.2f}%: the attack is "
                          "failing to find adversarial examples (gradient masking?)")
-    keys = {name: PRESETS[name][0] for name in PRESETS}
-    for weak, strong in STRENGTH_ORDER:
-        a, b = acc.get(keys[weak]), acc.get(keys[strong])
-        if a is not None and b is not None and b > a + 1.0:
-            flags.append(f"the stronger attack {keys[strong]} ({b:.2f}%) leaves more images correct than "
-                         f"the weaker {keys[weak]} ({a:.2f}%)")
+    ranked = [s for s in ATTACKS.values() if s.strength is not None and s.card_key in acc]
+    for weak in ranked:
+        for strong in ranked:
+            a, b = acc[weak.card_key], acc[strong.card_key]
+            if weak.strength < strong.strength and b > a + 1.0:
+                flags.append(f"the stronger attack {strong.card_key} ({b:.2f}%) leaves more images correct "
+                             f"than the weaker {weak.card_key} ({a:.2f}%)")
     if has_cas and "pgd20" in acc and "adaptive_pgd20" in acc:
         gap = acc["pgd20"] - acc["adaptive_pgd20"]
         if gap > MASKING_GAP:
@@ -177,25 +167,32 @@ def main(argv=None):
     from . import data as cdata
     from .checkpoint import CheckpointError, load_checkpoint, resolve, update_card
 
-    ap = argparse.ArgumentParser(prog="python -m cas.evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m cas.evaluate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
     ap.add_argument("--n", type=int, default=10000,
                     help="test images: the first N of a fixed shuffle of the test set (all classes mixed; "
                          "the trainer's held-out check uses the first ones too)")
     ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                    help=f"comma-separated, from: {', '.join(PRESETS)}")
+                    help=f"comma-separated, from: {', '.join(EVALUATED)}")
     ap.add_argument("--autoattack-n", type=int, default=1000, help="images for AutoAttack (first N)")
     ap.add_argument("--square-n", type=int, default=1000, help="images for Square (first N)")
     ap.add_argument("--eps", type=float, default=8.0, help="Linf budget in /255")
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--data", default=None)
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=500, help="images attacked together")
+    ap.add_argument("--data", default=None,
+                    help="CIFAR-10 location: a torchvision folder, an image-folder tree or a .tar.xz of one (default: $CAS_DATA or the usual places)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--no-amp", dest="amp", action="store_false",
+                    help="attack in fp32 (default: bf16 autocast for gradients where the hardware does bf16 "
+                         "natively; every accuracy is judged in fp32 either way)")
+    ap.add_argument("--autoattack-version", default="standard", choices=["standard", "apgd"],
+                    help="standard AutoAttack, or its APGD-CE + APGD-T only (much faster on a CPU)")
     ap.add_argument("--write-card", action="store_true", help="store the accuracies in each checkpoint's card")
     a = ap.parse_args(argv)
     attacks = [s.strip() for s in a.attacks.split(",") if s.strip()]
-    bad = [s for s in attacks if s not in PRESETS]
+    bad = [s for s in attacks if s not in EVALUATED]
     if bad:
-        raise SystemExit(f"error: unknown attack(s) {', '.join(bad)}; choose from {', '.join(PRESETS)}")
+        raise SystemExit(f"error: unknown attack(s) {', '.join(bad)}; choose from {', '.join(EVALUATED)}")
     if not (0 < a.eps <= 255):
         raise SystemExit("error: --eps is in /255 and must lie in (0, 255]")
     try:
@@ -219,7 +216,8 @@ def main(argv=None):
             bar.refresh()
 
         res = evaluate(model, x, y, attacks, eps=a.eps / 255, batch_size=a.batch_size, device=device,
-                       limits={"autoattack": a.autoattack_n, "square": a.square_n}, progress=progress)
+                       limits={"autoattack": a.autoattack_n, "square": a.square_n}, progress=progress,
+                       amp=a.amp, autoattack_version=a.autoattack_version)
         bar.close()
         rows[name] = res
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in res.accuracy.items())

@@ -2,9 +2,9 @@
 
 Every method is one per-head loss ``head_loss(method, adv_logits, nat_logits, y, beta)``. The CAS term
 is added in exactly one place, :func:`training_loss`: the same loss on every auxiliary head, averaged
-over the CAS modules, weighted by ``cas_beta`` (2 in the paper). Training examples are crafted as the
+over the CAS modules, weighted by ``aux_weight`` (2 in the paper). Training examples are crafted as the
 authors did (:func:`perturb`): Linf PGD with the model in eval mode, maximising the method's attack
-loss on the final head plus ``cas_beta`` x the auxiliary heads, by one of three recipes:
+loss on the final head plus ``aux_weight`` x the auxiliary heads, by one of three recipes:
 
 * ``pgd``: PGD-k from a random start (Madry et al.), the paper's recipe;
 * ``fgsm_rs``: one signed step of 1.25 eps from a uniform random start, projected to the eps ball
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks import AttackSettings, pgd_loop
+from .attacks import AttackSettings, auto_step_size, pgd_loop
 from .precision import autocast
 
 METHODS = ("std", "at", "trades", "mart")
@@ -31,9 +31,9 @@ DEFAULT_BETA = {"std": 0.0, "at": 0.0, "trades": 6.0, "mart": 6.0}
 class LossConfig:
     method: str = "at"
     beta: float | None = None  # TRADES / MART trade-off; None -> 6
-    cas_beta: float = 2.0  # weight of the auxiliary (CAS) losses
+    aux_weight: float = 2.0  # weight of the auxiliary (CAS) losses
     eps: float = 8 / 255
-    step_size: float | None = None  # None: the recipe's own (pgd eps/4, fgsm_rs 1.25 eps, n_fgsm eps)
+    step_size: float | None = None  # None: the recipe's own (pgd: auto_step_size, fgsm_rs 1.25 eps, n_fgsm eps)
     steps: int = 10  # pgd only
     recipe: str = "pgd"  # how training examples are made: pgd | fgsm_rs | n_fgsm
     amp: bool = True  # craft them under bf16 autocast where the hardware does bf16 natively
@@ -44,10 +44,12 @@ class LossConfig:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.step_size is None:
-            object.__setattr__(self, "step_size", {"pgd": self.eps / 4, "fgsm_rs": 1.25 * self.eps,
-                                                   "n_fgsm": self.eps}[self.recipe])
-        if self.eps < 0 or self.step_size <= 0 or self.steps < 1:
-            raise ValueError("need eps >= 0, step_size > 0 and steps >= 1")
+            object.__setattr__(self, "step_size", {"pgd": auto_step_size(self.eps, self.steps),
+                                                   "fgsm_rs": 1.25 * self.eps, "n_fgsm": self.eps}[self.recipe])
+        if self.eps < 0 or self.step_size < 0 or self.steps < 1:
+            raise ValueError("need eps >= 0, step_size >= 0 and steps >= 1")
+        if self.adversarial and not (self.eps > 0 and self.step_size > 0):
+            raise ValueError(f"{self.method} training needs a budget epsilon > 0 and a positive step size")
 
     @property
     def trade_off(self) -> float:
@@ -97,7 +99,7 @@ def training_loss(model, x, y, x_adv, cfg: LossConfig):
                           heads_nat[i].float() if heads_nat else None, y, cfg.trade_off) for i in range(n)]
     loss = per_head[0]
     if n > 1:  # the CAS term, for every method
-        loss = loss + cfg.cas_beta * torch.stack(per_head[1:]).mean()
+        loss = loss + cfg.aux_weight * torch.stack(per_head[1:]).mean()
     return loss, (adv or nat)[0]
 
 
@@ -111,7 +113,7 @@ def _attack_objective(cfg: LossConfig, nat_heads):
             per = [F.cross_entropy(h.float(), y, reduction="none") for h in heads]
         loss = per[0]
         if len(per) > 1:
-            loss = loss + cfg.cas_beta * torch.stack(per[1:]).mean(0)
+            loss = loss + cfg.aux_weight * torch.stack(per[1:]).mean(0)
         return loss, None
     return objective
 

@@ -21,7 +21,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -29,54 +29,78 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as cdata
-from .attacks import pgd, soft_mask_pgd
+from .attacks import ATTACKS
+from .cli import HelpFormatter
 from .checkpoint import atomic_write, make_card, save_checkpoint, update_card
 from .losses import METHODS, RECIPES, LossConfig, perturb, training_loss
 from .precision import autocast, fast_bf16
 from .models import create_model
 
 
+def _opt(default, help: str, choices: tuple | None = None):
+    """A TrainConfig field with its ``--help`` text and allowed values."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a run (the command line is built from these fields)."""
+    """Every setting of a run, with its help: the command line, the app's Train page and the background
+    jobs all speak in this one type (validated once by :meth:`validate`)."""
 
-    method: str = "at"  # std | at | trades | mart
-    cas: bool = True  # add CAS modules (at the architecture's default positions)
-    arch: str = "resnet18"  # resnet18 | vgg16 | wrn34_10
-    width: int = 64  # ResNet-18 / VGG-16 first-stage width (64 = the paper's model)
-    epochs: int = 40
-    batch_size: int = 512
-    lr: float = 0.2  # peak learning rate (onecycle) or initial one (multistep, constant)
-    schedule: str = "onecycle"  # onecycle | multistep | constant
-    warmup: float = 0.25  # onecycle: fraction of the run spent rising to the peak
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    epsilon: float = 8.0  # Linf budget, in /255
-    recipe: str = "pgd"  # training examples: pgd | fgsm_rs | n_fgsm (see cas.losses)
-    step_size: float | None = None  # attack step in /255 (default: pgd eps/4, fgsm_rs 1.25 eps, n_fgsm eps)
-    steps: int = 10  # PGD steps for training examples (recipe pgd)
-    beta: float | None = None  # TRADES / MART trade-off (default 6)
-    cas_beta: float = 2.0  # weight of the auxiliary CAS losses
-    train_subset: int = 0  # train on this many images (0: all 50,000)
-    val_size: int = 1000  # validation images held out of the training set for the per-epoch check
-    eval_steps: int = 10  # PGD steps of the per-epoch robust check
-    eval_batch_size: int = 1000
-    seed: int = 0
-    data: str | None = None  # CIFAR-10 location (default: $CAS_DATA or the usual places)
-    download: bool = False  # fetch CIFAR-10 through torchvision first
-    out: str = "runs/run"
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast where the hardware does bf16 natively (CUDA, AVX-512 BF16 CPUs)
-    channels_last: bool = True  # channels_last memory format for model and batches
-    compile: bool = False  # torch.compile the model (CUDA only)
-    resume: bool = False
-    description: str = ""
-    progress: bool = True
+    method: str = _opt("at", "training objective", METHODS)
+    cas: bool = _opt(True, "add CAS modules (at the architecture's default positions)")
+    arch: str = _opt("resnet18", "architecture", ("resnet18", "vgg16", "wrn34_10"))
+    width: int = _opt(64, "first-stage width of ResNet-18 / VGG-16 (64: the paper's model)")
+    epochs: int = _opt(40, "training epochs")
+    batch_size: int = _opt(512, "images per optimizer step")
+    lr: float = _opt(0.2, "peak learning rate (onecycle) or the initial one (multistep, constant)")
+    schedule: str = _opt("onecycle", "learning-rate schedule", ("onecycle", "multistep", "constant"))
+    warmup: float = _opt(0.25, "onecycle: fraction of the run spent rising to the peak")
+    weight_decay: float = _opt(5e-4, "L2 weight decay (not on biases and batch-norm parameters)")
+    momentum: float = _opt(0.9, "SGD (Nesterov) momentum")
+    epsilon: float = _opt(8.0, "Linf budget of the training examples, in /255")
+    recipe: str = _opt("pgd", "how training examples are made: PGD-k, FGSM with a random start (fast AT) "
+                       "or N-FGSM (see cas.losses)", RECIPES)
+    step_size: float | None = _opt(None, "attack step in /255 (default: the recipe's own: pgd "
+                                   "max(eps / 4, 2.5 x eps / steps), fgsm_rs 1.25 eps, n_fgsm eps)")
+    steps: int = _opt(10, "attack steps of the pgd recipe")
+    beta: float | None = _opt(None, "TRADES / MART trade-off (default: 6)")
+    aux_weight: float = _opt(2.0, "weight of the CAS modules' auxiliary losses (2 in the paper)")
+    train_subset: int = _opt(0, "train on this many images (0: the whole training split)")
+    val_size: int = _opt(1000, "validation images held out of the training set; their robust accuracy "
+                               "picks the best epoch (0: no check)")
+    eval_steps: int = _opt(10, "PGD steps of the per-epoch robust check (soft-mask PGD for CAS models)")
+    eval_batch_size: int = _opt(1000, "images per batch of the per-epoch check")
+    seed: int = _opt(0, "random seed (weights, data order, augmentation, attacks)")
+    data: str | None = _opt(None, "CIFAR-10 location (default: $CAS_DATA or the usual places)")
+    download: bool = _opt(False, "fetch CIFAR-10 through torchvision first (needs internet)")
+    out: str = _opt("runs/run", "run folder: log.jsonl, state.pt, best.safetensors")
+    device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
+    amp: bool = _opt(True, "bf16 autocast where the hardware does bf16 natively (CUDA, AVX-512 BF16 CPUs)")
+    channels_last: bool = _opt(True, "channels_last memory format for the model and the batches")
+    compile: bool = _opt(False, "torch.compile the model (CUDA only)")
+    resume: bool = _opt(False, "continue the interrupted run in --out from its last finished epoch")
+    description: str = _opt("", "one line about the run, kept in its model card")
+    progress: bool = _opt(True, "progress bar and per-epoch lines on stderr")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from a run's ``config.json`` (older runs called ``aux_weight`` ``cas_beta``)."""
+        d = dict(d)
+        if "cas_beta" in d:
+            d.setdefault("aux_weight", d.pop("cas_beta"))
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
 
     def validate(self) -> "TrainConfig":
+        self.loss_config  # the loss's own checks (method, recipe, budget and step)
         checks = [
             (self.method in METHODS, f"method must be one of {METHODS}"),
             (self.schedule in ("onecycle", "multistep", "constant"), "schedule: onecycle, multistep or constant"),
+            (self.arch in ("resnet18", "vgg16", "wrn34_10"), "arch: resnet18, vgg16 or wrn34_10"),
+            (self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
@@ -96,7 +120,7 @@ class TrainConfig:
     @property
     def loss_config(self) -> LossConfig:
         step = None if self.step_size is None else self.step_size / 255
-        return LossConfig(self.method, self.beta, self.cas_beta, self.epsilon / 255, step, self.steps,
+        return LossConfig(self.method, self.beta, self.aux_weight, self.epsilon / 255, step, self.steps,
                           self.recipe, self.amp)
 
     def model_kwargs(self) -> dict:
@@ -147,16 +171,16 @@ def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
     models (plain PGD over-reports them) and plain PGD otherwise. Attacks run under bf16 autocast
     where it is fast; every accuracy is judged in fp32."""
     clean = correct = 0
-    attack = soft_mask_pgd if model.has_cas else pgd
+    spec = ATTACKS["soft_mask_pgd"].for_model(model)  # plain PGD on a model without CAS
     for i in range(0, x_u8.shape[0], cfg.eval_batch_size):
         xb = cdata.to_float(x_u8[i:i + cfg.eval_batch_size].to(device))
         yb = y[i:i + cfg.eval_batch_size].to(device)
-        xa = attack(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp)
+        xa = spec.fn(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp)
         clean += (_accuracy(model, xb, yb) * len(yb))
         correct += (_accuracy(model, xa, yb) * len(yb))
     n = max(x_u8.shape[0], 1)
-    name = ("soft_mask_pgd" if model.has_cas else "pgd") + str(cfg.eval_steps)
-    return {"heldout_clean": round(clean / n, 2), "heldout_robust": round(correct / n, 2), "robust_attack": name}
+    return {"heldout_clean": round(clean / n, 2), "heldout_robust": round(correct / n, 2),
+            "robust_attack": f"{spec.name}{cfg.eval_steps}"}
 
 
 COLLAPSE_FRACTION = 0.5  # robust accuracy below this share of its best so far counts as a collapse
@@ -368,17 +392,18 @@ def read_log(path: Path) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line, built from TrainConfig's fields: their types, help, choices and defaults."""
     ap = argparse.ArgumentParser(prog="python -m cas.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        help_text, choices = f.metadata["help"], f.metadata["choices"]
         if f.type in ("bool", bool):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                            help=f"{help_text} (default: {'on' if f.default else 'off'})")
         else:
-            typ = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            if "float | None" in str(f.type):
-                typ = float
-            ap.add_argument(flag, type=typ, default=f.default)
+            typ = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
+            ap.add_argument(flag, type=typ, default=f.default, choices=choices, help=help_text)
     return ap
 
 

@@ -130,8 +130,10 @@ def table() -> str:
 
 
 def main():
+    from cas.cli import HelpFormatter
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle", "table"],
                     help="all: train then bundle each model in turn; train or bundle: only that stage; "
                          "table: print the results table")

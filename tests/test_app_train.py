@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ if str(ROOT) not in sys.path:
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from app import jobs  # noqa: E402
-from cas.train import read_log  # noqa: E402
+from cas.train import TrainConfig, cli_args, read_log  # noqa: E402
 
 PAGE = str(ROOT / "app" / "views" / "train.py")
 DEADLINE = 180  # seconds; a generous limit for a busy machine, not a speed requirement
@@ -99,10 +100,10 @@ def _fake_run(runs: Path, name: str, pid: int, started: float, log: list[dict] |
     """A run folder as a job would leave it: job.json and optionally a log."""
     out = runs / name
     out.mkdir(parents=True)
-    args = jobs.train_args(method="at", cas=True, arch="resnet18", width=4, epochs=epochs, batch_size=16, lr=0.1,
-                           epsilon=8, steps=1, train_subset=256, val_size=64, eval_steps=1)
-    (out / "job.json").write_text(json.dumps({"name": name, "pid": pid, "args": args, "started": started,
-                                              "command": ["python", "-m", "cas.train", *args]}))
+    cfg = TrainConfig(method="at", cas=True, arch="resnet18", width=4, epochs=epochs, batch_size=16, lr=0.1,
+                      epsilon=8, steps=1, train_subset=256, val_size=64, eval_steps=1)
+    (out / "job.json").write_text(json.dumps({"name": name, "pid": pid, "config": asdict(cfg), "started": started,
+                                              "command": ["python", "-m", "cas.train", *cli_args(cfg)]}))
     if log is not None:
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     return out

@@ -28,11 +28,11 @@ def test_each_loss_is_finite_and_differentiable(method, with_cas):
         assert all(m.head.weight.grad.abs().sum() > 0 for m in model.cas.values())
 
 
-def test_cas_term_is_the_mean_auxiliary_loss_weighted_by_cas_beta():
+def test_cas_term_is_the_mean_auxiliary_loss_weighted_by_aux_weight():
     torch.manual_seed(0)
     model = create_model("resnet18", width=4).train()
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    cfg0, cfg2 = LossConfig("at", cas_beta=0.0), LossConfig("at", cas_beta=2.0)
+    cfg0, cfg2 = LossConfig("at", aux_weight=0.0), LossConfig("at", aux_weight=2.0)
     l0, _ = training_loss(model, x, y, x, cfg0)
     l2, _ = training_loss(model, x, y, x, cfg2)
     logits, aux = model.forward_aux(x, y)

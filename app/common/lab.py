@@ -8,7 +8,7 @@ returns a :class:`LabResult` of plain numpy arrays (cheap to keep, safe to share
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,10 +20,9 @@ from cas import analysis
 from cas import data as cas_data
 from cas.precision import all_cores, threads
 
-# Attacks offered in the interactive pages, in menu order (AutoAttack is too slow for them).
-LAB_ATTACKS = ("none", "fgsm", "pgd", "cw", "pgd_l2", "square", "joint_pgd", "soft_mask_pgd")
-ITERATIVE = {"pgd", "cw", "pgd_l2", "joint_pgd", "soft_mask_pgd"}
-PLAIN_GRADIENT = {"fgsm", "pgd", "cw", "pgd_l2"}  # attacks that cannot see CAS's argmax mask
+NONE = "none"  # the clean image only
+# Attacks offered in the interactive pages, in the registry's order (AutoAttack is too slow for them).
+LAB_ATTACKS = (NONE,) + tuple(name for name, spec in cas.ATTACKS.items() if spec.interactive)
 SORTS = ("natural", "mask", "index")
 # One image's attack is bound by the cost of waking threads, not by arithmetic: one intra-op thread is
 # faster, and leaves the other cores to other visitors. Batch work (many images) takes every core.
@@ -34,103 +33,89 @@ SORT_LABELS = {"natural": "natural activation (as in the paper)", "mask": "mask 
 
 def attack_label(name: str) -> str:
     """Menu label of an attack name (``"none"`` included)."""
-    return "No attack (clean image only)" if name == "none" else cas.ATTACKS[name].label
+    return "No attack (clean image only)" if name == NONE else cas.ATTACKS[name].label
 
 
 def attacks_for(model) -> list[str]:
     """The attacks the pages offer for ``model`` (the CAS-adaptive ones only for CAS models)."""
-    has_cas = bool(getattr(model, "has_cas", False))
-    return [a for a in LAB_ATTACKS if a == "none" or has_cas or not cas.ATTACKS[a].cas_only]
+    return [a for a in LAB_ATTACKS if a == NONE or cas.ATTACKS[a].for_model(model).name == a]
 
 
-@dataclass(frozen=True)
+def blind_to_mask(name: str) -> bool:
+    """A gradient attack that never looks inside the CAS modules, so their argmax mask can mask it."""
+    spec = cas.ATTACKS.get(name)
+    return bool(spec and spec.gradient and not spec.needs_cas)
+
+
+@dataclass(frozen=True, init=False)
 class AttackChoice:
-    """An attack and its settings as the user chose them. ``eps`` and ``step`` are in /255 for Linf
-    attacks; ``l2_eps`` and ``l2_step`` in input units for PGD-L2. ``step`` None: the library's
-    automatic step size. ``target`` None: untargeted."""
+    """An attack name plus the values of its settings: its spec's knobs (:class:`cas.attacks.Knob`),
+    in the units the pages show (/255 for Linf budgets; a step of None: automatic; a target of None:
+    untargeted). Settings the attack does not use are dropped; missing ones take their knob's default."""
 
-    attack: str = "pgd"
-    eps: float = 8.0
-    steps: int = 20
-    step: float | None = None
-    random_start: bool = True
-    target: int | None = None
-    seed: int = 0
-    queries: int = 300
-    l2_eps: float = 0.5
-    l2_step: float | None = None
+    attack: str
+    values: tuple
+
+    def __init__(self, attack: str = "pgd", **values):
+        spec = cas.ATTACKS.get(attack)
+        knobs = spec.knobs if spec else ()
+        object.__setattr__(self, "attack", attack)
+        object.__setattr__(self, "values", tuple((k.key, values.get(k.key, k.default)) for k in knobs))
+
+    @property
+    def spec(self):
+        return cas.ATTACKS.get(self.attack)
+
+    def get(self, key: str, default=None):
+        """The value of setting ``key`` (e.g. ``"eps"``), or ``default`` if this attack has none."""
+        return dict(self.values).get(key, default)
 
     def key(self) -> tuple:
-        """A hashable summary of the fields that matter for this attack (keys cached results)."""
-        return tuple(sorted(self.relevant().items()))
+        """A hashable summary of the attack and its settings (keys cached results)."""
+        return (self.attack, self.values)
 
-    def relevant(self) -> dict:
-        """The fields this attack uses, in the page's units."""
-        a = self.attack
-        if a == "none":
-            return {"attack": a}
-        out = {"attack": a, "seed": self.seed, "target": self.target}
-        if a == "pgd_l2":
-            out.update(eps=self.l2_eps, step=self.l2_step, steps=self.steps, random_start=self.random_start)
-        else:
-            out["eps"] = self.eps
-        if a == "fgsm":
-            out["step"] = self.step
-        if a in ITERATIVE and a != "pgd_l2":
-            out.update(step=self.step, steps=self.steps, random_start=self.random_start)
-        if a == "square":
-            out.update(queries=self.queries)
-        return out
+    def replace(self, **values) -> "AttackChoice":
+        return AttackChoice(self.attack, **{**dict(self.values), **values})
 
     def library_kwargs(self) -> dict:
         """Keyword settings for ``cas.run_attack`` in the library's units. They are passed as keywords
         (not as an ``AttackSettings``) so that they take precedence over each attack's own defaults."""
-        a = self.attack
-        if a == "none":
+        if self.spec is None:
             return {}
-        kw: dict = {"seed": int(self.seed), "target": self.target}
-        if a == "pgd_l2":
-            kw.update(eps=float(self.l2_eps), steps=int(self.steps), random_start=bool(self.random_start))
-            if self.l2_step is not None:
-                kw["step_size"] = float(self.l2_step)
-            return kw
-        kw["eps"] = float(self.eps) / 255
-        if a == "fgsm" and self.step is not None:
-            kw["step_size"] = float(self.step) / 255
-        if a in ITERATIVE:
-            kw.update(steps=int(self.steps), random_start=bool(self.random_start))
-            if self.step is not None:
-                kw["step_size"] = float(self.step) / 255
-        if a == "square":
-            kw["queries"] = int(self.queries)
-        return kw
+        return {k.field: k.to_library(v) for k, (_, v) in zip(self.spec.knobs, self.values)
+                if not (k.kind == "step" and v is None)}
 
     def validate(self) -> None:
-        """Raise ``ValueError`` with a readable message if the library would refuse these settings."""
-        if self.attack not in LAB_ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}")
-        if self.attack == "none":
+        """Raise ``ValueError`` with a readable message if the spec or the library would refuse these settings."""
+        if self.attack == NONE:
             return
-        kw = self.library_kwargs()
-        if self.attack == "pgd_l2":
-            kw["norm"] = "l2"
-        cas.AttackSettings(**kw).validated()
-        if self.attack == "square" and self.target is not None:
-            raise ValueError("the Square attack runs untargeted here: choose 'untargeted' as the target")
+        spec = self.spec
+        if spec is None or self.attack not in LAB_ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}")
+        for knob, (_, value) in zip(spec.knobs, self.values):
+            knob.check(value)
+        cas.AttackSettings(norm=spec.norm, **self.library_kwargs()).validated()
+        if spec.untargeted_only and self.get("target") is not None:
+            raise ValueError(f"the {spec.label} attack runs untargeted here: choose 'untargeted' as the target")
+
+    def budget(self) -> str:
+        """The budget as the pages write it: '8/255' (Linf) or '0.5 (L2)'."""
+        if self.spec is None:
+            return "none"
+        eps = self.values[0][1]  # every attack's first knob is its budget
+        return f"{eps:g} (L2)" if self.spec.norm == "l2" else f"{eps:g}/255"
 
     def describe(self) -> str:
         """Short text such as 'PGD, ε = 8/255, 20 steps'."""
-        a = self.attack
-        if a == "none":
+        if self.attack == NONE:
             return "no attack"
-        text = cas.ATTACKS[a].label
-        text += f", ε = {self.l2_eps:g} (L2)" if a == "pgd_l2" else f", ε = {self.eps:g}/255"
-        if a in ITERATIVE:
-            text += f", {self.steps} steps"
-        if a == "square":
-            text += f", {self.queries} queries"
-        if self.target is not None:
-            text += f", target {cas.CLASSES[self.target]}"
+        text = f"{self.spec.label}, ε = {self.budget()}"
+        if self.get("steps") is not None:
+            text += f", {self.get('steps')} steps"
+        if self.get("queries") is not None:
+            text += f", {self.get('queries')} queries"
+        if self.get("target") is not None:
+            text += f", target {cas.CLASSES[self.get('target')]}"
         return text
 
 
@@ -162,7 +147,7 @@ class LabResult:
 
     @property
     def attacked(self) -> bool:
-        return self.choice.attack != "none"
+        return self.choice.attack != NONE
 
     @property
     def pred_nat(self) -> int:
@@ -191,7 +176,7 @@ class LabResult:
         """Untargeted: the adversarial prediction differs from ``label``; targeted: it is the target."""
         if not self.attacked:
             return False
-        t = self.choice.target
+        t = self.choice.get("target")
         return self.pred_adv == t if t is not None else self.pred_adv != self.label
 
 
@@ -230,7 +215,7 @@ def analyse(model, x_uint8: np.ndarray, choice: AttackChoice, label: int | None 
         start = time.perf_counter()
         if x_adv is not None:
             adv = torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).unsqueeze(0)
-        elif choice.attack == "none":
+        elif choice.attack == NONE:
             adv = x.clone()
         else:
             adv = cas.run_attack(choice.attack, model, x, y, progress=progress, **choice.library_kwargs())
@@ -302,9 +287,3 @@ def channel_table(result: LabResult, model_label: str = "") -> pd.DataFrame:
             frame.insert(0, "model", model_label)
         rows.append(frame)
     return pd.concat(rows, ignore_index=True)
-
-
-def choice_from_dict(d: dict) -> AttackChoice:
-    """An AttackChoice from a dict with some of its fields (others keep their defaults)."""
-    fields = asdict(AttackChoice())
-    return replace(AttackChoice(), **{k: v for k, v in d.items() if k in fields})

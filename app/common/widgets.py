@@ -24,8 +24,6 @@ CLASS_OPTIONS = ("all",) + tuple(cas.CLASSES)
 TARGET_OPTIONS = ("untargeted",) + tuple(cas.CLASSES)
 UPLOAD, PATH = "__upload__", "__path__"
 GALLERY_SIZE = 12
-EPS_MAX = 64.0  # /255
-STEPS_MAX = 1000
 
 
 # -- URL parameters ------------------------------------------------------------------------------------
@@ -40,24 +38,36 @@ def image_params(prefix: str, defaults: dict | None = None) -> list[Param]:
     ]
 
 
+def attack_knobs() -> list:
+    """Every setting of the interactive attacks, once each (by its key), in registry order."""
+    seen = {}
+    for name in lab.LAB_ATTACKS[1:]:
+        for k in cas.ATTACKS[name].knobs:
+            seen.setdefault(k.key, k)
+    return list(seen.values())
+
+
+def _knob_param(prefix: str, knob, default) -> Param:
+    if knob.kind == "float":
+        return Param(prefix + knob.key, knob.key, default, float_in(knob.low, knob.high), dump_number)
+    if knob.kind == "int":
+        return Param(prefix + knob.key, knob.key, default, int_in(int(knob.low), int(knob.high)))
+    if knob.kind == "step":
+        return Param(prefix + knob.key, knob.key, default, optional(float_in(knob.low, knob.high)), dump_optional())
+    if knob.kind == "bool":
+        return Param(prefix + knob.key, knob.key, default, boolean, dump_bool)
+    return Param(prefix + knob.key, knob.key, default, one_of(TARGET_OPTIONS))
+
+
 def attack_params(prefix: str, defaults: dict | None = None) -> list[Param]:
-    """URL parameters of the attack choice (the names are the same on every page)."""
+    """URL parameters of the attack choice, derived from the attack registry (the names are the same
+    on every page). A target is kept as its class name ("untargeted" for none)."""
     d = defaults or {}
-    c = lab.AttackChoice()
-    step = optional(float_in(0.01, EPS_MAX))
-    l2step = optional(float_in(0.001, 10.0))
-    return [
-        Param(prefix + "attack", "attack", d.get("attack", c.attack), one_of(lab.LAB_ATTACKS)),
-        Param(prefix + "eps", "eps", d.get("eps", c.eps), float_in(0.0, EPS_MAX), dump_number),
-        Param(prefix + "l2eps", "l2eps", d.get("l2eps", c.l2_eps), float_in(0.0, 10.0), dump_number),
-        Param(prefix + "steps", "steps", d.get("steps", c.steps), int_in(1, STEPS_MAX)),
-        Param(prefix + "step", "step", d.get("step", c.step), step, dump_optional()),
-        Param(prefix + "l2step", "l2step", d.get("l2step", c.l2_step), l2step, dump_optional()),
-        Param(prefix + "rand", "rand", d.get("rand", c.random_start), boolean, dump_bool),
-        Param(prefix + "target", "target", d.get("target", "untargeted"), one_of(TARGET_OPTIONS)),
-        Param(prefix + "seed", "seed", d.get("seed", c.seed), int_in(0, 2**31 - 1)),
-        Param(prefix + "queries", "queries", d.get("queries", c.queries), int_in(10, 10_000)),
-    ]
+    params = [Param(prefix + "attack", "attack", d.get("attack", lab.AttackChoice().attack), one_of(lab.LAB_ATTACKS))]
+    for k in attack_knobs():
+        default = "untargeted" if k.kind == "class" else k.default
+        params.append(_knob_param(prefix, k, d.get(k.key, default)))
+    return params
 
 
 def chart_params(prefix: str) -> list[Param]:
@@ -236,62 +246,46 @@ def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
 # -- attack settings -----------------------------------------------------------------------------------
 
 def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
-    """Attack menu and its settings (only those the chosen attack uses). Returns the choice, or None
-    with a clear message when the settings are invalid."""
+    """Attack menu and the chosen attack's settings (its knobs in the registry). Returns the choice, or
+    None with a clear message when the settings are invalid."""
     options = lab.attacks_for(model)
     key = prefix + "attack"
     if st.session_state.get(key) not in options:
-        where.info(f"**{lab.attack_label(st.session_state[key])}** needs a model with CAS; switched to PGD.")
-        st.session_state[key] = "pgd"
+        wanted = st.session_state[key]
+        fallback = cas.ATTACKS[wanted].for_model(model).name
+        where.info(f"**{lab.attack_label(wanted)}** needs a model with CAS; switched to "
+                   f"{lab.attack_label(fallback)}.")
+        st.session_state[key] = fallback
     attack = where.selectbox("Attack", options, key=key, format_func=lab.attack_label,
                              help="\n".join(f"- **{lab.attack_label(a)}**: {cas.ATTACKS[a].description}"
-                                            for a in options if a != "none"))
+                                            for a in options if a != lab.NONE))
     if getattr(model, "has_cas", False):
         where.caption(":material/warning: **Honest evaluation.** This model picks its CAS mask with an "
                       "*argmax* over its own guess. Plain FGSM/PGD/CW gradients cannot see that choice, so "
                       "they can fail even when the model is not robust (*gradient masking*). **Soft-mask "
                       "PGD** replaces the argmax by a smooth mix for the gradient: it is the honest test.")
-    if attack == "none":
-        return lab.AttackChoice(attack="none")
-    if attack == "pgd_l2":
-        eps = where.number_input("ε (L2 length of the perturbation)", 0.0, 10.0, step=0.05,
-                                 key=prefix + "l2eps",
-                                 help="Pixel values are in [0, 1]; 0.5 is the usual CIFAR-10 budget.")
-    else:
-        eps = where.number_input("ε (largest change per pixel, in /255)", 0.0, EPS_MAX, step=0.5,
-                                 key=prefix + "eps", help="8/255 is the usual CIFAR-10 budget; "
-                                                          "0 leaves the image unchanged.")
-    steps = queries = step = None
-    if attack in lab.ITERATIVE:
-        steps = where.number_input("Steps", 1, STEPS_MAX, step=1, key=prefix + "steps")
-    if attack == "square":
-        queries = where.number_input("Queries (model evaluations)", 10, 10_000, step=50,
-                                     key=prefix + "queries")
-    if attack == "pgd_l2":
-        step = where.number_input("Step size (L2; empty = automatic)", 0.001, 10.0, step=0.01,
-                                  key=prefix + "l2step", placeholder="automatic: 2.5 × ε / steps")
-    elif attack in lab.ITERATIVE or attack == "fgsm":
-        step = where.number_input("Step size (/255; empty = automatic)", 0.01, EPS_MAX, step=0.25,
-                                  key=prefix + "step",
-                                  placeholder="automatic: ε" if attack == "fgsm"
-                                  else "automatic: 2.5 × ε / steps")
-    rand = True
-    if attack in lab.ITERATIVE:
-        rand = where.checkbox("Random start", key=prefix + "rand",
-                              help="Start from a random point inside the ε-ball instead of the image itself.")
-    target = where.selectbox("Target", TARGET_OPTIONS, key=prefix + "target",
-                             format_func=lambda t: "untargeted (any wrong class)" if t == "untargeted"
-                             else f"make it say “{t}”")
-    seed = where.number_input("Seed", 0, 2**31 - 1, step=1, key=prefix + "seed",
-                              help="Fixes the random start (and Square's search), so a link reproduces "
-                                   "the result.")
-    d = lab.AttackChoice()
-    choice = lab.AttackChoice(
-        attack=attack, eps=float(eps) if attack != "pgd_l2" else d.eps, steps=int(steps or d.steps),
-        step=None if step is None or attack == "pgd_l2" else float(step), random_start=bool(rand),
-        target=None if target == "untargeted" else cas.CLASSES.index(target), seed=int(seed),
-        queries=int(queries or d.queries), l2_eps=float(eps) if attack == "pgd_l2" else d.l2_eps,
-        l2_step=None if step is None or attack != "pgd_l2" else float(step))
+    if attack == lab.NONE:
+        return lab.AttackChoice(lab.NONE)
+    values = {}
+    for k in cas.ATTACKS[attack].knobs:
+        wkey = prefix + k.key
+        if k.kind == "bool":
+            values[k.key] = bool(where.checkbox(k.label, key=wkey, help=k.help or None))
+        elif k.kind == "class":
+            t = where.selectbox(k.label, TARGET_OPTIONS, key=wkey,
+                                format_func=lambda t: "untargeted (any wrong class)" if t == "untargeted"
+                                else f"make it say “{t}”")
+            values[k.key] = None if t == "untargeted" else cas.CLASSES.index(t)
+        elif k.kind == "step":
+            v = where.number_input(k.label, k.low, k.high, step=k.increment, key=wkey, placeholder=k.help)
+            values[k.key] = None if v is None else float(v)
+        elif k.kind == "int":
+            values[k.key] = int(where.number_input(k.label, int(k.low), int(k.high), step=int(k.increment),
+                                                   key=wkey, help=k.help or None))
+        else:
+            values[k.key] = float(where.number_input(k.label, k.low, k.high, step=k.increment, key=wkey,
+                                                     help=k.help or None))
+    choice = lab.AttackChoice(attack, **values)
     try:
         choice.validate()
     except ValueError as e:
@@ -367,18 +361,18 @@ def verdict(result: lab.LabResult, where=st) -> None:
         where.info(f"{truth} {clean}")
         return
     adv = f"on the adversarial image: **{c[result.pred_adv]}** ({_pct(p[1, result.pred_adv])})."
-    if result.label_known and result.pred_nat != result.label and result.choice.target is None:
+    if result.label_known and result.pred_nat != result.label and result.choice.get("target") is None:
         where.warning(f"**Nothing to attack**: the model already gets the clean image wrong. {truth} {clean} "
                       f"{adv.capitalize()} Pick another image (Random) to see an attack at work.",
                       icon=":material/help:")
         return
     if result.success:
-        target = result.choice.target
+        target = result.choice.get("target")
         goal = f" — the target “{c[target]}” was reached" if target is not None else ""
         where.error(f"**The attack succeeded**{goal}. {truth} {clean} {adv.capitalize()}",
                     icon=":material/bolt:")
     else:
-        goal = f"could not make it say “{c[result.choice.target]}”" if result.choice.target is not None else \
+        goal = f"could not make it say “{c[result.choice.get('target')]}”" if result.choice.get("target") is not None else \
             "did not change the answer"
         where.success(f"**The attack failed**: it {goal}. {truth} {clean} {adv.capitalize()}",
                       icon=":material/shield:")
@@ -396,8 +390,7 @@ def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
     cols[2].image(images.upscale(result.x_adv, size), caption="Adversarial image (what the model gets)",
                   width=size)
     if result.attacked:
-        budget = (f"budget {result.choice.l2_eps:g}" if result.choice.attack == "pgd_l2"
-                  else f"budget {result.choice.eps:g}/255")
+        budget = f"budget {result.choice.budget()}"
         cols[1].markdown(f"L∞ = **{result.linf255:.2f}/255** · L2 = **{result.l2:.3f}** ({budget})")
 
 

@@ -63,7 +63,7 @@ except ValueError as e:  # settings the library refuses
 st.subheader(f"Result: {choice.describe()} on {image.title}")
 widgets.verdict(result)
 widgets.image_row(result)
-if loaded.model.has_cas and choice.attack in lab.PLAIN_GRADIENT and not result.success:
+if loaded.model.has_cas and lab.blind_to_mask(choice.attack) and not result.success:
     st.warning("**Careful: a failed attack is not proof of robustness here.** This model chooses its CAS "
                "mask with an argmax, which hides the mask from the attack's gradient (*gradient masking*). "
                "Run **soft-mask PGD** with the same budget for an honest test.")

@@ -19,7 +19,8 @@ from cas.precision import all_cores, threads  # noqa: E402
 
 P = "stats_"
 ON_GPU = torch.cuda.is_available()
-ATTACKS = ["pgd", "fgsm", "cw", "joint_pgd", "soft_mask_pgd"]
+# gradient attacks with one Linf budget, PGD first (the paper's)
+ATTACKS = sorted((n for n, s in cas.ATTACKS.items() if s.gradient and s.norm == "linf"), key=lambda n: n != "pgd")
 
 st.title(":material/bar_chart: Channel statistics")
 st.caption("The paper's evidence, on many images at once. Each model sees the same test images, clean and "
@@ -59,10 +60,10 @@ threshold = st.slider("A channel counts as *activated* above this share of the i
 def compute(name: str) -> analyze.ModelStats:
     entry = available[names.index(name)]
     loaded = models.load_from_path(entry["path"], name=name)
-    atk = attack if (loaded.model.has_cas or not cas.ATTACKS[attack].cas_only) else "pgd"
+    atk = cas.ATTACKS[attack].for_model(loaded.model).name
     key = ("stats", loaded.key, cls, int(n), atk, float(eps), int(steps))
     xs, ys = images.shuffled_subset(int(n), cls)
-    settings = cas.AttackSettings(eps=eps / 255, steps=steps)  # default step: max(eps / 4, 2.5 eps / steps)
+    settings = cas.AttackSettings(eps=eps / 255, steps=steps)  # automatic step: cas.attacks.auto_step_size
 
     def run():
         bar = st.progress(0.0, text=f"{name}: attacking {len(ys)} images…")

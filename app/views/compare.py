@@ -3,7 +3,6 @@ all hit by the adversarial image crafted on one of them (transfer)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,10 +88,13 @@ if image is None or choice is None:
 
 
 def own_choice(model) -> tuple[lab.AttackChoice, str]:
-    """The attack for one model: CAS-adaptive attacks become plain PGD on a model without CAS (which is
-    what they reduce to there)."""
-    if cas.ATTACKS.get(choice.attack) and cas.ATTACKS[choice.attack].cas_only and not model.has_cas:
-        return replace(choice, attack="pgd"), "no CAS module here, so this is plain PGD"
+    """The attack for one model: a CAS-adaptive attack becomes its fallback on a model without CAS
+    (what it reduces to there)."""
+    if choice.attack == lab.NONE:
+        return choice, ""
+    spec = cas.ATTACKS[choice.attack].for_model(model)
+    if spec.name != choice.attack:
+        return lab.AttackChoice(spec.name, **dict(choice.values)), f"no CAS module here, so this is plain {spec.label}"
     return choice, ""
 
 

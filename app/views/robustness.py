@@ -92,8 +92,9 @@ with st.form(P + "eval"):
                         help="The same shuffled test images for every model.")
     steps = c2.slider("Steps of the PGD attacks", 1, 50, 20 if ON_GPU else 10, key=P + "steps")
     eps = c3.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
-    attack_names = ["fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "square", "autoattack"]
-    attacks = st.multiselect("Attacks", attack_names, default=["fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd"],
+    attack_names = [n for n, s in cas.ATTACKS.items() if s.card_key and s.norm == "linf"]
+    attacks = st.multiselect("Attacks", attack_names, default=[n for n in attack_names if cas.ATTACKS[n].interactive
+                                                                and cas.ATTACKS[n].gradient],
                              format_func=lambda a: cas.ATTACKS[a].label, key=P + "attacks",
                              help="CAS-adaptive attacks are skipped for models without CAS. AutoAttack is slow "
                                   "on a CPU (minutes for a few dozen images).")
@@ -105,7 +106,7 @@ done = st.session_state.get(P + "evaluated")
 if done:
     chosen, n, steps, eps, attacks = done
     xs, ys = images.shuffled_subset(n)
-    overrides = {a: {"steps": steps} for a in ("pgd", "cw", "joint_pgd", "soft_mask_pgd")}
+    overrides = {a: {"steps": steps} for a, s in cas.ATTACKS.items() if s.knob("steps")}
     overrides["square"] = {"queries": 1000}
     results = {}
     for name in chosen:
@@ -162,7 +163,7 @@ if curve and curve[3]:
         if name not in names:
             continue
         loaded = _load(name)
-        attacks = ["pgd"] + (["soft_mask_pgd"] if loaded.model.has_cas else [])
+        attacks = list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(loaded.model).name]))
         for atk in attacks:
             key = ("curve", loaded.key, cn, csteps, eps_list, atk)
 

@@ -20,7 +20,9 @@ import torch  # noqa: E402
 from app import jobs  # noqa: E402
 from app.common import figures, models  # noqa: E402
 from cas import data as cas_data  # noqa: E402
+from cas.attacks import AUTO_STEP, auto_step_size  # noqa: E402
 from cas.checkpoint import CheckpointError, pretrained_index, read_card, runs_dir  # noqa: E402
+from cas.train import TrainConfig  # noqa: E402
 
 P = "train_"
 GPU = torch.cuda.is_available()
@@ -63,13 +65,13 @@ def settings() -> dict:
     return {k: st.session_state[P + k] for k in PRESET}
 
 
-def args_of(s: dict) -> list[str]:
-    """The trainer's arguments for settings ``s``."""
-    return jobs.train_args(method=s["method"], cas=s["cas"], arch=s["arch"], width=int(s["width"]),
-                           epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lr=float(s["lr"]),
-                           epsilon=float(s["epsilon"]), steps=int(s["steps"]),
-                           train_subset=int(s["train_subset"]), val_size=int(s["val_size"]),
-                           eval_steps=int(s["eval_steps"]), description=s["description"].strip())
+def config_of(s: dict) -> TrainConfig:
+    """The run's settings for the widgets' values ``s`` (the one form the jobs and the trainer take)."""
+    return TrainConfig(method=s["method"], cas=s["cas"], arch=s["arch"], width=int(s["width"]),
+                       epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lr=float(s["lr"]),
+                       epsilon=float(s["epsilon"]), steps=int(s["steps"]), train_subset=int(s["train_subset"]),
+                       val_size=int(s["val_size"]), eval_steps=int(s["eval_steps"]),
+                       description=s["description"].strip())
 
 
 def data_problem() -> str | None:
@@ -97,7 +99,7 @@ def problems(name: str, s: dict) -> list[str]:
     if name in bundled_names():
         out.append(f"A bundled model is already called '{name}': choose another name, so that model pickers "
                    "can tell the two apart.")
-    settings_problem = jobs.settings_problem(args_of(s))
+    settings_problem = jobs.settings_problem(config_of(s))
     if settings_problem:
         out.append(settings_problem)
     missing = data_problem()
@@ -118,7 +120,7 @@ def start_clicked() -> None:
     if found:
         _flash("error", " ".join(found))
         return
-    jobs.start(name, args_of(s))
+    jobs.start(name, config_of(s))
     st.session_state[P + "view"] = name
     st.session_state[P + "name"] = free_name()
     _flash("success", f"Started run '{name}'. It runs in the background: you can leave or reload this page.")
@@ -328,8 +330,8 @@ with c3:
 
 s = settings()
 name = st.session_state[P + "name"].strip()
-step = jobs.default_step_size(float(s["epsilon"]), int(s["steps"]))
-st.caption(f"PGD step size: {step:.3g}/255 (2.5 × ε / steps, kept between ε / 4 and ε). "
+step = auto_step_size(float(s["epsilon"]), int(s["steps"]))
+st.caption(f"PGD step size: {step:.3g}/255 ({AUTO_STEP}). "
            + ("Standard training uses no attack; ε and the steps only matter for the held-out check."
               if s["method"] == "std" else ""))
 images = int(s["train_subset"]) or 50_000
