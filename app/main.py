@@ -32,23 +32,12 @@ PAGE_LIST = [
 ]
 
 
-def _coming_soon(title: str):
-    """A stand-in page for a page file that is not there yet."""
-    def page() -> None:
-        st.title(title)
-        st.info("Coming soon.")
-    page.__name__ = title.lower().replace(" ", "_")
-    return page
-
-
 st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide")
 keep_widget_state(("lab_", "cmp_", "stats_", "rob_", "train_"))  # settings survive a visit to another page
 
 pages = []
 for i, (file, title, icon, url) in enumerate(PAGE_LIST):
-    target = PAGES / file
-    source = target if target.exists() else _coming_soon(title)
-    pages.append(st.Page(source, title=title, icon=icon, url_path=url, default=i == 0))
+    pages.append(st.Page(PAGES / file, title=title, icon=icon, url_path=url, default=i == 0))
 
 with st.sidebar:
     st.markdown("### :material/neurology: CAS Lab\n"

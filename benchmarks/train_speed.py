@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from cas import create_model
 from cas import data as cdata
-from cas.losses import LossConfig
 from cas.precision import fast_bf16
 from cas.train import TrainConfig, make_optimizer, train_step
 

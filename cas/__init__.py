@@ -14,7 +14,7 @@ from .checkpoint import (CheckpointError, available_models, load_checkpoint, loa
 from .layers import CASModule
 from .models import create_model, list_models
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from .data import CLASSES
 
 __all__ = ["ATTACKS", "available_models", "AttackSettings", "CASModule", "CLASSES", "CheckpointError", "create_model",
            "list_models", "load_checkpoint", "load_model", "make_card", "pretrained_index", "read_card",

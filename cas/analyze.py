@@ -23,7 +23,7 @@ from . import analysis
 from .attacks import ATTACKS, AttackSettings, run_attack
 from .cli import HelpFormatter
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from .data import CLASSES
 NATURAL, ADVERSARIAL = "#1f77b4", "#d62728"
 
 

@@ -14,7 +14,6 @@ Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os

@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch import nn
 
-import cas
 from cas import AttackSettings, create_model, run_attack
 from cas.attacks import ATTACKS, margin
 

@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import torch
 
 from cas import read_card
 from cas.evaluate import evaluate, markdown_table, sanity_flags

@@ -9,7 +9,6 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -108,11 +107,6 @@ def prepare_upload(data: bytes, name: str = "image") -> PreparedImage:
 
 # -- conversions -----------------------------------------------------------------------------------
 
-def to_tensor(x_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 (3, 32, 32) -> float tensor (1, 3, 32, 32) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(255).unsqueeze(0)
-
-
 def digest(x: np.ndarray) -> str:
     """A short content hash of an image array (keys cached results)."""
     return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
@@ -154,11 +148,6 @@ def npy_bytes(x: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(x), allow_pickle=False)
     return buf.getvalue()
-
-
-def repo_data_dir() -> Path:
-    """Where :func:`download_cifar` puts CIFAR-10."""
-    return Path(__file__).resolve().parents[2] / "data"
 
 
 def cifar_test_or_stop() -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.common import images, lab, models, url_state, widgets  # noqa: E402
+from app.common import cache, images, lab, models, panels, pickers, url_state  # noqa: E402
 
 P = "lab_"
 
@@ -21,11 +21,11 @@ st.caption("Pick a model, an image and an attack. See whether a change too small
            "(Channel-wise Activation Suppressing).")
 
 available = models.list_available()
-MODEL = url_state.Param(P + "model", "model", models.default_model(available) or widgets.UPLOAD, str)
+MODEL = url_state.Param(P + "model", "model", models.default_model(available) or pickers.UPLOAD, str)
 PARAMS = ([MODEL, url_state.Param(P + "ckpt", "ckpt", "", str)]
-          + widgets.image_params(P, {"idx": models.first_image(available)})
-          + widgets.attack_params(P))
-CHART_PARAMS = widgets.chart_params(P)
+          + pickers.image_params(P, {"idx": models.first_image(available)})
+          + pickers.attack_params(P))
+CHART_PARAMS = pickers.chart_params(P)
 photo_link = url_state.first_run("lab") and st.query_params.get("src") in ("upload", "camera")
 for message in url_state.load_from_url("lab", PARAMS + CHART_PARAMS):
     st.warning(f"A setting in the link was ignored: {message}.")
@@ -35,15 +35,15 @@ if photo_link:
 
 with st.sidebar:
     st.header("Model")
-    loaded = widgets.model_picker(P, available, st.sidebar)
+    loaded = pickers.model_picker(P, available, st.sidebar)
     if loaded is not None:
         st.header("Attack")
-        choice = widgets.attack_controls(P, loaded.model, st.sidebar)
+        choice = pickers.attack_controls(P, loaded.model, st.sidebar)
     else:
         choice = None
 
 st.subheader("Image")
-image = widgets.image_picker(P)
+image = pickers.image_picker(P)
 
 url_state.write_to_url(PARAMS + CHART_PARAMS)
 
@@ -55,14 +55,14 @@ if image is None or choice is None:
     st.stop()
 
 try:
-    result = widgets.run_analysis(loaded.key, loaded.model, image, choice)
+    result = cache.run_analysis(loaded.key, loaded.model, image, choice)
 except ValueError as e:  # settings the library refuses
     st.error(f"The attack could not run: {e}")
     st.stop()
 
 st.subheader(f"Result: {choice.describe()} on {image.title}")
-widgets.verdict(result)
-widgets.image_row(result)
+panels.verdict(result)
+panels.image_row(result)
 if loaded.model.has_cas and lab.blind_to_mask(choice.attack) and not result.success:
     st.warning("**Careful: a failed attack is not proof of robustness here.** This model chooses its CAS "
                "mask with an argmax, which hides the mask from the attack's gradient (*gradient masking*). "
@@ -71,15 +71,15 @@ if loaded.model.has_cas and lab.blind_to_mask(choice.attack) and not result.succ
               on_click=lambda: st.session_state.update({P + "attack": "soft_mask_pgd"}))
 
 st.subheader("What the model predicts")
-widgets.probability_chart(result, key="lab_probs")
+panels.probability_chart(result, key="lab_probs")
 
 
 @st.fragment
 def channel_section(result: lab.LabResult) -> None:
     """Chart options rerun only this part: the attack's result is reused as it is."""
-    sort, threshold = widgets.chart_options(P)
+    sort, threshold = pickers.chart_options(P)
     url_state.write_to_url(PARAMS + CHART_PARAMS)
-    widgets.channel_charts(result, sort, threshold, key="lab_ch")
+    panels.channel_charts(result, sort, threshold, key="lab_ch")
 
 
 st.subheader("Inside the network: channel activations")

@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import images, models, widgets  # noqa: E402
+from app.common import cache, images, models  # noqa: E402
 from cas import analyze  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
@@ -74,7 +74,7 @@ def compute(name: str) -> analyze.ModelStats:
                     progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d} of {t} images"))
         finally:
             bar.empty()
-    return widgets.cached(key, run)
+    return cache.cached(key, run)
 
 
 if go:

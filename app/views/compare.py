@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import figures, images, lab, models, url_state, widgets  # noqa: E402
+from app.common import cache, figures, images, lab, models, panels, pickers, url_state  # noqa: E402
 
 P = "cmp_"
 MAX_MODELS = 4
@@ -45,13 +45,13 @@ def _parse_models(text: str) -> list[str]:
 
 
 # Defaults follow the Attack Lab, so "the same image and attack" is one click away.
-lab_values = widgets.values_of("lab_", ["src", "cls", "idx", "attack", "eps", "l2eps", "steps", "step",
+lab_values = pickers.values_of("lab_", ["src", "cls", "idx", "attack", "eps", "l2eps", "steps", "step",
                                         "l2step", "rand", "target", "seed", "queries"])
 PARAMS = ([url_state.Param(P + "models", "models", names[:3], _parse_models, ",".join),
            url_state.Param(P + "mode", "mode", "whitebox", url_state.one_of(tuple(MODES))),
            url_state.Param(P + "source", "source", names[0], url_state.one_of(tuple(names)))]
-          + widgets.image_params(P, lab_values) + widgets.attack_params(P, lab_values)
-          + widgets.chart_params(P))
+          + pickers.image_params(P, lab_values) + pickers.attack_params(P, lab_values)
+          + pickers.chart_params(P))
 for message in url_state.load_from_url("compare", PARAMS):
     st.warning(f"A setting in the link was ignored: {message}.")
 
@@ -74,10 +74,10 @@ with st.sidebar:
     any_cas = any(m.model.has_cas for m in loaded.values())
     attacker_cas = loaded[source].model.has_cas if mode == "transfer" and source in loaded else any_cas
     st.header("Attack")
-    choice = widgets.attack_controls(P, SimpleNamespace(has_cas=attacker_cas), st.sidebar)
+    choice = pickers.attack_controls(P, SimpleNamespace(has_cas=attacker_cas), st.sidebar)
 
 st.subheader("Image")
-image = widgets.image_picker(P)
+image = pickers.image_picker(P)
 url_state.write_to_url(PARAMS)
 
 if len(loaded) < 2:
@@ -103,15 +103,15 @@ try:
     if mode == "whitebox":
         for name, m in loaded.items():
             c, notes[name] = own_choice(m.model)
-            results[name] = widgets.run_analysis(m.key, m.model, image, c)
+            results[name] = cache.run_analysis(m.key, m.model, image, c)
     else:
         src = loaded[source]
-        crafted = widgets.run_analysis(src.key, src.model, image, choice)
+        crafted = cache.run_analysis(src.key, src.model, image, choice)
         for name, m in loaded.items():
             if name == source:
                 results[name], notes[name] = crafted, "the attack was crafted on this model"
             else:
-                results[name] = widgets.run_analysis(m.key, m.model, image, choice, x_adv=crafted.x_adv,
+                results[name] = cache.run_analysis(m.key, m.model, image, choice, x_adv=crafted.x_adv,
                                                      extra_key=("transfer", src.key))
                 notes[name] = f"adversarial image crafted on {source}"
 except ValueError as e:
@@ -128,7 +128,7 @@ if mode == "transfer":
 def side_by_side() -> None:
     """One column per model. Each kind of content is its own row of columns, so that rows line up
     across models whatever the length of the text above them."""
-    sort, threshold = widgets.chart_options(P)
+    sort, threshold = pickers.chart_options(P)
     url_state.write_to_url(PARAMS)
     items = list(results.items())
 
@@ -141,10 +141,10 @@ def side_by_side() -> None:
             st.caption(models.card_line(loaded[name].card) + (f" — *{notes[name]}*" if notes[name] else ""))
     for col, (name, res) in row():
         with col:
-            widgets.verdict(res)
+            panels.verdict(res)
     st.markdown("**Final prediction**")
     for col, (name, res) in row():
-        widgets.probability_chart(res, col, key=f"cmp_probs_{name}", height=320, aux_heads=False)
+        panels.probability_chart(res, col, key=f"cmp_probs_{name}", height=320, aux_heads=False)
     view_names = sorted({res.modules[-1].name for _, res in items})
     st.markdown(f"**Channels of the last block ({', '.join(view_names)})**")
     for col, (name, res) in row():

@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import images, models, widgets  # noqa: E402
+from app.common import cache, images, models  # noqa: E402
 from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
@@ -124,7 +124,7 @@ if done:
                                     progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
             finally:
                 bar.empty()
-        results[name] = widgets.cached(key, run)
+        results[name] = cache.cached(key, run)
     table = pd.DataFrame([{"model": name, **{COLUMNS.get(k, k): v for k, v in r.accuracy.items()}}
                           for name, r in results.items()])
     st.dataframe(table, hide_index=True, width="stretch")
@@ -177,7 +177,7 @@ if curve and curve[3]:
                             progress=lambda d, t: bar.progress(d / t, text=f"{name}, {label}: {d} of {t} image-ε pairs"))
                 finally:
                     bar.empty()
-            accs = widgets.cached(key, run)
+            accs = cache.cached(key, run)
             fig.add_scatter(x=list(eps_list), y=accs, mode="lines+markers",
                             name=f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}",
                             line=dict(dash="dash" if atk == "pgd" and loaded.model.has_cas else "solid"))

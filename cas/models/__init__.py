@@ -4,9 +4,9 @@ from __future__ import annotations
 from .base import CASNet, ChannelDetail, ForwardResult
 from .resnet import ResNet18
 from .vgg import VGG16
-from .wrn import WideResNet
+from .wrn import wrn34_10
 
-_REGISTRY = {"resnet18": ResNet18, "vgg16": VGG16, "wrn34_10": WideResNet}
+_REGISTRY = {"resnet18": ResNet18, "vgg16": VGG16, "wrn34_10": wrn34_10}
 
 
 def list_models() -> list[str]:

@@ -65,11 +65,6 @@ class CASNet(nn.Module):
     def cas_positions(self) -> list[str]:
         return list(self.cas.keys())
 
-    @property
-    def probe_position(self) -> str:
-        """Where :meth:`forward_details` reports channels for a model without CAS."""
-        return self._probe
-
     # -- forwards ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: str = "pred",
                 return_aux: bool = False):

@@ -57,3 +57,12 @@ class WideResNet(CASNet):
         self._probe = positions[-1] if positions else "final"
         self.arch_kwargs = {"num_classes": num_classes, "depth": depth, "widen_factor": widen_factor,
                             "cas": cas, "cas_positions": positions or None}
+
+
+def wrn34_10(**kwargs) -> WideResNet:
+    """WRN-34-10, the paper's WideResNet: its depth and width are part of its name, so other values
+    are refused (a card saying "wrn34_10" must describe a WRN-34-10)."""
+    for key, fixed in (("depth", 34), ("widen_factor", 10)):
+        if kwargs.get(key, fixed) != fixed:
+            raise ValueError(f"wrn34_10 has {key} {fixed}; got {kwargs[key]}")
+    return WideResNet(**kwargs)

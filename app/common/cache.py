@@ -1,0 +1,55 @@
+"""Results kept per browser session, so that changing a chart option never re-runs an attack, and
+the Attack Lab's one-image analysis run with a progress bar."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+import streamlit as st
+
+from . import images, lab
+from .pickers import ImageChoice
+
+RESULTS_KEPT = 24
+
+
+def cached(key: tuple, compute: Callable[[], object]):
+    """Return the result stored under ``key`` for this session, computing it on first use. Chart
+    options therefore never re-run an attack. ``st.session_state["_lab_computations"]`` counts the
+    computations (shown to nobody; tests read it)."""
+    store = st.session_state.setdefault("_lab_results", OrderedDict())
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    value = compute()
+    st.session_state["_lab_computations"] = st.session_state.get("_lab_computations", 0) + 1
+    store[key] = value
+    while len(store) > RESULTS_KEPT:
+        store.popitem(last=False)
+    return value
+
+
+def progress_reporter(label: str, where=st) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A progress bar and (callback(done, total), clear()) for an attack."""
+    bar = where.progress(0.0, text=f"{label}…")
+
+    def update(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: step {done} of {total}")
+
+    return update, bar.empty
+
+
+def run_analysis(model_key: str, model, image: ImageChoice, choice: lab.AttackChoice, where=st,
+                 x_adv: np.ndarray | None = None, extra_key: tuple = ()) -> lab.LabResult:
+    """:func:`app.common.lab.analyse` with a progress bar, cached per (model, image, settings)."""
+    key = (model_key, images.digest(image.x), image.label, choice.key(), extra_key)
+
+    def compute():
+        update, clear = progress_reporter(f"{lab.attack_label(choice.attack)} on {image.title}", where)
+        try:
+            return lab.analyse(model, image.x, choice, image.label, progress=update, x_adv=x_adv)
+        finally:
+            clear()
+
+    return cached(key, compute)
