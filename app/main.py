@@ -1,6 +1,7 @@
 """CAS Lab, the Streamlit app: ``streamlit run app/main.py``.
 
-This entry script only sets up the page and the navigation; each page lives in ``app/views/`` (not ``pages/``: Streamlit would also list that folder on its own).
+This entry script only sets up the page and the navigation; each page is a function, ``page()``, in its
+file in ``app/views/`` (not ``pages/``: Streamlit would also list that folder on its own).
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ import streamlit as st  # noqa: E402
 
 from app.common.url_state import keep_widget_state  # noqa: E402
 
-PAGES = Path(__file__).resolve().parent / "views"
-# (file, title, icon, url path); the first page is the default one.
+VIEWS = Path(__file__).resolve().parent / "views"
+# (view file, title, icon, url path); the first page is the default one. Each file holds its page as a
+# function, page(), which it runs when Streamlit runs the file (so AppTest can switch pages by file).
 PAGE_LIST = [
     ("attack_lab.py", "Attack Lab", ":material/target:", "attack_lab"),
     ("compare.py", "Compare", ":material/compare:", "compare"),
@@ -31,13 +33,11 @@ PAGE_LIST = [
     ("train.py", "Train", ":material/model_training:", "train"),
 ]
 
-
 st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide")
 keep_widget_state(("lab_", "cmp_", "stats_", "rob_", "train_"))  # settings survive a visit to another page
 
-pages = []
-for i, (file, title, icon, url) in enumerate(PAGE_LIST):
-    pages.append(st.Page(PAGES / file, title=title, icon=icon, url_path=url, default=i == 0))
+pages = [st.Page(VIEWS / file, title=title, icon=icon, url_path=url, default=i == 0)
+         for i, (file, title, icon, url) in enumerate(PAGE_LIST)]
 
 with st.sidebar:
     st.markdown("### :material/neurology: CAS Lab\n"

@@ -32,7 +32,7 @@ TARGET_S = 1.0
 def one_update(model, x: np.ndarray, label: int, choice: lab.AttackChoice) -> dict:
     """Everything the Attack Lab computes after a click, with the time of each part."""
     t0 = time.perf_counter()
-    result = lab.analyse(model, x, choice, label)
+    result = lab.attack_image(model, x, choice, label)
     t1 = time.perf_counter()
     aux = [(m.name, m.aux_probs) for m in result.modules if m.aux_probs is not None]
     figs = [figures.probability_figure(result.probs, aux)]
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     median = statistics.median(totals)
     p90 = totals[min(len(totals) - 1, int(round(0.9 * (len(totals) - 1))))]
     parts = {k: statistics.median(r[k] for r in rows) for k in ("attack", "figures", "serialise")}
-    k = model.cas[model.cas_positions[-1]].channels if model.has_cas else "-"
+    k = model.cas[model.cas_points[-1]].channels if model.has_cas else "-"
     print(f"model: {model.arch} width {model.arch_kwargs.get('width')}, CAS {model.has_cas} ({k} channels "
           f"at the last CAS point); attack: {choice.describe()}; torch threads: {torch.get_num_threads()}; "
           f"{os.cpu_count()} CPUs")

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import cas  # noqa: E402
 from app.common import lab  # noqa: E402
 from benchmarks.app_latency import one_update  # noqa: E402
-from cas import analyze  # noqa: E402
+from cas import stats as cas_stats  # noqa: E402
 from cas import data as cdata  # noqa: E402
 from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
 from cas.precision import all_cores, fast_bf16, threads  # noqa: E402
@@ -77,7 +77,7 @@ def channel_stats(models, x, y, fast: bool) -> float:
     t = time.perf_counter()
     with threads(all_cores() if fast else None):
         for m in models.values():
-            analyze.channel_statistics(m, x, y, "pgd", cas.AttackSettings(eps=8 / 255, steps=10), batch_size=64)
+            cas_stats.channel_statistics(m, x, y, "pgd", cas.AttackSettings(eps=8 / 255, steps=10), batch_size=64)
     return time.perf_counter() - t
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from .models import CASNet, ChannelDetail, ForwardResult
+from .models import CASNet, PointChannels, ForwardResult
 
 
 @torch.no_grad()
 def channel_activations(model: CASNet, x: torch.Tensor, y: torch.Tensor | None = None,
                         mask: str = "pred", batch_size: int = 256) -> ForwardResult:
     """:meth:`CASNet.forward_details` over a large batch, in chunks: final logits and a
-    :class:`ChannelDetail` per CAS point, every tensor concatenated on the CPU as float32."""
+    :class:`PointChannels` per CAS point, every tensor concatenated on the CPU as float32."""
     parts = []
     for i in range(0, x.shape[0], batch_size):
         yb = None if y is None else y[i:i + batch_size]
@@ -38,7 +38,7 @@ def channel_activations(model: CASNet, x: torch.Tensor, y: torch.Tensor | None =
     details = []
     for j, first in enumerate(parts[0].details):
         aux = None if first.aux_logits is None else cat([p.details[j].aux_logits for p in parts])
-        details.append(ChannelDetail(first.name, *(cat([getattr(p.details[j], f) for p in parts])
+        details.append(PointChannels(first.name, *(cat([getattr(p.details[j], f) for p in parts])
                                                    for f in ("before", "mask", "after")), aux))
     return ForwardResult(cat([p.logits for p in parts]),
                          [d.aux_logits for d in details if d.aux_logits is not None], details)

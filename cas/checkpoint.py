@@ -55,7 +55,7 @@ def make_card(model: CASNet, **fields) -> dict:
         "arch": model.arch,
         "arch_kwargs": model.arch_kwargs,
         "cas": model.has_cas,
-        "cas_positions": model.cas_positions,
+        "cas_points": model.cas_points,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
@@ -65,12 +65,22 @@ def make_card(model: CASNet, **fields) -> dict:
     return card
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; the result gets the usual mode
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -138,8 +148,11 @@ def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
     if card["arch"] not in list_models():
         raise CheckpointError(f"{path.name}: unknown architecture {card['arch']!r} "
                               f"(this version knows {', '.join(list_models())})")
+    kwargs = dict(card.get("arch_kwargs") or {})
+    if "cas_positions" in kwargs:  # the name of cas_points in cards written before version 0.2
+        kwargs["cas_points"] = kwargs.pop("cas_positions")
     try:
-        model = create_model(card["arch"], **card.get("arch_kwargs", {}))
+        model = create_model(card["arch"], **kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path.name}: its card's architecture arguments are invalid: {e}") from None
     try:

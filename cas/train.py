@@ -47,7 +47,7 @@ class TrainConfig:
     jobs all speak in this one type (validated once by :meth:`validate`)."""
 
     method: str = _opt("at", "training objective", METHODS)
-    cas: bool = _opt(True, "add CAS modules (at the architecture's default positions)")
+    cas: bool = _opt(True, "add CAS modules (at the architecture's default points)")
     arch: str = _opt("resnet18", "architecture", ("resnet18", "vgg16", "wrn34_10"))
     width: int = _opt(64, "first-stage width of ResNet-18 / VGG-16 (64: the paper's model)")
     epochs: int = _opt(40, "training epochs")

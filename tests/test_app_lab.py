@@ -333,7 +333,7 @@ def test_exports_are_exact():
     assert np.array_equal(np.load(io.BytesIO(images.npy_bytes(x))), x)
     im = np.asarray(Image.open(io.BytesIO(images.png_bytes(x))))
     assert im.shape == (32, 32, 3) and np.abs(im / 255 - x.transpose(1, 2, 0)).max() <= 0.5 / 255 + 1e-6
-    view = lab.ModuleView("layer4_1", np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 4)), None, False)
+    view = lab.PointView("layer4_1", np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 4)), None, False)
     r = lab.LabResult(x, x, 0, True, lab.AttackChoice("none"), np.eye(2, 10), [view], 0.0)
     table = lab.channel_table(r)
     assert list(table.columns)[:3] == ["module", "channel", "natural_before_mask"] and len(table) == 4

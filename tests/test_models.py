@@ -10,21 +10,23 @@ from cas.layers import CASModule
 
 
 def test_registry_lists_and_rejects():
-    assert set(cas.list_models()) == {"resnet18", "vgg16", "wrn34_10"}
+    assert set(cas.list_models()) == {"resnet18", "vgg16", "wrn", "wrn34_10"}
+    with pytest.raises(ValueError, match="use the architecture 'wrn'"):
+        create_model("wrn34_10", depth=28)  # a card saying wrn34_10 must describe a WRN-34-10
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet50")
-    with pytest.raises(ValueError, match="unknown CAS position"):
-        create_model("resnet18", width=4, cas_positions=["layer9_0"])
+    with pytest.raises(ValueError, match="unknown CAS point"):
+        create_model("resnet18", width=4, cas_points=["layer9_0"])
 
 
 @pytest.mark.parametrize("name,kw,positions", [
     ("resnet18", {"width": 4}, ["layer4_0", "layer4_1"]),
     ("vgg16", {"width": 8}, ["conv5_1", "conv5_2", "conv5_3"]),
-    ("wrn34_10", {"depth": 10, "widen_factor": 1}, ["block3_0", "final"]),
+    ("wrn", {"depth": 10, "widen_factor": 1}, ["block3_0", "final"]),
 ])
 def test_contract_every_architecture(name, kw, positions):
     model = create_model(name, **kw)
-    assert model.cas_positions == positions
+    assert model.cas_points == positions
     x = torch.rand(3, 3, 32, 32)
     for mode in (model.train, model.eval):
         mode()
@@ -95,12 +97,12 @@ def test_gradients_reach_the_auxiliary_heads_through_both_paths():
 
 def test_checkpoint_round_trip_identical_logits(tmp_path):
     torch.manual_seed(0)
-    model = create_model("resnet18", width=4, cas_positions=["layer3_1", "layer4_1"]).eval()
+    model = create_model("resnet18", width=4, cas_points=["layer3_1", "layer4_1"]).eval()
     x = torch.rand(2, 3, 32, 32)
     card = cas.make_card(model, method="at", epsilon=8, accuracy={"clean": 50.0})
     path = save_checkpoint(tmp_path / "m.safetensors", model, card)
     loaded, card2 = load_checkpoint(path)
-    assert not loaded.training and loaded.cas_positions == ["layer3_1", "layer4_1"]
+    assert not loaded.training and loaded.cas_points == ["layer3_1", "layer4_1"]
     assert torch.equal(loaded(x), model(x))
     assert card2["method"] == "at" and card2["accuracy"] == {"clean": 50.0}
     assert cas.load_model(path) is not None

@@ -1,7 +1,7 @@
 """The dataset-level channel statistics behind the paper's claims, on the CPU stand-ins.
 
 The stand-ins are tiny, briefly trained models, so the paper's effects are *reported* here (printed,
-and written by ``python -m cas.analyze --check`` on the bundled models), not assumed. What is asserted
+and written by ``python -m cas.stats --check`` on the bundled models), not assumed. What is asserted
 is that the statistics are computed correctly and consistently."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cas import analysis, data, load_checkpoint
-from cas.analyze import channel_statistics, paper_effects, role_of, summary_rows
+from cas.stats import channel_statistics, paper_effects, role_of, summary_rows
 
 
 def test_statistics_and_effects_on_the_standins(standin_pretrained):
@@ -61,7 +61,7 @@ def test_uniformity_and_frequency_measures():
 
 
 def test_cli_writes_figures_numbers_and_the_check(standin_pretrained, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "cas.analyze", str(standin_pretrained / "std.safetensors"),
+    res = subprocess.run([sys.executable, "-m", "cas.stats", str(standin_pretrained / "std.safetensors"),
                           str(standin_pretrained / "at-cas.safetensors"), "--n", "16", "--steps", "2",
                           "--class", "airplane", "--check", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)

@@ -40,15 +40,15 @@ def progress_reporter(label: str, where=st) -> tuple[Callable[[int, int], None],
     return update, bar.empty
 
 
-def run_analysis(model_key: str, model, image: ImageChoice, choice: lab.AttackChoice, where=st,
+def attack_image(model_key: str, model, image: ImageChoice, choice: lab.AttackChoice, where=st,
                  x_adv: np.ndarray | None = None, extra_key: tuple = ()) -> lab.LabResult:
-    """:func:`app.common.lab.analyse` with a progress bar, cached per (model, image, settings)."""
+    """:func:`app.common.lab.attack_image` with a progress bar, cached per (model, image, settings)."""
     key = (model_key, images.digest(image.x), image.label, choice.key(), extra_key)
 
     def compute():
         update, clear = progress_reporter(f"{lab.attack_label(choice.attack)} on {image.title}", where)
         try:
-            return lab.analyse(model, image.x, choice, image.label, progress=update, x_adv=x_adv)
+            return lab.attack_image(model, image.x, choice, image.label, progress=update, x_adv=x_adv)
         finally:
             clear()
 

@@ -76,7 +76,7 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
 
 def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
                    height: int | None = None) -> go.Figure:
-    """Per-channel activations at one CAS point (a :class:`app.common.lab.ModuleView`).
+    """Per-channel activations at one CAS point (a :class:`app.common.lab.PointView`).
 
     For a CAS module: three aligned panels, one above the other — the block's output before the mask,
     the mask itself and what passes on after the mask — each with the natural (blue) and adversarial

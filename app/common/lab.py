@@ -2,7 +2,7 @@
 code runs in the pages, the tests and ``benchmarks/app_latency.py``.
 
 :class:`AttackChoice` holds what the user picked (budgets in the units the page shows: /255 for Linf);
-:func:`analyse` runs the attack and one forward of the natural and adversarial images together, and
+:func:`attack_image` runs the attack and one forward of the natural and adversarial images together, and
 returns a :class:`LabResult` of plain numpy arrays (cheap to keep, safe to share).
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ class AttackChoice:
 
 
 @dataclass
-class ModuleView:
+class PointView:
     """Per-channel values at one CAS module (or the last block of a model without CAS).
     Arrays of shape (2, K): row 0 the natural image, row 1 the adversarial one."""
 
@@ -142,7 +142,7 @@ class LabResult:
     label_known: bool  # True when ``label`` is the image's real class
     choice: AttackChoice
     probs: np.ndarray  # (2, classes): final head, natural and adversarial
-    modules: list[ModuleView]
+    modules: list[PointView]
     seconds: float  # time spent in the attack itself
 
     @property
@@ -181,14 +181,14 @@ class LabResult:
 
 
 def _views(model, x_nat: torch.Tensor, x_adv: torch.Tensor):
-    """One forward of both images; the final probabilities and a ModuleView per CAS point."""
+    """One forward of both images; the final probabilities and a PointView per CAS point."""
     with torch.no_grad():
         res = model.forward_details(torch.cat([x_nat, x_adv]), mask="pred")
     probs = torch.softmax(res.logits.float(), dim=1).numpy()
     modules = []
     for d in res.details:
         aux = None if d.aux_logits is None else torch.softmax(d.aux_logits.float(), dim=1).numpy()
-        modules.append(ModuleView(d.name, d.before.float().numpy(), d.mask.float().numpy(),
+        modules.append(PointView(d.name, d.before.float().numpy(), d.mask.float().numpy(),
                                   d.after.float().numpy(), aux, d.aux_logits is not None))
     return probs, modules
 
@@ -199,7 +199,7 @@ def predict(model, x: torch.Tensor) -> int:
         return int(model(x).argmax(1)[0])
 
 
-def analyse(model, x_uint8: np.ndarray, choice: AttackChoice, label: int | None = None,
+def attack_image(model, x_uint8: np.ndarray, choice: AttackChoice, label: int | None = None,
             progress: Callable[[int, int], None] | None = None, x_adv: np.ndarray | None = None) -> LabResult:
     """Attack one image and measure its channels.
 
@@ -229,7 +229,7 @@ def first_view_index(model, x_all: np.ndarray, y_all: np.ndarray, choice: Attack
     """Test-set index of the first image, in the fixed shuffle, that ``model`` classifies correctly
     with at least ``min_confidence`` and that ``choice`` (by default the Attack Lab's PGD) fools, so
     that a first visit shows an attack that works. One batched attack screens ``candidates`` images;
-    the pick is confirmed with :func:`analyse`, exactly as the page will run it. None if none qualifies."""
+    the pick is confirmed with :func:`attack_image`, exactly as the page will run it. None if none qualifies."""
     idx = cas_data.shuffled_indices(len(y_all))[:candidates].numpy()
     x = torch.from_numpy(np.ascontiguousarray(x_all[idx])).float().div(255)
     y = torch.from_numpy(np.asarray(y_all[idx], dtype=np.int64))
@@ -241,14 +241,14 @@ def first_view_index(model, x_all: np.ndarray, y_all: np.ndarray, choice: Attack
         adv = cas.run_attack(choice.attack, model, x[good], y[good], **choice.library_kwargs())
         fooled = model(adv).argmax(1) != y[good]
     for i in idx[good.numpy()][fooled.numpy()]:
-        if analyse(model, x_all[i], choice, int(y_all[i])).success:
+        if attack_image(model, x_all[i], choice, int(y_all[i])).success:
             return int(i)
     return None
 
 
 # -- channel summaries and tables --------------------------------------------------------------------
 
-def channel_order(view: ModuleView, sort: str) -> np.ndarray:
+def channel_order(view: PointView, sort: str) -> np.ndarray:
     """Channel order for the charts: by the natural image's activation before the mask (largest first,
     the paper's order), by the natural image's mask weight (largest first), or by channel number."""
     if sort == "natural":

@@ -72,7 +72,7 @@ def probability_chart(result: lab.LabResult, where=st, key: str | None = None, h
                       "picks the mask, so an attack that fools them also changes which channels pass.")
 
 
-def channel_caption(view: lab.ModuleView, sort: str, threshold: float, attacked: bool) -> str:
+def channel_caption(view: lab.PointView, sort: str, threshold: float, attacked: bool) -> str:
     """Plain-language explanation of the channel chart (for a projected lecture)."""
     k = view.before.shape[1]
     order = {"natural": "from the channel the clean image switches on most, to the least",
@@ -93,7 +93,7 @@ def channel_caption(view: lab.ModuleView, sort: str, threshold: float, attacked:
     return text
 
 
-def summary_metrics(view: lab.ModuleView, threshold: float, attacked: bool, where=st) -> None:
+def summary_metrics(view: lab.PointView, threshold: float, attacked: bool, where=st) -> None:
     """Total activation, channels switched on and uniformity, before (and after) the mask, with the
     change from the clean to the adversarial image."""
     k = view.before.shape[1]

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 import cas  # noqa: E402
 from app.common import cache, images, models  # noqa: E402
-from cas import analyze  # noqa: E402
+from cas import stats as cas_stats  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
 P = "stats_"
@@ -22,111 +22,117 @@ ON_GPU = torch.cuda.is_available()
 # gradient attacks with one Linf budget, PGD first (the paper's)
 ATTACKS = sorted((n for n, s in cas.ATTACKS.items() if s.gradient and s.norm == "linf"), key=lambda n: n != "pgd")
 
-st.title(":material/bar_chart: Channel statistics")
-st.caption("The paper's evidence, on many images at once. Each model sees the same test images, clean and "
-           "attacked; for the last blocks of the network we record how strongly each channel (feature "
-           "detector) responds. The paper's claims: adversarial images make channels fire **harder** and "
-           "**more of them** fire (activation spreads out); adversarial training fixes the first, not the "
-           "second; CAS suppresses the extra channels.")
+def page() -> None:
+    """The Channel statistics page: the paper's dataset-level figures on chosen models."""
+    st.title(":material/bar_chart: Channel statistics")
+    st.caption("The paper's evidence, on many images at once. Each model sees the same test images, clean and "
+               "attacked; for the last blocks of the network we record how strongly each channel (feature "
+               "detector) responds. The paper's claims: adversarial images make channels fire **harder** and "
+               "**more of them** fire (activation spreads out); adversarial training fixes the first, not the "
+               "second; CAS suppresses the extra channels.")
 
-available = models.list_available()
-if not available:
-    st.info(models.NO_MODELS_MESSAGE)
-    st.stop()
-images.cifar_test_or_stop()
+    available = models.list_available()
+    if not available:
+        st.info(models.NO_MODELS_MESSAGE)
+        st.stop()
+    images.cifar_test_or_stop()
 
-names = [m["name"] for m in available]
-default = [n for n in ("std", "at", "at-cas") if n in names] or names[:3]
-with st.form(P + "form"):
-    chosen = st.multiselect("Models", names, default=default, key=P + "models",
-                            help="Pick a standard model, an adversarially trained one and a CAS one to see "
-                                 "all three of the paper's claims.")
-    c1, c2, c3, c4 = st.columns(4)
-    cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), index=1, key=P + "cls",
-                       help="The paper used the 1,000 test images of one class (airplane).")
-    n = c2.number_input("Number of images", 8, 10000, 512 if ON_GPU else 64, step=8, key=P + "n",
-                        help="A few hundred take about a minute per model on a laptop CPU.")
-    attack = c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=lambda a: cas.ATTACKS[a].label,
-                          help="CAS-adaptive attacks apply to CAS models; other models get plain PGD.")
-    eps = c4.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
-    steps = st.slider("Attack steps", 1, 50, 10, key=P + "steps")
-    go = st.form_submit_button("Compute statistics", type="primary")
+    names = [m["name"] for m in available]
+    default = [n for n in ("std", "at", "at-cas") if n in names] or names[:3]
+    with st.form(P + "form"):
+        chosen = st.multiselect("Models", names, default=default, key=P + "models",
+                                help="Pick a standard model, an adversarially trained one and a CAS one to see "
+                                     "all three of the paper's claims.")
+        c1, c2, c3, c4 = st.columns(4)
+        cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), index=1, key=P + "cls",
+                           help="The paper used the 1,000 test images of one class (airplane).")
+        n = c2.number_input("Number of images", 8, 10000, 512 if ON_GPU else 64, step=8, key=P + "n",
+                            help="A few hundred take about a minute per model on a laptop CPU.")
+        attack = c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=lambda a: cas.ATTACKS[a].label,
+                              help="CAS-adaptive attacks apply to CAS models; other models get plain PGD.")
+        eps = c4.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
+        steps = st.slider("Attack steps", 1, 50, 10, key=P + "steps")
+        go = st.form_submit_button("Compute statistics", type="primary")
 
-threshold = st.slider("A channel counts as *activated* above this share of the image's strongest channel (%)",
-                      0.0, 20.0, 1.0, 0.5, key=P + "thr",
-                      help="The paper uses 1%. Changing it re-counts; it does not re-run the attacks.") / 100
-
-
-def compute(name: str) -> analyze.ModelStats:
-    entry = available[names.index(name)]
-    loaded = models.load_from_path(entry["path"], name=name)
-    atk = cas.ATTACKS[attack].for_model(loaded.model).name
-    key = ("stats", loaded.key, cls, int(n), atk, float(eps), int(steps))
-    xs, ys = images.shuffled_subset(int(n), cls)
-    settings = cas.AttackSettings(eps=eps / 255, steps=steps)  # automatic step: cas.attacks.auto_step_size
-
-    def run():
-        bar = st.progress(0.0, text=f"{name}: attacking {len(ys)} images…")
-        try:
-            with threads(all_cores()):
-                return analyze.channel_statistics(
-                    loaded.model, xs, ys, atk, settings, batch_size=64, name=name,
-                    progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d} of {t} images"))
-        finally:
-            bar.empty()
-    return cache.cached(key, run)
+    threshold = st.slider("A channel counts as *activated* above this share of the image's strongest channel (%)",
+                          0.0, 20.0, 1.0, 0.5, key=P + "thr",
+                          help="The paper uses 1%. Changing it re-counts; it does not re-run the attacks.") / 100
 
 
-if go:
-    st.session_state[P + "ran"] = (tuple(chosen), cls, int(n), attack, float(eps), int(steps))
-ran = st.session_state.get(P + "ran")
-if not ran or not chosen:
-    st.info("Choose models and press **Compute statistics**.")
-    st.stop()
-chosen, cls, n, attack, eps, steps = ran
-try:
-    results = {name: compute(name) for name in chosen if name in names}
-except (ValueError, cas.CheckpointError) as e:
-    st.error(str(e))
-    st.stop()
+    def compute(name: str) -> cas_stats.ModelStats:
+        entry = available[names.index(name)]
+        loaded = models.load_from_path(entry["path"], name=name)
+        atk = cas.ATTACKS[attack].for_model(loaded.model).name
+        key = ("stats", loaded.key, cls, int(n), atk, float(eps), int(steps))
+        xs, ys = images.shuffled_subset(int(n), cls)
+        settings = cas.AttackSettings(eps=eps / 255, steps=steps)  # automatic step: cas.attacks.auto_step_size
 
-rows = [r for s in results.values() for r in analyze.summary_rows(s, threshold)]
-table = pd.DataFrame(rows)
-st.subheader("Summary")
-st.caption("Per model and CAS point (for a model without CAS: the same block). *mean magnitude*: average "
-           "channel activation; *active share*: fraction of channels activated per image; *uniformity*: "
-           "how evenly activation is spread over channels across images (1 = every channel equally "
-           "often). `nat` = clean images, `adv` = attacked images.")
-st.dataframe(table, hide_index=True, width="stretch")
-st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "channel_statistics.csv",
-                   "text/csv", on_click="ignore")
+        def run():
+            bar = st.progress(0.0, text=f"{name}: attacking {len(ys)} images…")
+            try:
+                with threads(all_cores()):
+                    return cas_stats.channel_statistics(
+                        loaded.model, xs, ys, atk, settings, batch_size=64, name=name,
+                        progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d} of {t} images"))
+            finally:
+                bar.empty()
+        return cache.cached(key, run)
 
-roles = {}
-for name, s in results.items():
-    roles.setdefault(analyze.role_of(available[names.index(name)]["card"]), s)
-effects = analyze.paper_effects(roles, threshold)
-if effects:
-    st.subheader("Do the paper's claims hold here?")
-    for e in effects:
-        icon = ":material/check_circle:" if e["holds"] else ":material/cancel:"
-        st.markdown(f"{icon} **{e['claim']}** — {'holds' if e['holds'] else 'does not hold'}: {e['evidence']}")
 
-for name, s in results.items():
-    st.subheader(f"{name}: clean accuracy {s.clean_accuracy:.1f}%, under {cas.ATTACKS[s.attack].label} "
-                 f"{s.adversarial_accuracy:.1f}% ({s.n} images)")
-    tabs = st.tabs([p.name for p in s.points])
-    for tab, p in zip(tabs, s.points):
-        with tab:
-            stages = ["before", "after"] if p.has_mask else ["before"]
-            for stage in stages:
-                c1, c2 = st.columns(2)
-                label = f"{stage} the CAS mask" if p.has_mask else "block output"
-                c1.plotly_chart(analyze.magnitude_figure(p, stage, threshold, f"Magnitude, {label}"),
-                                width="stretch", key=f"{P}{name}{p.name}{stage}m")
-                c2.plotly_chart(analyze.frequency_figure(p, stage, threshold, f"Frequency, {label}"),
-                                width="stretch", key=f"{P}{name}{p.name}{stage}f")
-st.caption("Left: each channel's average activation, natural and adversarial curves each sorted from strongest "
-           "to weakest (the paper's Figure 1) — red above blue means the attack makes channels fire harder. "
-           "Right: on how many images each channel fires, channels in the natural order (the paper's "
-           "uniformity figure) — a flatter red curve means the attack switches on channels that natural "
-           "images of this class rarely use.")
+    if go:
+        st.session_state[P + "ran"] = (tuple(chosen), cls, int(n), attack, float(eps), int(steps))
+    ran = st.session_state.get(P + "ran")
+    if not ran or not chosen:
+        st.info("Choose models and press **Compute statistics**.")
+        st.stop()
+    chosen, cls, n, attack, eps, steps = ran
+    try:
+        results = {name: compute(name) for name in chosen if name in names}
+    except (ValueError, cas.CheckpointError) as e:
+        st.error(str(e))
+        st.stop()
+
+    rows = [r for s in results.values() for r in cas_stats.summary_rows(s, threshold)]
+    table = pd.DataFrame(rows)
+    st.subheader("Summary")
+    st.caption("Per model and CAS point (for a model without CAS: the same block). *mean magnitude*: average "
+               "channel activation; *active share*: fraction of channels activated per image; *uniformity*: "
+               "how evenly activation is spread over channels across images (1 = every channel equally "
+               "often). `nat` = clean images, `adv` = attacked images.")
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "channel_statistics.csv",
+                       "text/csv", on_click="ignore")
+
+    roles = {}
+    for name, s in results.items():
+        roles.setdefault(cas_stats.role_of(available[names.index(name)]["card"]), s)
+    effects = cas_stats.paper_effects(roles, threshold)
+    if effects:
+        st.subheader("Do the paper's claims hold here?")
+        for e in effects:
+            icon = ":material/check_circle:" if e["holds"] else ":material/cancel:"
+            st.markdown(f"{icon} **{e['claim']}** — {'holds' if e['holds'] else 'does not hold'}: {e['evidence']}")
+
+    for name, s in results.items():
+        st.subheader(f"{name}: clean accuracy {s.clean_accuracy:.1f}%, under {cas.ATTACKS[s.attack].label} "
+                     f"{s.adversarial_accuracy:.1f}% ({s.n} images)")
+        tabs = st.tabs([p.name for p in s.points])
+        for tab, p in zip(tabs, s.points):
+            with tab:
+                stages = ["before", "after"] if p.has_mask else ["before"]
+                for stage in stages:
+                    c1, c2 = st.columns(2)
+                    label = f"{stage} the CAS mask" if p.has_mask else "block output"
+                    c1.plotly_chart(cas_stats.magnitude_figure(p, stage, threshold, f"Magnitude, {label}"),
+                                    width="stretch", key=f"{P}{name}{p.name}{stage}m")
+                    c2.plotly_chart(cas_stats.frequency_figure(p, stage, threshold, f"Frequency, {label}"),
+                                    width="stretch", key=f"{P}{name}{p.name}{stage}f")
+    st.caption("Left: each channel's average activation, natural and adversarial curves each sorted from strongest "
+               "to weakest (the paper's Figure 1) — red above blue means the attack makes channels fire harder. "
+               "Right: on how many images each channel fires, channels in the natural order (the paper's "
+               "uniformity figure) — a flatter red curve means the attack switches on channels that natural "
+               "images of this class rarely use.")
+
+
+if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)
+    page()

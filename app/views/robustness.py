@@ -31,159 +31,164 @@ PAPER = pd.DataFrame([
     ("MART", 78.86, 61.87, 51.61, 46.97), ("MART+CAS", 86.40, 62.61, 54.33, 61.49),
 ], columns=["model", "clean", "FGSM", "PGD-20", "CW-Linf"])
 
-st.title(":material/shield: Robustness")
-st.caption("How often does each model stay right under attack (ε = 8/255 unless said otherwise)? "
-           "Accuracies in percent; higher is more robust.")
+def page() -> None:
+    """The Robustness page: measured and reported accuracies, fresh evaluations, the ε-curve."""
+    st.title(":material/shield: Robustness")
+    st.caption("How often does each model stay right under attack (ε = 8/255 unless said otherwise)? "
+               "Accuracies in percent; higher is more robust.")
 
-available = models.list_available()
-names = [m["name"] for m in available]
+    available = models.list_available()
+    names = [m["name"] for m in available]
 
-st.subheader("Measured accuracies of the available models")
-if available:
-    rows = []
-    for m in available:
-        acc = m["card"].get("accuracy") or {}
-        held = m["card"].get("heldout") or {}
-        row = {"model": m["name"], "CAS": "yes" if m["card"].get("cas") else "no",
-               "method": m["card"].get("method", "?")}
-        row.update({label: acc.get(k) for k, label in COLUMNS.items()})
-        if not acc and held:
-            row["clean"] = held.get("heldout_clean")
-        rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    st.caption("From each model's card (empty cells: not measured yet; run `python -m cas.evaluate MODEL "
-               "--write-card`, or a fresh evaluation below).")
-else:
-    st.info(models.NO_MODELS_MESSAGE)
+    st.subheader("Measured accuracies of the available models")
+    if available:
+        rows = []
+        for m in available:
+            acc = m["card"].get("accuracy") or {}
+            held = m["card"].get("heldout") or {}
+            row = {"model": m["name"], "CAS": "yes" if m["card"].get("cas") else "no",
+                   "method": m["card"].get("method", "?")}
+            row.update({label: acc.get(k) for k, label in COLUMNS.items()})
+            if not acc and held:
+                row["clean"] = held.get("heldout_clean")
+            rows.append(row)
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.caption("From each model's card (empty cells: not measured yet; run `python -m cas.evaluate MODEL "
+                   "--write-card`, or a fresh evaluation below).")
+    else:
+        st.info(models.NO_MODELS_MESSAGE)
 
-with st.expander("Reported in the literature (ResNet-18, not measured here)"):
-    st.dataframe(PAPER, hide_index=True, width="stretch")
-    st.caption("As tabulated by a later paper (EWAS) from the CAS setting: the CAS rows use the authors' "
-               "joint attack, never a soft-mask one. Note that for every CAS row CW is higher than PGD-20, "
-               "a warning sign of gradient masking.")
+    with st.expander("Reported in the literature (ResNet-18, not measured here)"):
+        st.dataframe(PAPER, hide_index=True, width="stretch")
+        st.caption("As tabulated by a later paper (EWAS) from the CAS setting: the CAS rows use the authors' "
+                   "joint attack, never a soft-mask one. Note that for every CAS row CW is higher than PGD-20, "
+                   "a warning sign of gradient masking.")
 
-st.subheader("Why a CAS model needs adaptive attacks")
-st.markdown(
-    "A CAS module picks its channel mask from its own guess of the class — an **argmax**. Gradients "
-    "cannot see that choice switch, so a plain attack that follows the gradient of the final loss can walk "
-    "the wrong way and report the model as more robust than it is. This is **gradient masking**: the "
-    "defence hides the slope the attack needs, without removing the adversarial examples.\n\n"
-    "- **Plain PGD** uses only the final loss: it can be fooled, sometimes reporting *more* accuracy than "
-    "on clean images — an impossible number.\n"
-    "- **Joint PGD** adds the auxiliary heads' losses (how the CAS authors evaluated): better, not enough.\n"
-    "- **AutoAttack on the final logits** (even its gradient-free Square) still over-reports.\n"
-    "- **Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows *for the gradient "
-    "only*; the real model judges every step. It sees how the mask would switch, and is the honest test.")
+    st.subheader("Why a CAS model needs adaptive attacks")
+    st.markdown(
+        "A CAS module picks its channel mask from its own guess of the class — an **argmax**. Gradients "
+        "cannot see that choice switch, so a plain attack that follows the gradient of the final loss can walk "
+        "the wrong way and report the model as more robust than it is. This is **gradient masking**: the "
+        "defence hides the slope the attack needs, without removing the adversarial examples.\n\n"
+        "- **Plain PGD** uses only the final loss: it can be fooled, sometimes reporting *more* accuracy than "
+        "on clean images — an impossible number.\n"
+        "- **Joint PGD** adds the auxiliary heads' losses (how the CAS authors evaluated): better, not enough.\n"
+        "- **AutoAttack on the final logits** (even its gradient-free Square) still over-reports.\n"
+        "- **Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows *for the gradient "
+        "only*; the real model judges every step. It sees how the mask would switch, and is the honest test.")
 
-if not available:
-    st.stop()
-images.cifar_test_or_stop()
-
-
-def _load(name):
-    return models.load_from_path(available[names.index(name)]["path"], name=name)
+    if not available:
+        st.stop()
+    images.cifar_test_or_stop()
 
 
-st.subheader("Run a fresh evaluation")
-with st.form(P + "eval"):
-    chosen = st.multiselect("Models", names, default=names[:3], key=P + "models")
-    c1, c2, c3 = st.columns(3)
-    n = c1.number_input("Test images", 8, 10000, 1000 if ON_GPU else 48, step=8, key=P + "n",
-                        help="The same shuffled test images for every model.")
-    steps = c2.slider("Steps of the PGD attacks", 1, 50, 20 if ON_GPU else 10, key=P + "steps")
-    eps = c3.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
-    attack_names = [n for n, s in cas.ATTACKS.items() if s.card_key and s.norm == "linf"]
-    attacks = st.multiselect("Attacks", attack_names, default=[n for n in attack_names if cas.ATTACKS[n].interactive
-                                                                and cas.ATTACKS[n].gradient],
-                             format_func=lambda a: cas.ATTACKS[a].label, key=P + "attacks",
-                             help="CAS-adaptive attacks are skipped for models without CAS. AutoAttack is slow "
-                                  "on a CPU (minutes for a few dozen images).")
-    run_eval = st.form_submit_button("Evaluate", type="primary")
+    def _load(name):
+        return models.load_from_path(available[names.index(name)]["path"], name=name)
 
-if run_eval:
-    st.session_state[P + "evaluated"] = (tuple(chosen), int(n), int(steps), float(eps), tuple(attacks))
-done = st.session_state.get(P + "evaluated")
-if done:
-    chosen, n, steps, eps, attacks = done
-    xs, ys = images.shuffled_subset(n)
-    overrides = {a: {"steps": steps} for a, s in cas.ATTACKS.items() if s.knob("steps")}
-    overrides["square"] = {"queries": 1000}
-    results = {}
-    for name in chosen:
-        if name not in names:
-            continue
-        loaded = _load(name)
-        key = ("eval", loaded.key, n, steps, eps, attacks)
 
-        def run(loaded=loaded, name=name):
-            bar = st.progress(0.0, text=f"{name}…")
-            try:
-                with threads(all_cores()):
-                    return evaluate(loaded.model, xs, ys, list(attacks), eps=eps / 255, batch_size=64,
-                                    device="cpu", overrides=overrides,
-                                    progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
-            finally:
-                bar.empty()
-        results[name] = cache.cached(key, run)
-    table = pd.DataFrame([{"model": name, **{COLUMNS.get(k, k): v for k, v in r.accuracy.items()}}
-                          for name, r in results.items()])
-    st.dataframe(table, hide_index=True, width="stretch")
-    st.caption(f"{n} test images, ε = {eps:g}/255; PGD-type attacks with {steps} steps (the column names "
-               "keep the standard 20-step labels).")
-    for name, r in results.items():
-        for flag in r.flags:
-            st.warning(f"**{name}**: {flag}")
-    cas_models = {name: r for name, r in results.items() if "soft_mask_pgd20" in r.accuracy}
-    if cas_models:
-        st.markdown("**Attack by attack on the CAS models** — the same images, stronger and stronger tests:")
-        fig = go.Figure()
-        keys = [k for k in ("clean", "pgd20", "joint_pgd20", "soft_mask_pgd20") if k in next(iter(cas_models.values())).accuracy]
-        for name, r in cas_models.items():
-            fig.add_bar(name=name, x=[COLUMNS[k] for k in keys], y=[r.accuracy[k] for k in keys])
-        fig.update_layout(height=320, yaxis_title="accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
-                          barmode="group")
-        st.plotly_chart(fig, width="stretch", key=P + "ladder")
+    st.subheader("Run a fresh evaluation")
+    with st.form(P + "eval"):
+        chosen = st.multiselect("Models", names, default=names[:3], key=P + "models")
+        c1, c2, c3 = st.columns(3)
+        n = c1.number_input("Test images", 8, 10000, 1000 if ON_GPU else 48, step=8, key=P + "n",
+                            help="The same shuffled test images for every model.")
+        steps = c2.slider("Steps of the PGD attacks", 1, 50, 20 if ON_GPU else 10, key=P + "steps")
+        eps = c3.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
+        attack_names = [n for n, s in cas.ATTACKS.items() if s.card_key and s.norm == "linf"]
+        attacks = st.multiselect("Attacks", attack_names, default=[n for n in attack_names if cas.ATTACKS[n].interactive
+                                                                    and cas.ATTACKS[n].gradient],
+                                 format_func=lambda a: cas.ATTACKS[a].label, key=P + "attacks",
+                                 help="CAS-adaptive attacks are skipped for models without CAS. AutoAttack is slow "
+                                      "on a CPU (minutes for a few dozen images).")
+        run_eval = st.form_submit_button("Evaluate", type="primary")
 
-st.subheader("Accuracy vs ε")
-with st.form(P + "curve"):
-    curve_models = st.multiselect("Models", names, default=names[:3], key=P + "cmodels")
-    c1, c2 = st.columns(2)
-    cn = c1.number_input("Test images", 8, 10000, 500 if ON_GPU else 32, step=8, key=P + "cn")
-    csteps = c2.slider("PGD steps", 1, 50, 10, key=P + "csteps")
-    eps_list = st.multiselect("ε values (/255)", [0, 1, 2, 4, 6, 8, 12, 16], default=[0, 2, 4, 8, 16], key=P + "eps_list")
-    run_curve = st.form_submit_button("Draw the curve")
-if run_curve:
-    st.session_state[P + "curve_done"] = (tuple(curve_models), int(cn), int(csteps), tuple(sorted(eps_list)))
-curve = st.session_state.get(P + "curve_done")
-if curve and curve[3]:
-    curve_models, cn, csteps, eps_list = curve
-    xs, ys = images.shuffled_subset(cn)
-    fig = go.Figure()
-    for name in curve_models:
-        if name not in names:
-            continue
-        loaded = _load(name)
-        attacks = list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(loaded.model).name]))
-        for atk in attacks:
-            key = ("curve", loaded.key, cn, csteps, eps_list, atk)
+    if run_eval:
+        st.session_state[P + "evaluated"] = (tuple(chosen), int(n), int(steps), float(eps), tuple(attacks))
+    done = st.session_state.get(P + "evaluated")
+    if done:
+        chosen, n, steps, eps, attacks = done
+        xs, ys = images.shuffled_subset(n)
+        overrides = {a: {"steps": steps} for a, s in cas.ATTACKS.items() if s.knob("steps")}
+        overrides["square"] = {"queries": 1000}
+        results = {}
+        for name in chosen:
+            if name not in names:
+                continue
+            loaded = _load(name)
+            key = ("eval", loaded.key, n, steps, eps, attacks)
 
-            def run(loaded=loaded, atk=atk, name=name):
-                label = cas.ATTACKS[atk].label
-                bar = st.progress(0.0, text=f"{name}, {label}…")
-                try:  # every ε in one batched job, each image-ε pair with its own budget
+            def run(loaded=loaded, name=name):
+                bar = st.progress(0.0, text=f"{name}…")
+                try:
                     with threads(all_cores()):
-                        return accuracy_vs_eps(
-                            loaded.model, xs, ys, atk, [e / 255 for e in eps_list], steps=csteps,
-                            progress=lambda d, t: bar.progress(d / t, text=f"{name}, {label}: {d} of {t} image-ε pairs"))
+                        return evaluate(loaded.model, xs, ys, list(attacks), eps=eps / 255, batch_size=64,
+                                        device="cpu", overrides=overrides,
+                                        progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
                 finally:
                     bar.empty()
-            accs = cache.cached(key, run)
-            fig.add_scatter(x=list(eps_list), y=accs, mode="lines+markers",
-                            name=f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}",
-                            line=dict(dash="dash" if atk == "pgd" and loaded.model.has_cas else "solid"))
-    fig.update_layout(height=380, xaxis_title="ε (/255)", yaxis_title="accuracy (%)",
-                      margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 100])
-    st.plotly_chart(fig, width="stretch", key=P + "curve_fig")
-    st.caption("Accuracy falls as the attacker may change each pixel more. For CAS models the dashed line is "
-               "plain PGD and the solid one soft-mask PGD: where they part, plain PGD is being fooled.")
+            results[name] = cache.cached(key, run)
+        table = pd.DataFrame([{"model": name, **{COLUMNS.get(k, k): v for k, v in r.accuracy.items()}}
+                              for name, r in results.items()])
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.caption(f"{n} test images, ε = {eps:g}/255; PGD-type attacks with {steps} steps (the column names "
+                   "keep the standard 20-step labels).")
+        for name, r in results.items():
+            for flag in r.flags:
+                st.warning(f"**{name}**: {flag}")
+        cas_models = {name: r for name, r in results.items() if "soft_mask_pgd20" in r.accuracy}
+        if cas_models:
+            st.markdown("**Attack by attack on the CAS models** — the same images, stronger and stronger tests:")
+            fig = go.Figure()
+            keys = [k for k in ("clean", "pgd20", "joint_pgd20", "soft_mask_pgd20") if k in next(iter(cas_models.values())).accuracy]
+            for name, r in cas_models.items():
+                fig.add_bar(name=name, x=[COLUMNS[k] for k in keys], y=[r.accuracy[k] for k in keys])
+            fig.update_layout(height=320, yaxis_title="accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
+                              barmode="group")
+            st.plotly_chart(fig, width="stretch", key=P + "ladder")
 
+    st.subheader("Accuracy vs ε")
+    with st.form(P + "curve"):
+        curve_models = st.multiselect("Models", names, default=names[:3], key=P + "cmodels")
+        c1, c2 = st.columns(2)
+        cn = c1.number_input("Test images", 8, 10000, 500 if ON_GPU else 32, step=8, key=P + "cn")
+        csteps = c2.slider("PGD steps", 1, 50, 10, key=P + "csteps")
+        eps_list = st.multiselect("ε values (/255)", [0, 1, 2, 4, 6, 8, 12, 16], default=[0, 2, 4, 8, 16], key=P + "eps_list")
+        run_curve = st.form_submit_button("Draw the curve")
+    if run_curve:
+        st.session_state[P + "curve_done"] = (tuple(curve_models), int(cn), int(csteps), tuple(sorted(eps_list)))
+    curve = st.session_state.get(P + "curve_done")
+    if curve and curve[3]:
+        curve_models, cn, csteps, eps_list = curve
+        xs, ys = images.shuffled_subset(cn)
+        fig = go.Figure()
+        for name in curve_models:
+            if name not in names:
+                continue
+            loaded = _load(name)
+            attacks = list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(loaded.model).name]))
+            for atk in attacks:
+                key = ("curve", loaded.key, cn, csteps, eps_list, atk)
+
+                def run(loaded=loaded, atk=atk, name=name):
+                    label = cas.ATTACKS[atk].label
+                    bar = st.progress(0.0, text=f"{name}, {label}…")
+                    try:  # every ε in one batched job, each image-ε pair with its own budget
+                        with threads(all_cores()):
+                            return accuracy_vs_eps(
+                                loaded.model, xs, ys, atk, [e / 255 for e in eps_list], steps=csteps,
+                                progress=lambda d, t: bar.progress(d / t, text=f"{name}, {label}: {d} of {t} image-ε pairs"))
+                    finally:
+                        bar.empty()
+                accs = cache.cached(key, run)
+                fig.add_scatter(x=list(eps_list), y=accs, mode="lines+markers",
+                                name=f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}",
+                                line=dict(dash="dash" if atk == "pgd" and loaded.model.has_cas else "solid"))
+        fig.update_layout(height=380, xaxis_title="ε (/255)", yaxis_title="accuracy (%)",
+                          margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 100])
+        st.plotly_chart(fig, width="stretch", key=P + "curve_fig")
+        st.caption("Accuracy falls as the attacker may change each pixel more. For CAS models the dashed line is "
+                   "plain PGD and the solid one soft-mask PGD: where they part, plain PGD is being fooled.")
+
+
+if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)
+    page()

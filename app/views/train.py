@@ -271,87 +271,93 @@ def runs_section(running_before: tuple[str, ...]) -> None:
 
 # -- the page ------------------------------------------------------------------------------------------
 
-st.title(":material/model_training: Train")
-st.caption("Train your own CIFAR-10 model, with or without CAS, and watch it learn. Training runs in the "
-           "background: you can leave or reload this page, and the finished model appears in every model "
-           "picker of the app.")
-with st.expander("What adversarial training does, and what the numbers mean", icon=":material/help:"):
-    st.markdown(
-        "**Adversarial training** shows the network attacked images while it learns: for every batch, an "
-        "attack (PGD) first looks for a small change, at most ε/255 per pixel, that fools the network as it "
-        "is now, and the network then learns to classify the changed images correctly. **CAS** adds small "
-        "modules that learn to turn down the channels such changes excite.\n\n"
-        "- **Loss**: the training loss; it should fall.\n"
-        "- **Train accuracy**: on the attacked training images. For CAS models it uses the mask of the "
-        "*true* label, which the model does not know at test time, so it reads higher than any test "
-        "accuracy.\n"
-        "- **Held-out clean**: accuracy on test images the network never trains on.\n"
-        "- **Held-out under attack**: the same images after a PGD attack (soft-mask PGD for CAS models, an "
-        "honest attack against their masks). The epoch where this is highest is kept as the best "
-        "checkpoint.")
+def page() -> None:
+    """The Train page: new runs as background jobs, and the runs' progress."""
+    st.title(":material/model_training: Train")
+    st.caption("Train your own CIFAR-10 model, with or without CAS, and watch it learn. Training runs in the "
+               "background: you can leave or reload this page, and the finished model appears in every model "
+               "picker of the app.")
+    with st.expander("What adversarial training does, and what the numbers mean", icon=":material/help:"):
+        st.markdown(
+            "**Adversarial training** shows the network attacked images while it learns: for every batch, an "
+            "attack (PGD) first looks for a small change, at most ε/255 per pixel, that fools the network as it "
+            "is now, and the network then learns to classify the changed images correctly. **CAS** adds small "
+            "modules that learn to turn down the channels such changes excite.\n\n"
+            "- **Loss**: the training loss; it should fall.\n"
+            "- **Train accuracy**: on the attacked training images. For CAS models it uses the mask of the "
+            "*true* label, which the model does not know at test time, so it reads higher than any test "
+            "accuracy.\n"
+            "- **Held-out clean**: accuracy on test images the network never trains on.\n"
+            "- **Held-out under attack**: the same images after a PGD attack (soft-mask PGD for CAS models, an "
+            "honest attack against their masks). The epoch where this is highest is kept as the best "
+            "checkpoint.")
 
-for key, value in PRESET.items():
-    st.session_state.setdefault(P + key, value)
-st.session_state.setdefault(P + "name", free_name())
+    for key, value in PRESET.items():
+        st.session_state.setdefault(P + key, value)
+    st.session_state.setdefault(P + "name", free_name())
 
-st.subheader("New run")
-if GPU:
-    st.info("A GPU is available, so the full recipe is preselected: ResNet-18 at width 32, all 50,000 "
-            "training images, PGD-10, 40 epochs, batch 512, learning rate 0.2.", icon=":material/memory:")
-else:
-    st.info(f"No GPU here, so a small run is preselected that finishes in a few minutes on this CPU: "
-            f"ResNet-18 at width {SMALL['width']}, {SMALL['train_subset']:,} training images, {SMALL['epochs']} "
-            f"epochs, {SMALL['steps']} PGD steps. Its accuracies stay low (it sees few images, briefly); it "
-            "shows how training works. The full recipe needs a GPU.", icon=":material/memory:")
+    st.subheader("New run")
+    if GPU:
+        st.info("A GPU is available, so the full recipe is preselected: ResNet-18 at width 32, all 50,000 "
+                "training images, PGD-10, 40 epochs, batch 512, learning rate 0.2.", icon=":material/memory:")
+    else:
+        st.info(f"No GPU here, so a small run is preselected that finishes in a few minutes on this CPU: "
+                f"ResNet-18 at width {SMALL['width']}, {SMALL['train_subset']:,} training images, {SMALL['epochs']} "
+                f"epochs, {SMALL['steps']} PGD steps. Its accuracies stay low (it sees few images, briefly); it "
+                "shows how training works. The full recipe needs a GPU.", icon=":material/memory:")
 
-c1, c2, c3 = st.columns(3)
-with c1:
-    st.text_input("Run name", key=P + "name", max_chars=jobs.NAME_MAX,
-                  help="Letters, digits, '-' and '_'. It names the run's folder and the model in the pickers.")
-    st.selectbox("Training method", list(METHODS), format_func=METHODS.get, key=P + "method")
-    st.toggle("CAS (Channel-wise Activation Suppressing)", key=P + "cas")
-    st.text_input("Description (optional)", key=P + "description", max_chars=200,
-                  help="Shown next to the model in the pickers.")
-with c2:
-    st.selectbox("Architecture", list(ARCHS), format_func=ARCHS.get, key=P + "arch")
-    st.number_input("Width (channels of the first stage)", 2, 128, step=2, key=P + "width",
-                    disabled=st.session_state[P + "arch"] == "wrn34_10",
-                    help="64 is the paper's ResNet-18; smaller is faster. WideResNet-34-10 has a fixed width.")
-    st.number_input("Epochs", 1, 200, key=P + "epochs")
-    st.number_input("Training images (0 = all 50,000)", 0, 50_000, step=500, key=P + "train_subset")
-    st.number_input("Batch size", 8, 2048, step=32, key=P + "batch_size")
-with c3:
-    st.number_input("Learning rate (peak)", 0.001, 2.0, step=0.01, format="%.3f", key=P + "lr")
-    st.number_input("Attack budget ε (/255)", 0.0, 32.0, step=0.5, key=P + "epsilon",
-                    help="Each pixel may change by at most this much (8/255 in the paper).")
-    st.number_input("PGD steps per training batch", 1, 20, key=P + "steps")
-    st.number_input("Validation images (held out of the training set) checked each epoch", 0, 10_000, step=100, key=P + "val_size")
-    st.number_input("PGD steps of that check", 1, 50, key=P + "eval_steps")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.text_input("Run name", key=P + "name", max_chars=jobs.NAME_MAX,
+                      help="Letters, digits, '-' and '_'. It names the run's folder and the model in the pickers.")
+        st.selectbox("Training method", list(METHODS), format_func=METHODS.get, key=P + "method")
+        st.toggle("CAS (Channel-wise Activation Suppressing)", key=P + "cas")
+        st.text_input("Description (optional)", key=P + "description", max_chars=200,
+                      help="Shown next to the model in the pickers.")
+    with c2:
+        st.selectbox("Architecture", list(ARCHS), format_func=ARCHS.get, key=P + "arch")
+        st.number_input("Width (channels of the first stage)", 2, 128, step=2, key=P + "width",
+                        disabled=st.session_state[P + "arch"] == "wrn34_10",
+                        help="64 is the paper's ResNet-18; smaller is faster. WideResNet-34-10 has a fixed width.")
+        st.number_input("Epochs", 1, 200, key=P + "epochs")
+        st.number_input("Training images (0 = all 50,000)", 0, 50_000, step=500, key=P + "train_subset")
+        st.number_input("Batch size", 8, 2048, step=32, key=P + "batch_size")
+    with c3:
+        st.number_input("Learning rate (peak)", 0.001, 2.0, step=0.01, format="%.3f", key=P + "lr")
+        st.number_input("Attack budget ε (/255)", 0.0, 32.0, step=0.5, key=P + "epsilon",
+                        help="Each pixel may change by at most this much (8/255 in the paper).")
+        st.number_input("PGD steps per training batch", 1, 20, key=P + "steps")
+        st.number_input("Validation images (held out of the training set) checked each epoch", 0, 10_000, step=100, key=P + "val_size")
+        st.number_input("PGD steps of that check", 1, 50, key=P + "eval_steps")
 
-s = settings()
-name = st.session_state[P + "name"].strip()
-step = auto_step_size(float(s["epsilon"]), int(s["steps"]))
-st.caption(f"PGD step size: {step:.3g}/255 ({AUTO_STEP}). "
-           + ("Standard training uses no attack; ε and the steps only matter for the held-out check."
-              if s["method"] == "std" else ""))
-images = int(s["train_subset"]) or 50_000
-if int(s["batch_size"]) > images:
-    st.warning(f"The batch size ({s['batch_size']}) is larger than the number of training images ({images}): "
-               "each epoch is one batch of all of them.")
-if not GPU and (s["arch"] == "wrn34_10" or images > 10_000 or int(s["width"]) > 32):
-    st.warning("Without a GPU these settings take a long time (hours). The preselected small run takes minutes.")
+    s = settings()
+    name = st.session_state[P + "name"].strip()
+    step = auto_step_size(float(s["epsilon"]), int(s["steps"]))
+    st.caption(f"PGD step size: {step:.3g}/255 ({AUTO_STEP}). "
+               + ("Standard training uses no attack; ε and the steps only matter for the held-out check."
+                  if s["method"] == "std" else ""))
+    images = int(s["train_subset"]) or 50_000
+    if int(s["batch_size"]) > images:
+        st.warning(f"The batch size ({s['batch_size']}) is larger than the number of training images ({images}): "
+                   "each epoch is one batch of all of them.")
+    if not GPU and (s["arch"] == "wrn34_10" or images > 10_000 or int(s["width"]) > 32):
+        st.warning("Without a GPU these settings take a long time (hours). The preselected small run takes minutes.")
 
-found = problems(name, s)
-for message in found:
-    st.error(message)
-_, existing = jobs.start_problem(name)
-b1, b2, _ = st.columns([1, 1, 3])
-b1.button("Start training", key="btn_train_start", type="primary", icon=":material/play_arrow:",
-          on_click=start_clicked, disabled=bool(found))
-if existing is not None and existing.can_resume:
-    b2.button(f"Resume '{name}'", key="btn_train_resume_existing", icon=":material/play_circle:",
-              on_click=resume_clicked, args=(name,))
+    found = problems(name, s)
+    for message in found:
+        st.error(message)
+    _, existing = jobs.start_problem(name)
+    b1, b2, _ = st.columns([1, 1, 3])
+    b1.button("Start training", key="btn_train_start", type="primary", icon=":material/play_arrow:",
+              on_click=start_clicked, disabled=bool(found))
+    if existing is not None and existing.can_resume:
+        b2.button(f"Resume '{name}'", key="btn_train_resume_existing", icon=":material/play_circle:",
+                  on_click=resume_clicked, args=(name,))
 
-st.subheader("Runs")
-running = tuple(r.name for r in jobs.list_runs() if r.status == "running")
-st.fragment(run_every=2 if running else None)(runs_section)(running)
+    st.subheader("Runs")
+    running = tuple(r.name for r in jobs.list_runs() if r.status == "running")
+    st.fragment(run_every=2 if running else None)(runs_section)(running)
+
+
+if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)
+    page()

@@ -1,12 +1,12 @@
 """Model registry: ``create_model(name, **kwargs)`` and ``list_models()``."""
 from __future__ import annotations
 
-from .base import CASNet, ChannelDetail, ForwardResult
+from .base import CASNet, PointChannels, ForwardResult
 from .resnet import ResNet18
 from .vgg import VGG16
-from .wrn import wrn34_10
+from .wrn import WideResNet, wrn34_10
 
-_REGISTRY = {"resnet18": ResNet18, "vgg16": VGG16, "wrn34_10": wrn34_10}
+_REGISTRY = {"resnet18": ResNet18, "vgg16": VGG16, "wrn": WideResNet, "wrn34_10": wrn34_10}
 
 
 def list_models() -> list[str]:
@@ -14,9 +14,9 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kwargs) -> CASNet:
-    """Build a model by name. ``cas=True`` (default) adds CAS modules at the paper's positions,
+    """Build a model by name. ``cas=True`` (default) adds CAS modules at the paper's points,
     ``cas=False`` builds the plain baseline; other keywords go to the architecture (``width``,
-    ``cas_positions``, ``num_classes``, ...)."""
+    ``cas_points``, ``num_classes``, ...)."""
     try:
         cls = _REGISTRY[name]
     except KeyError:
@@ -24,4 +24,4 @@ def create_model(name: str, **kwargs) -> CASNet:
     return cls(**kwargs)
 
 
-__all__ = ["CASNet", "ChannelDetail", "ForwardResult", "create_model", "list_models"]
+__all__ = ["CASNet", "PointChannels", "ForwardResult", "create_model", "list_models"]

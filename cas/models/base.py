@@ -17,7 +17,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 
-class ChannelDetail(NamedTuple):
+class PointChannels(NamedTuple):
     """Per-channel activations at one CAS point (or at the last block of a model without CAS)."""
 
     name: str
@@ -30,7 +30,7 @@ class ChannelDetail(NamedTuple):
 class ForwardResult(NamedTuple):
     logits: torch.Tensor
     aux_logits: list[torch.Tensor]
-    details: list[ChannelDetail]
+    details: list[PointChannels]
 
 
 class CASNet(nn.Module):
@@ -51,10 +51,10 @@ class CASNet(nn.Module):
         self.arch_kwargs: dict = {}
 
     # -- construction helpers -------------------------------------------------------------------
-    def _add_cas(self, positions, channels_of: dict[str, int]) -> None:
-        for pos in positions:
+    def _add_cas(self, points, channels_of: dict[str, int]) -> None:
+        for pos in points:
             if pos not in channels_of:
-                raise ValueError(f"unknown CAS position {pos!r}; choose from {sorted(channels_of)}")
+                raise ValueError(f"unknown CAS point {pos!r}; choose from {sorted(channels_of)}")
             self.cas[pos] = CASModule(channels_of[pos], self.num_classes)
 
     @property
@@ -62,7 +62,7 @@ class CASNet(nn.Module):
         return len(self.cas) > 0
 
     @property
-    def cas_positions(self) -> list[str]:
+    def cas_points(self) -> list[str]:
         return list(self.cas.keys())
 
     # -- forwards ----------------------------------------------------------------------------------
@@ -85,8 +85,8 @@ class CASNet(nn.Module):
         return self.forward(x, y, mask, return_aux=True)
 
     def forward_details(self, x, y=None, mask: str = "pred") -> ForwardResult:
-        """Logits, auxiliary logits and a :class:`ChannelDetail` per CAS module (or, without CAS,
-        for the probe position: the same place a CAS module would sit)."""
+        """Logits, auxiliary logits and a :class:`PointChannels` per CAS module (or, without CAS,
+        for the point where a CAS module would sit)."""
         return self._run(x, y, mask, details=True)
 
     def _run(self, x, y, mask, details: bool) -> ForwardResult:
@@ -95,7 +95,7 @@ class CASNet(nn.Module):
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
         h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         aux_list: list[torch.Tensor] = []
-        detail_list: list[ChannelDetail] = []
+        detail_list: list[PointChannels] = []
         for name, unit in self.units.items():
             h = unit(h)
             if name in self.cas:
@@ -103,11 +103,11 @@ class CASNet(nn.Module):
                 h = o.out
                 aux_list.append(o.aux_logits)
                 if details:
-                    detail_list.append(ChannelDetail(name, o.pooled, o.mask, o.pooled * o.mask,
+                    detail_list.append(PointChannels(name, o.pooled, o.mask, o.pooled * o.mask,
                                                      o.aux_logits))
-            elif details and not self.has_cas and name == self._probe:
+            elif details and not self.has_cas and name == self._report_point:
                 pooled = h.mean(dim=(2, 3))
-                detail_list.append(ChannelDetail(name, pooled, torch.ones_like(pooled), pooled, None))
+                detail_list.append(PointChannels(name, pooled, torch.ones_like(pooled), pooled, None))
         logits = self.classifier(h)
         return ForwardResult(logits, aux_list, detail_list)
 

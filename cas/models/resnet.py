@@ -27,13 +27,13 @@ class BasicBlock(nn.Module):
 class ResNet18(CASNet):
     """ResNet-18 for 32x32 inputs. ``width`` is the first stage's channel count (64 in the paper);
     stages have width, 2x, 4x and 8x channels. CAS modules follow the blocks named in
-    ``cas_positions`` (default: both blocks of the last stage, after the residual add and ReLU)."""
+    ``cas_points`` (default: both blocks of the last stage, after the residual add and ReLU)."""
 
     arch = "resnet18"
     DEFAULT_CAS = ("layer4_0", "layer4_1")
 
     def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True,
-                 cas_positions=None):
+                 cas_points=None):
         super().__init__(num_classes)
         if width < 1:
             raise ValueError("width must be a positive integer")
@@ -50,8 +50,8 @@ class ResNet18(CASNet):
                 channels_of[name] = cout
                 cin = cout
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
-        positions = list(cas_positions or self.DEFAULT_CAS) if cas else []
-        self._add_cas(positions, channels_of)
-        self._probe = positions[-1] if positions else "layer4_1"
+        points = list(cas_points or self.DEFAULT_CAS) if cas else []
+        self._add_cas(points, channels_of)
+        self._report_point = points[-1] if points else "layer4_1"
         self.arch_kwargs = {"num_classes": num_classes, "width": width, "cas": cas,
-                            "cas_positions": positions or None}
+                            "cas_points": points or None}

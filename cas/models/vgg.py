@@ -12,7 +12,7 @@ class VGG16(CASNet):
     arch = "vgg16"
     DEFAULT_CAS = ("conv5_1", "conv5_2", "conv5_3")
 
-    def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True, cas_positions=None):
+    def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True, cas_points=None):
         super().__init__(num_classes)
         channels_of = {}
         cin = 3
@@ -26,8 +26,8 @@ class VGG16(CASNet):
                 cin = cout
             self.units[f"pool{s}"] = nn.MaxPool2d(2)
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin, num_classes))
-        positions = list(cas_positions or self.DEFAULT_CAS) if cas else []
-        self._add_cas(positions, channels_of)
-        self._probe = positions[-1] if positions else "conv5_3"
+        points = list(cas_points or self.DEFAULT_CAS) if cas else []
+        self._add_cas(points, channels_of)
+        self._report_point = points[-1] if points else "conv5_3"
         self.arch_kwargs = {"num_classes": num_classes, "width": width, "cas": cas,
-                            "cas_positions": positions or None}
+                            "cas_points": points or None}

@@ -27,13 +27,13 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(CASNet):
-    """WRN-depth-widen. CAS (default) on the last unit of the third stage and after the final
-    BN-ReLU, as in the paper."""
+    """WRN-depth-widen (registry name ``wrn``). CAS (default) on the last unit of the third stage and
+    after the final BN-ReLU, as in the paper."""
 
-    arch = "wrn34_10"
+    arch = "wrn"
 
     def __init__(self, num_classes: int = 10, depth: int = 34, widen_factor: int = 10, cas: bool = True,
-                 cas_positions=None):
+                 cas_points=None):
         super().__init__(num_classes)
         if (depth - 4) % 6:
             raise ValueError("WideResNet depth must be 6n + 4")
@@ -52,11 +52,11 @@ class WideResNet(CASNet):
         channels_of["final"] = cin
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
         default = (f"block3_{n - 1}", "final")
-        positions = list(cas_positions or default) if cas else []
-        self._add_cas(positions, channels_of)
-        self._probe = positions[-1] if positions else "final"
+        points = list(cas_points or default) if cas else []
+        self._add_cas(points, channels_of)
+        self._report_point = points[-1] if points else "final"
         self.arch_kwargs = {"num_classes": num_classes, "depth": depth, "widen_factor": widen_factor,
-                            "cas": cas, "cas_positions": positions or None}
+                            "cas": cas, "cas_points": points or None}
 
 
 def wrn34_10(**kwargs) -> WideResNet:
@@ -64,5 +64,8 @@ def wrn34_10(**kwargs) -> WideResNet:
     are refused (a card saying "wrn34_10" must describe a WRN-34-10)."""
     for key, fixed in (("depth", 34), ("widen_factor", 10)):
         if kwargs.get(key, fixed) != fixed:
-            raise ValueError(f"wrn34_10 has {key} {fixed}; got {kwargs[key]}")
-    return WideResNet(**kwargs)
+            raise ValueError(f"wrn34_10 has {key} {fixed}, got {kwargs[key]}; use the architecture "
+                             "'wrn' for other depths and widths")
+    model = WideResNet(**kwargs)
+    model.arch = "wrn34_10"
+    return model

@@ -1,7 +1,7 @@
 """Dataset-level channel statistics (the paper's Figures 1-2), as numbers, figures and a check.
 
-    python -m cas.analyze std at at-cas --n 500 --class airplane --attack pgd --out analysis/
-    python -m cas.analyze std at at-cas --check
+    python -m cas.stats std at at-cas --n 500 --class airplane --attack pgd --out analysis/
+    python -m cas.stats std at at-cas --check
 
 For each model: N test images (one class or all), their adversarial versions (an attack of
 :data:`cas.ATTACKS`, eps 8/255 by default), and per CAS point (or the matching block of a model without
@@ -164,7 +164,7 @@ def paper_effects(stats: dict[str, ModelStats], threshold: float = 0.01) -> list
               aa["uniformity"] > na["uniformity"],
               f"AT uniformity {na['uniformity']:.4f} natural vs {aa['uniformity']:.4f} adversarial")
     if "at" in stats and "cas" in stats:
-        (na, aa), (nc, ac) = last("at"), last("cas")
+        aa, ac = last("at")[1], last("cas")[1]
         claim("CAS makes adversarial activation less uniform than AT does",
               ac["uniformity"] < aa["uniformity"],
               f"adversarial uniformity {aa['uniformity']:.4f} (AT) vs {ac['uniformity']:.4f} (AT+CAS)")
@@ -189,7 +189,7 @@ def main(argv=None):
     from . import data as cdata
     from .checkpoint import CheckpointError, load_checkpoint, resolve
 
-    ap = argparse.ArgumentParser(prog="python -m cas.analyze", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m cas.stats", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="*",
                     help="bundled model names or checkpoint paths (default: one standard, one AT and one CAS "
