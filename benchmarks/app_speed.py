@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from app.common import lab  # noqa: E402
 from benchmarks.app_latency import one_update  # noqa: E402
 from cas import stats as cas_stats  # noqa: E402
 from cas import data as cdata  # noqa: E402
+from cas.cli import HelpFormatter  # noqa: E402
 from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
 from cas.precision import all_cores, fast_bf16, threads  # noqa: E402
 
@@ -100,35 +100,18 @@ def cold_start(fp32: bool) -> float:
     """Seconds from the server's health check answering to the first page's attack result drawn."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_healthy
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, serve
 
-    port = _free_port()
-    log = Path("/tmp") / f"cas-cold-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("CAS_FP32", None)
-    if fp32:
-        env["CAS_FP32"] = "1"
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, log)
+    env = {"CAS_FP32": "1" if fp32 else "0"}
+    with serve(env, Path("/tmp") / "cas-cold-start.log") as url, sync_playwright() as p:
         t0 = time.perf_counter()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_text("The attack succeeded").first.wait_for(timeout=120_000)
-            seconds = time.perf_counter() - t0
-            browser.close()
-        return seconds
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-from cas.cli import HelpFormatter  # noqa: E402
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/")
+        page.get_by_text("The attack succeeded").first.wait_for(timeout=120_000)
+        seconds = time.perf_counter() - t0
+        browser.close()
+    return seconds
 
 
 def main() -> None:

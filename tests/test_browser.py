@@ -2,6 +2,7 @@
 check that the prediction and the Plotly charts are drawn, and keep screenshots in ``test-artifacts/``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -44,19 +45,16 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 
     raise RuntimeError(f"the server did not answer {url} within {seconds:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(standin_pretrained, tmp_path_factory):
-    """The app served on a free port, with the stand-in models; stopped by its pid afterwards."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+@contextlib.contextmanager
+def serve(env: dict, log: Path):
+    """``streamlit run app/main.py`` on a free local port with ``env`` added to the environment; yields
+    the URL once the server answers its health check, and stops the server (by its pid) afterwards."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "CAS_PRETRAINED_DIR": str(standin_pretrained),
-           "CAS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, log)
         yield f"http://127.0.0.1:{port}"
@@ -67,6 +65,19 @@ def server(standin_pretrained, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(standin_pretrained, tmp_path_factory):
+    """The app served on a free port, with the stand-in models."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = {"CAS_PRETRAINED_DIR": str(standin_pretrained), "CAS_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}
+    try:
+        with serve(env, log) as url:
+            yield url
+    finally:
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(log, ARTIFACTS / "streamlit.log")
 

@@ -15,6 +15,7 @@ from app.common import cache, images, lab, models, panels, pickers, url_state  #
 
 P = "lab_"
 
+
 def page() -> None:
     """The Attack Lab page: pickers, one attack, its verdict, images, probabilities and channels."""
     st.title(":material/target: Attack Lab")

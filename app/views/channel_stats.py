@@ -22,6 +22,7 @@ ON_GPU = torch.cuda.is_available()
 # gradient attacks with one Linf budget, PGD first (the paper's)
 ATTACKS = sorted((n for n, s in cas.ATTACKS.items() if s.gradient and s.norm == "linf"), key=lambda n: n != "pgd")
 
+
 def page() -> None:
     """The Channel statistics page: the paper's dataset-level figures on chosen models."""
     st.title(":material/bar_chart: Channel statistics")

@@ -21,6 +21,7 @@ MAX_MODELS = 4
 MODES = {"whitebox": "Attack each model itself (white-box)",
          "transfer": "Craft the attack on one model, test it on all (transfer)"}
 
+
 def page() -> None:
     """The Compare page: one image and attack on 2-4 models side by side."""
     st.title(":material/compare: Compare models")

@@ -31,6 +31,7 @@ PAPER = pd.DataFrame([
     ("MART", 78.86, 61.87, 51.61, 46.97), ("MART+CAS", 86.40, 62.61, 54.33, 61.49),
 ], columns=["model", "clean", "FGSM", "PGD-20", "CW-Linf"])
 
+
 def page() -> None:
     """The Robustness page: measured and reported accuracies, fresh evaluations, the ε-curve."""
     st.title(":material/shield: Robustness")

@@ -271,6 +271,7 @@ def runs_section(running_before: tuple[str, ...]) -> None:
 
 # -- the page ------------------------------------------------------------------------------------------
 
+
 def page() -> None:
     """The Train page: new runs as background jobs, and the runs' progress."""
     st.title(":material/model_training: Train")
