@@ -56,6 +56,12 @@ def page() -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         st.caption("From each model's card (empty cells: not measured yet; run `python -m cas.evaluate MODEL "
                    "--write-card`, or a fresh evaluation below).")
+        notes = sorted({f"{ev.get('n')} test images (AutoAttack: {ev.get('counts', {}).get('autoattack')}); "
+                        f"AutoAttack column: {ev['autoattack']}"
+                        for m in available if isinstance(ev := m["card"].get("evaluation"), dict)
+                        and ev.get("autoattack")})
+        for note in notes:
+            st.caption(f"Bundled models: {note}.")
     else:
         st.info(models.NO_MODELS_MESSAGE)
 
