@@ -439,7 +439,8 @@ class AttackSpec:
     gradient: bool = True  # a gradient attack (bf16 fast path, one budget per image)
     untargeted_only: bool = False
     interactive: bool = True  # offered on the interactive pages (AutoAttack is too slow for them)
-    card_key: str | None = None  # evaluation: the accuracy's key in model cards and index.json
+    card_key: str | None = None  # evaluation: the accuracy's key in model cards and index.json ...
+    column: str = ""  # ... and its column header in tables
     preset: dict = field(default_factory=dict)  # evaluation settings (the card key's meaning)
     strength: int | None = None  # rank in the strength order (higher: at least as strong); None: unranked
 
@@ -464,27 +465,28 @@ def auto_step_size(eps, steps: int):
 _PGD20 = {"steps": 20, "step_size": 2 / 255}
 ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("fgsm", fgsm, "FGSM", "one gradient-sign step of size eps", (LINF_EPS, FGSM_STEP, TARGET, SEED),
-               card_key="fgsm", strength=1),
+               card_key="fgsm", column="FGSM", strength=1),
     AttackSpec("pgd", pgd, "PGD", "iterated gradient steps on the final cross-entropy", ITERATIVE_KNOBS,
-               card_key="pgd20", preset=_PGD20, strength=2),
+               card_key="pgd20", column="PGD-20", preset=_PGD20, strength=2),
     AttackSpec("cw", cw_linf, "CW-Linf", "PGD on the Carlini-Wagner margin loss", ITERATIVE_KNOBS,
-               card_key="cw", preset={"steps": 30, "step_size": 2 / 255}),
+               card_key="cw", column="CW-Linf", preset={"steps": 30, "step_size": 2 / 255}),
     AttackSpec("pgd_l2", pgd_l2, "PGD-L2", "PGD in the L2 norm",
                (L2_EPS, STEPS, L2_STEP, RANDOM_START, TARGET, SEED), norm="l2",
-               card_key="pgd20_l2", preset={"steps": 20, "eps": 0.5, "step_size": 0.5 / 8}),
+               card_key="pgd20_l2", column="PGD-20 (L2)", preset={"steps": 20, "eps": 0.5, "step_size": 0.5 / 8}),
     AttackSpec("square", square, "Square (gradient-free)", "random-search attack that uses no gradients",
                (LINF_EPS, QUERIES, TARGET, SEED), gradient=False, untargeted_only=True,
-               card_key="square", preset={"queries": 5000}),
+               card_key="square", column="Square", preset={"queries": 5000}),
     AttackSpec("joint_pgd", joint_pgd, "Joint PGD (CAS-adaptive)",
                "PGD on the final + auxiliary losses, as the CAS authors evaluated", ITERATIVE_KNOBS,
-               needs_cas=True, fallback="pgd", card_key="joint_pgd20", preset=_PGD20, strength=3),
+               needs_cas=True, fallback="pgd", card_key="joint_pgd20", column="joint PGD-20", preset=_PGD20,
+               strength=3),
     AttackSpec("soft_mask_pgd", soft_mask_pgd, "Soft-mask PGD (CAS-adaptive)",
                "PGD whose gradient flows through softmax-mixed masks", ITERATIVE_KNOBS,
-               needs_cas=True, fallback="pgd", sees_mask=True, card_key="soft_mask_pgd20", preset=_PGD20,
-               strength=3),
+               needs_cas=True, fallback="pgd", sees_mask=True, card_key="soft_mask_pgd20",
+               column="soft-mask PGD-20", preset=_PGD20, strength=3),
     AttackSpec("autoattack", autoattack, "AutoAttack", "APGD-CE, APGD-T, FAB-T and Square, standard version",
                (LINF_EPS, SEED), gradient=False, untargeted_only=True, interactive=False,
-               card_key="autoattack", strength=3),
+               card_key="autoattack", column="AutoAttack", strength=3),
 ]}
 
 

@@ -20,6 +20,9 @@ from .cli import HelpFormatter
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "autoattack")
 EVALUATED = [name for name, spec in ATTACKS.items() if spec.card_key]  # attacks with an evaluation preset
+# card key -> column header, in table order
+COLUMNS = {"clean": "clean", **{s.card_key: s.column for s in ATTACKS.values() if s.card_key},
+           "adaptive_pgd20": "adaptive PGD-20 (lower)", "worst_case": "worst case"}
 MASKING_GAP = 5.0  # points between plain and adaptive PGD that count as gradient masking
 
 

@@ -5,7 +5,7 @@
     python scripts/build_zoo.py bundle [--force]          # evaluate and bundle finished runs
     python scripts/build_zoo.py table                     # the results table (Markdown) from index.json
 
-One architecture and one recipe for all seven models: ResNet-18 width 16 (2.8 M parameters: a
+One architecture and one recipe for all seven models: ResNet-18 width 16 (0.7 M parameters: a
 fast-AT epoch of 49,000 images takes about a minute on two cores with bf16), fast AT with FGSM and a
 random start (Wong et al. 2020: step 1.25 eps, eps 8/255) for 10 epochs, batch 128, one-cycle lr 0.2;
 the standard model gets 18 cheap epochs. The best epoch is chosen on 1,000 validation images held
@@ -65,7 +65,7 @@ def _sha(path: Path) -> str:
 def bundle_one(name: str, args, test_set) -> bool:
     """Evaluate run ``name`` and store it in pretrained/; False when there is nothing (new) to do."""
     from cas.checkpoint import atomic_write, load_checkpoint, read_card, save_checkpoint
-    from cas.evaluate import evaluate
+    from cas.evaluate import DEFAULT_ATTACKS, evaluate
     from cas.train import read_log
 
     method, cas_on, desc = ZOO[name]
@@ -81,8 +81,7 @@ def bundle_one(name: str, args, test_set) -> bool:
         return False
     x, y = test_set
     model, card = load_checkpoint(run)
-    attacks = ["fgsm", "pgd", "cw"] + (["joint_pgd", "soft_mask_pgd"] if cas_on else []) + ["autoattack"]
-    res = evaluate(model, x, y, attacks, batch_size=500, limits={"autoattack": args.autoattack_n},
+    res = evaluate(model, x, y, DEFAULT_ATTACKS, batch_size=500, limits={"autoattack": args.autoattack_n},
                    autoattack_version="apgd",
                    progress=lambda key, done, total: print(f"  {name} {key}: {done}/{total}", flush=True))
     log = read_log(run_dir(name) / "log.jsonl")
@@ -109,19 +108,18 @@ def bundle_one(name: str, args, test_set) -> bool:
     return True
 
 
-COLUMNS = [("clean", "clean"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw", "CW-Linf"),
-           ("joint_pgd20", "joint PGD-20"), ("soft_mask_pgd20", "soft-mask PGD-20"),
-           ("autoattack", "AutoAttack (APGD-CE + APGD-T)"), ("worst_case", "worst case")]
-
-
 def table() -> str:
     """The bundled models' accuracies as a Markdown table: percent ± standard error, with n."""
+    from cas.evaluate import COLUMNS as ALL
+
     entries = json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
-    lines = ["| model | " + " | ".join(label for _, label in COLUMNS) + " | training |",
-             "|---|" + "---|" * (len(COLUMNS) + 1)]
+    keys = [k for k in ALL if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]
+    columns = [(k, ALL[k] + (" (APGD-CE + APGD-T)" if k == "autoattack" else "")) for k in keys]
+    lines = ["| model | " + " | ".join(label for _, label in columns) + " | training |",
+             "|---|" + "---|" * (len(columns) + 1)]
     for e in entries:
         cells = [f"{e['accuracy'][k]:.1f} ± {e['stderr'][k]:.1f}" if k in e["accuracy"] else "—"
-                 for k, _ in COLUMNS]
+                 for k, _ in columns]
         lines.append(f"| `{e['name']}` | " + " | ".join(cells) + f" | {e['train_seconds'] / 60:.0f} min |")
     counts = entries[0]["counts"] if entries else {}
     lines.append(f"\nPercent ± one standard error; n = {counts.get('clean')} test images "

@@ -16,14 +16,11 @@ import torch  # noqa: E402
 
 import cas  # noqa: E402
 from app.common import cache, images, models  # noqa: E402
-from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
+from cas.evaluate import COLUMNS, accuracy_vs_eps, evaluate  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
 P = "rob_"
 ON_GPU = torch.cuda.is_available()
-COLUMNS = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW-Linf", "joint_pgd20": "joint PGD-20",
-           "soft_mask_pgd20": "soft-mask PGD-20", "adaptive_pgd20": "adaptive PGD-20 (lower)",
-           "autoattack": "AutoAttack", "worst_case": "worst case"}
 # As tabulated by a later paper (EWAS) for ResNet-18 on CIFAR-10, Linf 8/255; not measured here.
 PAPER = pd.DataFrame([
     ("AT", 84.47, 61.09, 44.33, 44.70), ("AT+CAS", 85.89, 61.17, 50.55, 52.56),
