@@ -176,6 +176,11 @@ def _generator(device, seed):
     return gen
 
 
+# bf16 logits are off by far less than this (logit units): an image whose bf16 margin is further below
+# zero is certainly not adversarial, so only the others need the fp32 forward that decides
+JUDGE_TOLERANCE = 0.5
+
+
 def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objective: Callable,
              progress: Callable[[int, int], None] | None = None, keep_best: bool = True,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -199,10 +204,17 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
 
     def consider(x_cand, logits):
         nonlocal best_x, best_score
-        if logits is None or fast or torch.is_autocast_enabled(x.device.type):  # judge in fp32
-            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-                logits = model(x_cand)
-        score = margin(logits.detach().float(), y, target)
+        with torch.no_grad():
+            if logits is None:  # the gradient forward was not the real model's
+                with autocast(x.device, True) if fast else contextlib.nullcontext():
+                    logits = model(x_cand)
+            score = margin(logits.detach().float(), y, target)
+            if logits.dtype != torch.float32:  # bf16: every image near or past the boundary is judged in fp32
+                near = score > -JUDGE_TOLERANCE
+                if near.any():
+                    with torch.autocast(x.device.type, enabled=False):
+                        score[near] = margin(model(x_cand[near].detach()).float(), y[near],
+                                             None if target is None else target[near])
         better = score > best_score
         best_score = torch.where(better, score, best_score)
         best_x = torch.where(better[:, None, None, None], x_cand.detach(), best_x)
