@@ -252,7 +252,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     steps_per_epoch = max(per_rank // cfg.batch_size, 1)
     total_steps = steps_per_epoch * cfg.epochs
 
-    start_epoch, best, history, warnings = 0, -1.0, [], []
+    start_epoch, best, history, warnings, diverged = 0, -1.0, [], [], None
     state_file = out / "state.pt"
     if cfg.resume and state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=True)
@@ -327,6 +327,18 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             record.update(check_heldout(model, x_held, y_held, cfg, device))
         seconds = time.time() - t0
         record.update(seconds=round(seconds, 2), images_per_s=round(float(sums[2]) / seconds, 1))
+        if not math.isfinite(record["loss"]):  # the same on every rank: the sums are all-reduced
+            diverged = (f"TRAINING DIVERGED at epoch {epoch + 1}: the loss is not finite. Training stops; the "
+                        f"best epoch before it is kept in best.safetensors. Try a smaller --lr.")
+            if main_proc:
+                record["warning"] = diverged
+                warnings.append(diverged)
+                print("\n!!! " + diverged + "\n", file=sys.stderr, flush=True)
+                if (out / "best.safetensors").exists():
+                    update_card(out / "best.safetensors", warnings=warnings)
+                _append(out / "log.jsonl", record)
+                _append(out / "log.jsonl", {"event": "diverged", "epoch": epoch + 1})
+            break
         if main_proc:
             score = record.get("heldout_robust" if lcfg.adversarial else "heldout_clean", -record["loss"])
             warning = collapse_warning(score, best, epoch + 1) if lcfg.adversarial else None
@@ -359,12 +371,18 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
                 print(json.dumps(record), file=sys.stderr, flush=True)
         if world > 1:
             dist.barrier()
-    if main_proc and not (out / "STOP").exists():
+    if main_proc and not (out / "STOP").exists() and not diverged:
         _append(out / "log.jsonl", {"event": "finished", "epochs": cfg.epochs})
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    if diverged:
+        raise TrainingDiverged(diverged)
     return out / "best.safetensors"
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the message says when, and what was kept."""
 
 
 def _append(path: Path, record: dict) -> None:

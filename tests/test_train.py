@@ -124,3 +124,14 @@ def test_distributed_training_with_two_cpu_processes(tmp_path):
     # each rank trained on its own half: 2 ranks x 4 steps x 32 images
     assert rec["images_per_s"] * rec["seconds"] == pytest.approx(256, rel=0.02)
     assert load_checkpoint(out / "best.safetensors")[0].has_cas
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_best_epoch(tmp_path):
+    """A learning rate far too high makes the loss NaN: the trainer says so, stops at once, logs a
+    'diverged' event (no 'finished') and keeps the last good best epoch."""
+    cfg = TrainConfig(method="at", cas=True, out=str(tmp_path / "d"), **{**TINY, "epochs": 4, "lr": 1e6})
+    with pytest.raises(ValueError, match="DIVERGED"):
+        train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "d" / "log.jsonl").read_text().splitlines()]
+    assert lines[-1]["event"] == "diverged" and not any(r.get("event") == "finished" for r in lines)
+    assert len(lines) <= 5 and "DIVERGED" in lines[-2]["warning"]
