@@ -219,28 +219,30 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
         best_score = torch.where(better, score, best_score)
         best_x = torch.where(better[:, None, None, None], x_cand.detach(), best_x)
 
-    for _ in range(s.restarts):
-        delta = _random_start(x, s.eps, s.norm, gen, s.random_start) if s.random_start else torch.zeros_like(x)
-        x_adv = (x + delta).clamp(0, 1)
-        for _ in range(s.steps):
-            x_adv.requires_grad_(True)
-            with torch.enable_grad(), autocast(x.device, True) if fast else contextlib.nullcontext():
-                loss, logits = objective(model, x_adv, y, target, s)
-                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-            if keep_best:
-                consider(x_adv, logits)
-            with torch.no_grad():
-                if s.norm == "linf":
-                    step = s.step_size * grad.sign()
-                else:
-                    step = s.step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-                x_adv = (x + _project(x_adv.detach() + step - x, s.eps, s.norm)).clamp(0, 1)
-            done += 1
-            if progress:
-                progress(done, total)
-        if not keep_best:
-            return x_adv.detach()
-        consider(x_adv, None)
+    # one autocast region for the whole attack: the bf16 copies of the weights are made once, not every step
+    with autocast(x.device, True) if fast else contextlib.nullcontext():
+        for _ in range(s.restarts):
+            delta = _random_start(x, s.eps, s.norm, gen, s.random_start) if s.random_start else torch.zeros_like(x)
+            x_adv = (x + delta).clamp(0, 1)
+            for _ in range(s.steps):
+                x_adv.requires_grad_(True)
+                with torch.enable_grad():
+                    loss, logits = objective(model, x_adv, y, target, s)
+                    (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                if keep_best:
+                    consider(x_adv, logits)
+                with torch.no_grad():
+                    if s.norm == "linf":
+                        step = s.step_size * grad.sign()
+                    else:
+                        step = s.step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+                    x_adv = (x + _project(x_adv.detach() + step - x, s.eps, s.norm)).clamp(0, 1)
+                done += 1
+                if progress:
+                    progress(done, total)
+            if not keep_best:
+                return x_adv.detach()
+            consider(x_adv, None)
     return best_x.detach()
 
 

@@ -47,10 +47,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 
 
 @contextlib.contextmanager
 def serve(env: dict, log: Path):
-    """``streamlit run app/main.py`` on a free local port with ``env`` added to the environment; yields
+    """The app's server (``python -m app.serve``, as ``scripts/app.sh`` starts it) on a free local port with ``env`` added to the environment; yields
     the URL once the server answers its health check, and stops the server (by its pid) afterwards."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+    cmd = [sys.executable, "-m", "app.serve", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
