@@ -331,11 +331,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             diverged = (f"TRAINING DIVERGED at epoch {epoch + 1}: the loss is not finite. Training stops; the "
                         f"best epoch before it is kept in best.safetensors. Try a smaller --lr.")
             if main_proc:
-                record["warning"] = diverged
-                warnings.append(diverged)
-                print("\n!!! " + diverged + "\n", file=sys.stderr, flush=True)
-                if (out / "best.safetensors").exists():
-                    update_card(out / "best.safetensors", warnings=warnings)
+                _warn(out, record, warnings, diverged)
                 _append(out / "log.jsonl", record)
                 _append(out / "log.jsonl", {"event": "diverged", "epoch": epoch + 1})
             break
@@ -343,11 +339,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             score = record.get("heldout_robust" if lcfg.adversarial else "heldout_clean", -record["loss"])
             warning = collapse_warning(score, best, epoch + 1) if lcfg.adversarial else None
             if warning:
-                record["warning"] = warning
-                warnings.append(warning)
-                print("\n!!! " + warning + "\n", file=sys.stderr, flush=True)
-                if (out / "best.safetensors").exists():
-                    update_card(out / "best.safetensors", warnings=warnings)
+                _warn(out, record, warnings, warning)
             improved = score > best
             if improved:
                 best = score
@@ -383,6 +375,15 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite; the message says when, and what was kept."""
+
+
+def _warn(out: Path, record: dict, warnings: list[str], text: str) -> None:
+    """Say ``text`` loudly: in the epoch's log record, on stderr and in the best checkpoint's card."""
+    record["warning"] = text
+    warnings.append(text)
+    print("\n!!! " + text + "\n", file=sys.stderr, flush=True)
+    if (out / "best.safetensors").exists():
+        update_card(out / "best.safetensors", warnings=warnings)
 
 
 def _append(path: Path, record: dict) -> None:
