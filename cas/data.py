@@ -110,7 +110,7 @@ def load(split: str = "test", path=None, download: bool = False) -> tuple[torch.
 def test_subset(n: int | None = None, path=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` test images of a fixed shuffle (seed 0): every class mixed in, whatever order
     the source stores them in (image-folder copies are sorted by class). The same images everywhere:
-    the trainer's held-out check, the evaluator, the app."""
+    the evaluator and the app (the trainer's check uses a validation split of the training set)."""
     x, y = load("test", path)
     idx = shuffled_indices(x.shape[0])[:n]
     return x[idx], y[idx]

@@ -175,7 +175,7 @@ def main(argv=None):
     ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
     ap.add_argument("--n", type=int, default=10000,
                     help="test images: the first N of a fixed shuffle of the test set (all classes mixed; "
-                         "the trainer's held-out check uses the first ones too)")
+                         "the bundled models' cards use the first 1,000)")
     ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                     help=f"comma-separated, from: {', '.join(EVALUATED)}")
     ap.add_argument("--autoattack-n", type=int, default=1000, help="images for AutoAttack (first N)")

@@ -160,8 +160,8 @@ def cifar_test_or_stop() -> tuple[np.ndarray, np.ndarray]:
 
 
 def shuffled_subset(n: int, cls: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` test images (of class ``cls``, or all) in the fixed shuffle that the trainer's
-    held-out check and the evaluator use: (uint8 (n, 3, 32, 32), labels)."""
+    """The first ``n`` test images (of class ``cls``, or all) in the fixed shuffle that the evaluator
+    and every page use: (uint8 (n, 3, 32, 32), labels)."""
     x, y = cifar_test_or_stop()
     idx = cas_data.shuffled_indices(len(y)).numpy()
     if cls != "all":

@@ -74,9 +74,6 @@ class AttackChoice:
         """A hashable summary of the attack and its settings (keys cached results)."""
         return (self.attack, self.values)
 
-    def replace(self, **values) -> "AttackChoice":
-        return AttackChoice(self.attack, **{**dict(self.values), **values})
-
     def library_kwargs(self) -> dict:
         """Keyword settings for ``cas.run_attack`` in the library's units. They are passed as keywords
         (not as an ``AttackSettings``) so that they take precedence over each attack's own defaults."""

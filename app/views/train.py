@@ -288,7 +288,8 @@ def page() -> None:
             "- **Train accuracy**: on the attacked training images. For CAS models it uses the mask of the "
             "*true* label, which the model does not know at test time, so it reads higher than any test "
             "accuracy.\n"
-            "- **Held-out clean**: accuracy on test images the network never trains on.\n"
+            "- **Held-out clean**: accuracy on validation images kept out of the training set (never "
+            "test images), which the network never trains on.\n"
             "- **Held-out under attack**: the same images after a PGD attack (soft-mask PGD for CAS models, an "
             "honest attack against their masks). The epoch where this is highest is kept as the best "
             "checkpoint.")
@@ -305,7 +306,8 @@ def page() -> None:
         st.info(f"No GPU here, so a small run is preselected that finishes in a few minutes on this CPU: "
                 f"ResNet-18 at width {SMALL['width']}, {SMALL['train_subset']:,} training images, {SMALL['epochs']} "
                 f"epochs, {SMALL['steps']} PGD steps. Its accuracies stay low (it sees few images, briefly); it "
-                "shows how training works. The full recipe needs a GPU.", icon=":material/memory:")
+                "shows how training works. The bundled models were trained on a CPU like this one with "
+                "`python scripts/build_zoo.py` (fast adversarial training, about 15 minutes per model).", icon=":material/memory:")
 
     c1, c2, c3 = st.columns(3)
     with c1:
