@@ -326,7 +326,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         if main_proc and x_held is not None:
             record.update(check_heldout(model, x_held, y_held, cfg, device))
         seconds = time.time() - t0
-        record.update(seconds=round(seconds, 2), images_per_s=round(float(sums[2]) / seconds, 1))
+        record.update(images=int(sums[2]), seconds=round(seconds, 2), images_per_s=round(float(sums[2]) / seconds, 1))
         if not math.isfinite(record["loss"]):  # the same on every rank: the sums are all-reduced
             diverged = (f"TRAINING DIVERGED at epoch {epoch + 1}: the loss is not finite. Training stops; the "
                         f"best epoch before it is kept in best.safetensors. Try a smaller --lr.")

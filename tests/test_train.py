@@ -122,7 +122,7 @@ def test_distributed_training_with_two_cpu_processes(tmp_path):
     (rec,) = read_log(out / "log.jsonl")
     assert rec["epoch"] == 1 and "heldout_clean" in rec
     # each rank trained on its own half: 2 ranks x 4 steps x 32 images
-    assert rec["images_per_s"] * rec["seconds"] == pytest.approx(256, rel=0.02)
+    assert rec["images"] == 256
     assert load_checkpoint(out / "best.safetensors")[0].has_cas
 
 
