@@ -377,6 +377,76 @@ def autoattack(model, x, y, settings=None, progress=None, version="standard", **
     return _clip(x, x_adv, s)
 
 
+class _SoftMaskJudgedByArgmax(torch.nn.Module):
+    """Logits whose value is the real model's (argmax masks) and whose gradient is the soft-mask
+    model's (``softmax(aux / temperature)`` masks): ``soft + (real - soft).detach()``. An attack
+    written for ``model(x)``, such as APGD, then keeps and scores every point by the real model while
+    its gradient sees how the masks would switch (BPDA-style)."""
+
+    def __init__(self, model, temperature: float, amp: bool = False):
+        super().__init__()
+        object.__setattr__(self, "_model", model)  # not registered: no .to()/.train() reaches it
+        self.temperature = temperature
+        self.amp = amp
+
+    def forward(self, x):
+        with autocast(x.device, self.amp):
+            soft = self._model(x, mask="soft", temperature=self.temperature).float()
+            with torch.no_grad():
+                real = self._model(x).float()
+        return soft + (real - soft).detach()
+
+
+TEMPERATURES = (0.1, 1.0, 10.0)
+
+
+def adaptive_autoattack(model, x, y, settings=None, progress=None, temperatures=TEMPERATURES, **kw):
+    """AutoAttack's APGD-CE and APGD-T (DLR loss, 9 target classes, 100 iterations each; the
+    ``pyautoattack`` classes) with gradients through the soft CAS mask at each temperature of
+    ``temperatures``, every candidate kept or dropped by the real model (see
+    :class:`_SoftMaskJudgedByArgmax`). The result is the per-image worst case over the runs: an image
+    counts as broken as soon as one run fools the real model, judged in fp32. Runs go from cheap to
+    expensive (APGD-CE at every temperature, then APGD-T), each on the images still standing. On a
+    model without CAS there is nothing to see through: it is AutoAttack's APGD-CE + APGD-T."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    s = _scalar_budget(_settings(settings, kw), "adaptive AutoAttack")
+    if s.target is not None:
+        raise ValueError("adaptive AutoAttack runs untargeted here; leave the target empty")
+    temperatures = [float(t) for t in temperatures]
+    if not temperatures or not all(0.001 <= t <= 1000 for t in temperatures):
+        raise ValueError(f"temperatures must lie between 0.001 and 1000, got {temperatures}")
+    has_cas = getattr(model, "has_cas", False)
+    if not has_cas:
+        temperatures = [1.0]  # no mask: one run on the plain logits
+    norm = "Linf" if s.norm == "linf" else "L2"
+    seed = 0 if s.seed is None else int(s.seed)
+    x, y = x.detach(), y.to(x.device)
+    x_adv = x.clone()
+    standing = _fp32_correct(model, x, y)
+    runs = [(APGDAttack, dict(loss="ce"), t) for t in temperatures] + \
+           [(APGDAttack_targeted, dict(n_target_classes=9), t) for t in temperatures]
+    for done, (cls, extra, t) in enumerate(runs):
+        idx = standing.nonzero().flatten()
+        if len(idx):
+            net = _SoftMaskJudgedByArgmax(model, t, s.amp) if has_cas else _Logits(model, s.amp)
+            atk = cls(net, n_iter=100, norm=norm, n_restarts=1, eps=s.eps, seed=seed, device=x.device,
+                      verbose=False, **extra)
+            with _fork_rng(x), contextlib.redirect_stdout(io.StringIO()):
+                cand = _clip(x[idx], atk.perturb(x[idx], y[idx]), s)
+            fooled = ~_fp32_correct(model, cand, y[idx])
+            x_adv[idx[fooled]] = cand[fooled]
+            standing[idx[fooled]] = False
+        if progress:
+            progress(done + 1, len(runs))
+    return x_adv
+
+
+def _fp32_correct(model, x, y) -> torch.Tensor:
+    with torch.no_grad(), autocast(x.device, False):
+        return model(x).float().argmax(1) == y
+
+
 def _clip(x, x_adv, s):
     """Guarantee the budget and the image range exactly (third-party code may exceed by rounding)."""
     return (x + _project(x_adv.detach().to(x.dtype) - x, s.eps, s.norm)).clamp(0, 1)
@@ -501,6 +571,12 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("autoattack", autoattack, "AutoAttack", "APGD-CE, APGD-T, FAB-T and Square, standard version",
                (LINF_EPS, SEED), gradient=False, untargeted_only=True, interactive=False,
                card_key="autoattack", column="AutoAttack", strength=3),
+    AttackSpec("adaptive_autoattack", adaptive_autoattack, "Adaptive AutoAttack (CAS-adaptive)",
+               "AutoAttack's APGD-CE and APGD-T with gradients through the soft mask at temperatures "
+               "0.1, 1 and 10, judged by the real model, per-image worst case",
+               (LINF_EPS, SEED), needs_cas=True, fallback="autoattack", sees_mask=True, gradient=False,
+               untargeted_only=True, interactive=False, card_key="adaptive_autoattack",
+               column="adaptive AutoAttack", strength=4),
 ]}
 
 

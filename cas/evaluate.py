@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .attacks import ATTACKS, AttackSettings, run_attack
 from .cli import HelpFormatter
 
-DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "autoattack")
+DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "autoattack", "adaptive_autoattack")
 EVALUATED = [name for name, spec in ATTACKS.items() if spec.card_key]  # attacks with an evaluation preset
 # card key -> column header, in table order
 COLUMNS = {"clean": "clean", **{s.card_key: s.column for s in ATTACKS.values() if s.card_key},
@@ -178,7 +178,7 @@ def main(argv=None):
                          "the bundled models' cards use the first 1,000)")
     ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                     help=f"comma-separated, from: {', '.join(EVALUATED)}")
-    ap.add_argument("--autoattack-n", type=int, default=1000, help="images for AutoAttack (first N)")
+    ap.add_argument("--autoattack-n", type=int, default=1000, help="images for AutoAttack and adaptive AutoAttack (first N)")
     ap.add_argument("--square-n", type=int, default=1000, help="images for Square (first N)")
     ap.add_argument("--eps", type=float, default=8.0, help="Linf budget in /255")
     ap.add_argument("--batch-size", type=int, default=500, help="images attacked together")
@@ -219,7 +219,8 @@ def main(argv=None):
             bar.refresh()
 
         res = evaluate(model, x, y, attacks, eps=a.eps / 255, batch_size=a.batch_size, device=device,
-                       limits={"autoattack": a.autoattack_n, "square": a.square_n}, progress=progress,
+                       limits={"autoattack": a.autoattack_n, "adaptive_autoattack": a.autoattack_n,
+                               "square": a.square_n}, progress=progress,
                        amp=a.amp, autoattack_version=a.autoattack_version)
         bar.close()
         rows[name] = res

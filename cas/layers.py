@@ -8,8 +8,9 @@ by one row of the head's weight matrix:
 * otherwise, chosen by the ``mask`` argument of the call:
   ``"pred"``  the row of the head's own predicted class (the paper's test-time rule),
   ``"label"`` the row of ``y`` (an "oracle" mask, for analysis),
-  ``"soft"``  the softmax-weighted mix of all rows, a differentiable stand-in for ``"pred"``
-  that adaptive attacks use to see through the argmax.
+  ``"soft"``  the softmax-weighted mix of all rows, ``softmax(aux_logits / temperature) @ W``, a
+  differentiable stand-in for ``"pred"`` that adaptive attacks use to see through the argmax (a
+  small temperature stays close to the argmax row, a large one mixes all rows evenly).
 
 The mask is the raw weight row (no sigmoid, no normalisation), and nothing is detached, as in the
 paper. Everything the module computes is returned; nothing is stored on it, so one instance can be
@@ -46,7 +47,8 @@ class CASModule(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(channels, num_classes)
 
-    def forward(self, f: torch.Tensor, y: torch.Tensor | None = None, mask: str = "pred") -> CASOutput:
+    def forward(self, f: torch.Tensor, y: torch.Tensor | None = None, mask: str = "pred",
+                temperature: float = 1.0) -> CASOutput:
         check_mask_mode(mask)
         pooled = f.mean(dim=(2, 3))
         aux = self.head(pooled)
@@ -58,7 +60,7 @@ class CASModule(nn.Module):
                 raise ValueError('mask="label" needs the labels y')
             m = weight[y]
         elif mask == "soft":
-            m = torch.softmax(aux.float(), dim=1).to(weight.dtype) @ weight
+            m = torch.softmax(aux.float() / temperature, dim=1).to(weight.dtype) @ weight
         else:
             m = weight[aux.argmax(dim=1)]
         m = m.to(f.dtype)

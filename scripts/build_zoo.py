@@ -85,7 +85,7 @@ def bundle_one(name: str, args, test_set) -> bool:
         return False
     x, y = test_set
     model, card = load_checkpoint(run)
-    res = evaluate(model, x, y, DEFAULT_ATTACKS, batch_size=500, limits={"autoattack": args.autoattack_n},
+    res = evaluate(model, x, y, DEFAULT_ATTACKS, batch_size=500, limits={"autoattack": args.autoattack_n, "adaptive_autoattack": args.autoattack_n},
                    autoattack_version="apgd",
                    progress=lambda key, done, total: print(f"  {name} {key}: {done}/{total}", flush=True))
     log = read_log(run_dir(name) / "log.jsonl")
@@ -94,6 +94,9 @@ def bundle_one(name: str, args, test_set) -> bool:
                 evaluation={"n": res.n, "counts": res.counts, "stderr": res.stderr, "eps": 8,
                             "subset": "first N of cas.data.test_subset (fixed seeded shuffle of the test set)",
                             "autoattack": "APGD-CE + APGD-T (9 targets, 100 iterations each) of AutoAttack",
+                            "adaptive_autoattack": "the same APGD-CE + APGD-T with gradients through the soft "
+                                                   "CAS mask at temperatures 0.1, 1 and 10, judged by the "
+                                                   "real model, per-image worst case",
                             "precision": "attacks under bf16 autocast where native, judged in fp32",
                             "flags": res.flags, "seconds": res.seconds})
     save_checkpoint(target, model, card, fp16=True)

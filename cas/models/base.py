@@ -37,13 +37,19 @@ class CASNet(nn.Module):
     """Base class: subclasses fill ``self.units`` (nn.ModuleDict, in order) and ``self.classifier``.
 
     ``arch`` and ``arch_kwargs`` record how to rebuild the model (see :mod:`cas.checkpoint`).
+    ``normalize=False`` makes the model read raw [0, 1] pixels (no CIFAR-10 mean/std), as models
+    converted from code that trained without normalisation do. A unit listed in ``self.inner_cas``
+    applies its CAS module itself, inside the unit (``unit(h, cas, y, mask, temperature)`` returns
+    ``(h, CASOutput)``); every other CAS module follows its unit.
     """
 
     arch: str = ""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, normalize: bool = True):
         super().__init__()
         self.num_classes = num_classes
+        self.normalize = normalize
+        self.inner_cas: set[str] = set()
         self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1), persistent=False)
         self.units = nn.ModuleDict()
@@ -67,40 +73,47 @@ class CASNet(nn.Module):
 
     # -- forwards ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: str = "pred",
-                return_aux: bool = False):
+                return_aux: bool = False, temperature: float = 1.0):
         """``model(x)`` -> logits. With ``return_aux=True`` -> (logits, [aux logits]).
+        ``temperature`` sets the softmax temperature of ``mask="soft"`` (see :mod:`cas.layers`).
 
         The keyword form exists so that wrappers such as DistributedDataParallel, which only see
         ``forward``, can run the CAS training forward; prefer :meth:`forward_aux` in user code.
         """
-        res = self._run(x, y, mask, details=False)
+        res = self._run(x, y, mask, details=False, temperature=temperature)
         return (res.logits, res.aux_logits) if return_aux else res.logits
 
-    def forward_aux(self, x, y=None, mask: str = "pred"):
+    def forward_aux(self, x, y=None, mask: str = "pred", temperature: float = 1.0):
         """(final logits, [auxiliary logits of each CAS module]).
 
         Training mode with ``y``: every mask is ``y``'s row. Otherwise ``mask`` picks the row:
         ``"pred"`` (paper), ``"label"`` (needs ``y``) or ``"soft"`` (differentiable mix).
         """
-        return self.forward(x, y, mask, return_aux=True)
+        return self.forward(x, y, mask, return_aux=True, temperature=temperature)
 
-    def forward_details(self, x, y=None, mask: str = "pred") -> ForwardResult:
+    def forward_details(self, x, y=None, mask: str = "pred", temperature: float = 1.0) -> ForwardResult:
         """Logits, auxiliary logits and a :class:`PointChannels` per CAS module (or, without CAS,
         for the point where a CAS module would sit)."""
-        return self._run(x, y, mask, details=True)
+        return self._run(x, y, mask, details=True, temperature=temperature)
 
-    def _run(self, x, y, mask, details: bool) -> ForwardResult:
+    def _run(self, x, y, mask, details: bool, temperature: float = 1.0) -> ForwardResult:
         check_mask_mode(mask)
+        if not temperature > 0:
+            raise ValueError(f"the soft mask's temperature must be positive, got {temperature}")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
-        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype) if self.normalize else x
         aux_list: list[torch.Tensor] = []
         detail_list: list[PointChannels] = []
         for name, unit in self.units.items():
-            h = unit(h)
+            if name in self.inner_cas:
+                h, o = unit(h, self.cas[name], y, mask, temperature)
+            else:
+                h = unit(h)
+                if name in self.cas:
+                    o = self.cas[name](h, y, mask, temperature)
+                    h = o.out
             if name in self.cas:
-                o = self.cas[name](h, y, mask)
-                h = o.out
                 aux_list.append(o.aux_logits)
                 if details:
                     detail_list.append(PointChannels(name, o.pooled, o.mask, o.pooled * o.mask,

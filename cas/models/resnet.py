@@ -33,8 +33,8 @@ class ResNet18(CASNet):
     DEFAULT_CAS = ("layer4_0", "layer4_1")
 
     def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True,
-                 cas_points=None):
-        super().__init__(num_classes)
+                 cas_points=None, normalize: bool = True):
+        super().__init__(num_classes, normalize)
         if width < 1:
             raise ValueError("width must be a positive integer")
         channels_of = {}
@@ -54,4 +54,4 @@ class ResNet18(CASNet):
         self._add_cas(points, channels_of)
         self._report_point = points[-1] if points else "layer4_1"
         self.arch_kwargs = {"num_classes": num_classes, "width": width, "cas": cas,
-                            "cas_points": points or None}
+                            "cas_points": points or None, "normalize": normalize}

@@ -18,23 +18,28 @@ class PreActBlock(nn.Module):
         if stride != 1 or cin != cout:
             self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, cas=None, y=None, mask="pred", temperature=1.0):
+        """``block(x)``; with a CAS module ``cas``, the module masks the residual branch after the
+        first BN-ReLU (the CAS authors' WRN) and the call returns ``(out, CASOutput)``."""
         o = F.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(o)
-        o = self.conv1(o)
-        o = self.conv2(F.relu(self.bn2(o)))
-        return o + shortcut
+        c = cas(o, y, mask, temperature) if cas is not None else None
+        o = self.conv1(o if c is None else c.out)
+        o = self.conv2(F.relu(self.bn2(o))) + shortcut
+        return o if c is None else (o, c)
 
 
 class WideResNet(CASNet):
     """WRN-depth-widen (registry name ``wrn``). CAS (default) on the last unit of the third stage and
-    after the final BN-ReLU, as in the paper."""
+    after the final BN-ReLU, as in the paper. ``cas_in_branch=True`` puts the CAS module of a block
+    point inside the block, on its residual branch after the first BN-ReLU, where the CAS authors'
+    code has it (:mod:`cas.convert`); by default it follows the block."""
 
     arch = "wrn"
 
     def __init__(self, num_classes: int = 10, depth: int = 34, widen_factor: int = 10, cas: bool = True,
-                 cas_points=None):
-        super().__init__(num_classes)
+                 cas_points=None, normalize: bool = True, cas_in_branch: bool = False):
+        super().__init__(num_classes, normalize)
         if (depth - 4) % 6:
             raise ValueError("WideResNet depth must be 6n + 4")
         n = (depth - 4) // 6
@@ -53,10 +58,15 @@ class WideResNet(CASNet):
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
         default = (f"block3_{n - 1}", "final")
         points = list(cas_points or default) if cas else []
+        if cas_in_branch:  # the module sees the block's input channels
+            channels_of.update({f"block{s + 1}_{i}": widths[s + 1] if i else widths[s] for s in range(3)
+                                for i in range(n)})
+            self.inner_cas = {p for p in points if p.startswith("block")}
         self._add_cas(points, channels_of)
         self._report_point = points[-1] if points else "final"
         self.arch_kwargs = {"num_classes": num_classes, "depth": depth, "widen_factor": widen_factor,
-                            "cas": cas, "cas_points": points or None}
+                            "cas": cas, "cas_points": points or None, "normalize": normalize,
+                            "cas_in_branch": cas_in_branch}
 
 
 def wrn34_10(**kwargs) -> WideResNet:
