@@ -153,6 +153,24 @@ def sanity_flags(acc: dict[str, float], has_cas: bool) -> list[str]:
     return flags
 
 
+def _curve_budgets(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --curve-eps takes numbers separated by commas, got {text!r}") from None
+    if not 1 <= len(values) <= 8 or not all(0 <= v <= 64 for v in values):
+        raise SystemExit("error: --curve-eps takes 1 to 8 budgets, each between 0 and 64 (/255)")
+    return [v / 255 for v in sorted(set(values))]
+
+
+def _write_text(path, text: str) -> None:
+    from pathlib import Path
+
+    from .checkpoint import atomic_write
+
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def markdown_table(rows: dict[str, EvalResult]) -> str:
     keys = []
     for r in rows.values():
@@ -191,7 +209,21 @@ def main(argv=None):
     ap.add_argument("--autoattack-version", default="standard", choices=["standard", "apgd"],
                     help="standard AutoAttack, or its APGD-CE + APGD-T only (much faster on a CPU)")
     ap.add_argument("--write-card", action="store_true", help="store the accuracies in each checkpoint's card")
+    ap.add_argument("--report", default=None, metavar="FILE.html",
+                    help="write a self-contained HTML report (one model): card, table with standard errors, "
+                         "sanity flags, accuracy-vs-eps curves and the number to trust")
+    ap.add_argument("--curve-n", type=int, default=100, help="images for the report's accuracy-vs-eps curves")
+    ap.add_argument("--curve-eps", default="0,2,4,8,12",
+                    help="the report's budgets in /255, comma-separated (at most 8, each in [0, 64])")
     a = ap.parse_args(argv)
+    curve_eps = _curve_budgets(a.curve_eps)
+    if a.report and len(a.models) != 1:
+        raise SystemExit("error: --report writes one model's report; give exactly one model")
+    for flag, v, hi in (("--n", a.n, 10000), ("--autoattack-n", a.autoattack_n, 10000),
+                        ("--square-n", a.square_n, 10000), ("--curve-n", a.curve_n, 10000),
+                        ("--batch-size", a.batch_size, 10000)):
+        if not 1 <= v <= hi:
+            raise SystemExit(f"error: {flag} must be between 1 and {hi}, got {v}")
     attacks = [s.strip() for s in a.attacks.split(",") if s.strip()]
     bad = [s for s in attacks if s not in EVALUATED]
     if bad:
@@ -228,6 +260,15 @@ def main(argv=None):
               + f"  [{sum(res.seconds.values()):.1f} s]", file=sys.stderr)
         for f in res.flags:
             print(f"\n  !!! SANITY FLAG ({name}): {f}\n", file=sys.stderr)
+        if a.report:
+            from .report import measure_curves, render
+
+            xc, yc = x[:a.curve_n].to(device), y[:a.curve_n].to(device)
+            curves = measure_curves(model, xc, yc, curve_eps, amp=a.amp,
+                                    progress=lambda label: print(f"{name}: curve {label}", file=sys.stderr))
+            _write_text(a.report, render({**card, "name": card.get("name") or name}, res, a.eps / 255, curves,
+                                         curve_eps, len(yc)))
+            print(f"wrote {a.report}", file=sys.stderr)
         if a.write_card:
             update_card(path, accuracy=res.accuracy,
                         evaluation={"n": res.n, "counts": res.counts, "eps": a.eps, "seconds": res.seconds,

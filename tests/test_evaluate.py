@@ -2,8 +2,11 @@
 import subprocess
 import sys
 
+import pytest
+import torch
 
-from cas import read_card
+from cas import create_model, read_card
+from cas.attacks import run_attack
 from cas.evaluate import evaluate, markdown_table, sanity_flags
 
 
@@ -58,3 +61,72 @@ def test_cli_writes_the_card(standin_pretrained, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "cas.evaluate", str(tmp_path / "none.safetensors")],
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_adaptive_autoattack_is_at_least_as_strong_as_soft_mask_pgd_and_autoattack(standin_pretrained):
+    """Same images, the CAS stand-in: the adaptive AutoAttack leaves no more images correct than soft-mask
+    PGD-20 or plain AutoAttack (APGD-CE + APGD-T), and its evaluation column and worst case are filled."""
+    from cas import data, load_checkpoint
+
+    model, _ = load_checkpoint(standin_pretrained / "at-cas.safetensors")
+    x, y = data.test_subset(64)
+    res = evaluate(model, x, y, ["soft_mask_pgd", "autoattack", "adaptive_autoattack"], batch_size=64,
+                   autoattack_version="apgd")
+    acc = res.accuracy
+    assert acc["adaptive_autoattack"] <= min(acc["soft_mask_pgd20"], acc["autoattack"]), acc
+    assert acc["adaptive_autoattack"] < acc["clean"], acc  # it does break images
+    assert acc["worst_case"] <= acc["adaptive_autoattack"] and res.counts["adaptive_autoattack"] == 64
+    # on a model without CAS it is AutoAttack's APGD-CE + APGD-T on the logits
+    plain, _ = load_checkpoint(standin_pretrained / "at.safetensors")
+    xf = x[:16].float() / 255
+    a = run_attack("adaptive_autoattack", plain, xf, y[:16])
+    b = run_attack("autoattack", plain, xf, y[:16], version="apgd")
+    with torch.no_grad():
+        assert torch.equal(plain(a).argmax(1) == y[:16], plain(b).argmax(1) == y[:16])
+
+
+def test_soft_mask_temperature():
+    """A small temperature gives (nearly) the argmax mask; a large one the mean of all rows."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=4).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        pred = model.forward_details(x).details[-1].mask
+        cold = model.forward_details(x, mask="soft", temperature=1e-4).details[-1].mask
+        hot = model.forward_details(x, mask="soft", temperature=1e4).details[-1].mask
+    assert torch.allclose(cold, pred, atol=1e-5)
+    assert torch.allclose(hot, model.cas[model.cas_points[-1]].head.weight.mean(0).expand_as(hot), atol=1e-3)
+    with pytest.raises(ValueError, match="temperature"):
+        model(x, mask="soft", temperature=0.0)
+
+
+def test_report_is_written_and_readable(standin_pretrained, tmp_path):
+    """`--report`: one self-contained page with the table (n, standard errors), the flags, the curves and
+    the number to trust; the figures on the page are the evaluator's."""
+    from html.parser import HTMLParser
+
+    out = tmp_path / "report.html"
+    res = subprocess.run([sys.executable, "-m", "cas.evaluate", str(standin_pretrained / "at-cas.safetensors"),
+                          "--n", "24", "--autoattack-n", "12", "--attacks", "pgd,soft_mask_pgd,adaptive_autoattack",
+                          "--report", str(out), "--curve-n", "8", "--curve-eps", "0,8", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    page = out.read_text()
+    texts = []
+
+    class Text(HTMLParser):
+        def handle_data(self, data):
+            texts.append(data.strip())
+
+    Text().feed(page)
+    text = " ".join(t for t in texts if t)
+    assert "The number to trust." in text and "Trust the per-image worst case" in text
+    for column in ("clean", "PGD-20", "soft-mask PGD-20", "adaptive AutoAttack", "worst case", "standard error"):
+        assert column in text, column
+    assert "Accuracy vs ε" in text and "Plain PGD" in text and "Adaptive AutoAttack" in page
+    assert 'src="http' not in page and "<script" in page  # the chart library is embedded: nothing to fetch
+    worst = [line for line in res.stdout.splitlines() if line.startswith("| ")][-1].split("|")[-2].strip()
+    assert f"{float(worst.split()[0]):.2f}" in text
+    two = subprocess.run([sys.executable, "-m", "cas.evaluate", "a", "b", "--report", str(out)],
+                         capture_output=True, text=True)
+    assert two.returncode != 0 and "exactly one model" in two.stderr
