@@ -89,7 +89,8 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
     if adaptive:
         res.counts["adaptive_pgd20"] = min(res.counts[k] for k in adaptive)
     res.stderr = {k: standard_error(v, res.counts.get(k, n)) for k, v in res.accuracy.items()}
-    res.flags = sanity_flags(res.accuracy, getattr(model, "has_cas", False))
+    same_images = {k: round(100 * float(correct[k][:common].float().mean()), 2) for k in seen}
+    res.flags = sanity_flags(res.accuracy, getattr(model, "has_cas", False), same_images, common)
     return res
 
 
@@ -129,21 +130,26 @@ def standard_error(percent: float, n: int) -> float:
     return round(100 * (p * (1 - p) / max(n, 1)) ** 0.5, 2)
 
 
-def sanity_flags(acc: dict[str, float], has_cas: bool) -> list[str]:
-    """Plain-language warnings about numbers that cannot all be right."""
+def sanity_flags(acc: dict[str, float], has_cas: bool, same_images: dict[str, float] | None = None,
+                 n_same: int | None = None) -> list[str]:
+    """Plain-language warnings about numbers that cannot all be right. ``same_images`` (accuracies on
+    the ``n_same`` images every attack saw) is what attacks are compared on when given, so that an attack
+    run on fewer images is not compared with one run on more."""
     flags = []
     clean = acc.get("clean")
     for key, v in acc.items():
         if key != "clean" and clean is not None and v > clean + 1e-9:
             flags.append(f"{key} accuracy {v:.2f}% is ABOVE clean accuracy {clean:.2f}%: the attack is "
                          "failing to find adversarial examples (gradient masking?)")
-    ranked = [s for s in ATTACKS.values() if s.strength is not None and s.card_key in acc]
+    pair_acc = same_images or acc
+    where = f" on the {n_same} images both saw" if same_images and n_same else ""
+    ranked = [s for s in ATTACKS.values() if s.strength is not None and s.card_key in pair_acc]
     for weak in ranked:
         for strong in ranked:
-            a, b = acc[weak.card_key], acc[strong.card_key]
+            a, b = pair_acc[weak.card_key], pair_acc[strong.card_key]
             if weak.strength < strong.strength and b > a + 1.0:
                 flags.append(f"the stronger attack {strong.card_key} ({b:.2f}%) leaves more images correct "
-                             f"than the weaker {weak.card_key} ({a:.2f}%)")
+                             f"than the weaker {weak.card_key} ({a:.2f}%){where}")
     if has_cas and "pgd20" in acc and "adaptive_pgd20" in acc:
         gap = acc["pgd20"] - acc["adaptive_pgd20"]
         if gap > MASKING_GAP:

@@ -20,6 +20,12 @@ def test_sanity_flags_catch_impossible_numbers():
     assert any("stronger attack pgd20" in f for f in sanity_flags({**ok, "fgsm": 40.0}, False))
     # a plain model has no adaptive attacks to compare with
     assert sanity_flags({"clean": 80.0, "pgd20": 40.0}, has_cas=False) == []
+    # attacks run on different numbers of images are compared on the images both saw
+    uneven = {**ok, "adaptive_autoattack": 46.0}  # on 500 images, soft-mask PGD on 1,000
+    assert any("stronger attack adaptive_autoattack" in f for f in sanity_flags(uneven, True))
+    same = {**ok, "soft_mask_pgd20": 47.0, "autoattack": 47.0, "adaptive_autoattack": 46.0}
+    assert sanity_flags(uneven, True, same, 500) == []
+    assert "on the 500 images both saw" in sanity_flags(uneven, True, {**same, "adaptive_autoattack": 49.0}, 500)[0]
 
 
 def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):

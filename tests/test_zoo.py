@@ -57,7 +57,14 @@ def test_the_zoo_is_complete_and_small():
             n = ev["counts"][key]
             assert ev["stderr"][key] == pytest.approx(100 * math.sqrt(acc / 100 * (1 - acc / 100) / n), abs=0.01)
         if card["cas"]:
-            assert {"pgd20", "joint_pgd20", "soft_mask_pgd20"} <= set(card["accuracy"])
+            assert {"pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_autoattack"} <= set(card["accuracy"])
+            acc = card["accuracy"]
+            assert ev["counts"]["adaptive_autoattack"] >= 500
+            # the adaptive AutoAttack is the strongest attack on a CAS model: at most one standard error
+            # above plain AutoAttack and soft-mask PGD-20, and the worst case covers it
+            assert acc["adaptive_autoattack"] <= min(acc["autoattack"], acc["soft_mask_pgd20"]) + \
+                ev["stderr"]["adaptive_autoattack"]
+            assert acc["worst_case"] <= acc["adaptive_autoattack"]
 
 
 @pytest.mark.parametrize("name", ZOO)
