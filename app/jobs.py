@@ -16,6 +16,7 @@ for example a run trained on the command line, with neither a live job nor a fin
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -33,6 +34,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 NAME_MAX = 64
 JOB_FILE, OUTPUT_FILE, LOG_FILE, STOP_FILE = "job.json", "train.out", "log.jsonl", "STOP"
 STATUSES = ("running", "finished", "stopped", "failed", "unknown")
+MAX_RUNNING = 2  # training jobs running at once (each uses every core it is given)
+LOCK_FILE = ".jobs.lock"
 
 # Popen objects of the jobs this process started, by pid: polling them collects finished children,
 # so they do not linger as zombie processes while the app keeps running.
@@ -78,7 +81,9 @@ def pid_alive(pid: int | None, out: Path | None = None) -> bool:
     if not pid:
         return False
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is not None:
+        if child.poll() is None:
+            return True  # started by this process and not finished (its command line may not show yet)
         _children.pop(pid, None)
         return False
     proc = Path("/proc")
@@ -101,23 +106,82 @@ def pid_alive(pid: int | None, out: Path | None = None) -> bool:
 
 
 def read_job(out: Path) -> dict | None:
-    """The run's ``job.json`` (None if it was not started from the app or the file is unreadable)."""
+    """The run's ``job.json`` (None if it was not started from the app or the file is unreadable).
+    Fields of the wrong type (a damaged or edited file) are dropped."""
     try:
         job = json.loads((Path(out) / JOB_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
-    return job if isinstance(job, dict) else None
+    if not isinstance(job, dict):
+        return None
+    if isinstance(job.get("pid"), bool) or not isinstance(job.get("pid"), int):
+        job["pid"] = None
+    if isinstance(job.get("started"), bool) or not isinstance(job.get("started"), (int, float)):
+        job["started"] = None
+    for key, kind in (("config", dict), ("command", list), ("started_text", str)):
+        if key in job and not isinstance(job[key], kind):
+            del job[key]
+    return job
 
 
 def _write_job(out: Path, job: dict) -> None:
     atomic_write(out / JOB_FILE, lambda tmp: Path(tmp).write_text(json.dumps(job, indent=2)))
 
 
+class JobLimitError(ValueError):
+    """Too many training jobs are running; the message names them."""
+
+
+def limit_message(running: list[str]) -> str:
+    return (f"{len(running)} training runs are already running ({', '.join(running)}); at most {MAX_RUNNING} "
+            "may run at once. Wait for one to finish, or stop one, then start again.")
+
+
+class _jobs_lock:
+    """An exclusive lock on the runs folder, held across processes (several app servers may share it)."""
+
+    def __enter__(self):
+        root = runs_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        self.fh = open(root / LOCK_FILE, "a")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def running_names() -> list[str]:
+    """Names of the runs whose trainer process is alive now."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    names = []
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and name_problem(d.name) is None:
+            job = read_job(d)
+            if job and pid_alive(job.get("pid"), d):
+                names.append(d.name)
+    return names
+
+
 def start(name: str, cfg: TrainConfig, resume: bool = False) -> dict:
     """Start the trainer for run ``name`` with settings ``cfg`` in the background; returns the job
     record written to ``job.json``. With ``resume`` the trainer continues from the run's last finished
-    epoch. The settings become command-line arguments here, where the process starts, and nowhere else."""
+    epoch. The settings become command-line arguments here, where the process starts, and nowhere else.
+    Raises :class:`JobLimitError` when :data:`MAX_RUNNING` other runs are running, and ValueError for
+    settings the trainer would refuse."""
     out = run_dir(name)
+    with _jobs_lock():  # one start at a time, so that two clicks cannot both pass the limit
+        others = [n for n in running_names() if n != name]
+        if len(others) >= MAX_RUNNING:
+            raise JobLimitError(limit_message(others))
+        return _start(name, out, cfg, resume)
+
+
+def _start(name: str, out: Path, cfg: TrainConfig, resume: bool) -> dict:
+    cfg.validate()
     out.mkdir(parents=True, exist_ok=True)
     (out / STOP_FILE).unlink(missing_ok=True)
     cfg = replace(cfg, out=str(out), progress=False, resume=resume)
@@ -243,6 +307,16 @@ def run_info(name: str) -> RunInfo:
     return RunInfo(name, out, status(name), read_log(out / LOG_FILE), cfg.epochs if cfg else None, job)
 
 
+def _last_change(d: Path) -> float:
+    times = []
+    for f in (JOB_FILE, LOG_FILE, "config.json", "best.safetensors"):
+        try:
+            times.append((d / f).stat().st_mtime)
+        except OSError:  # absent, or removed meanwhile
+            pass
+    return max(times, default=0.0)
+
+
 def list_runs() -> list[RunInfo]:
     """Every run folder (one holding a job record or trainer files), newest first."""
     root = runs_dir()
@@ -253,9 +327,7 @@ def list_runs() -> list[RunInfo]:
         if d.is_dir() and name_problem(d.name) is None and any(
                 (d / f).exists() for f in (JOB_FILE, LOG_FILE, "config.json", "best.safetensors")):
             found.append(d)
-    found.sort(key=lambda d: max((d / f).stat().st_mtime for f in (JOB_FILE, LOG_FILE, "config.json",
-                                                                     "best.safetensors") if (d / f).exists()),
-               reverse=True)
+    found.sort(key=_last_change, reverse=True)
     return [run_info(d.name) for d in found]
 
 
@@ -265,11 +337,15 @@ def start_problem(name: str) -> tuple[str | None, RunInfo | None]:
     if problem:
         return problem, None
     out = run_dir(name)
+    busy = [n for n in running_names() if n != name]
+    limit = limit_message(busy) if len(busy) >= MAX_RUNNING else None
     if not out.exists():
-        return None, None
+        return limit, None
     info = run_info(name)
     if info.status == "running":
         return f"A run called '{name}' is already running. Stop it first, or choose another name.", info
+    if limit:
+        return limit, info
     if info.can_resume:
         return (f"A run called '{name}' already exists ({info.status} after {info.done} of "
                 f"{info.total_epochs or '?'} epochs). Resume it, or choose another name.", info)

@@ -20,12 +20,15 @@ if str(ROOT) not in sys.path:  # so that `import cas` and `import app.common` wo
 
 import streamlit as st  # noqa: E402
 
+from app.common import presentation  # noqa: E402
 from app.common.url_state import keep_widget_state  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
-# (view file, title, icon, url path); the first page is the default one. Each file holds its page as a
-# function, page(), which it runs when Streamlit runs the file (so AppTest can switch pages by file).
+# (view file, title, icon, url path), in the navigation's order; DEFAULT_PAGE opens at the bare address.
+# Each file holds its page as a function, page(), which it runs when Streamlit runs the file (so AppTest
+# can switch pages by file).
 PAGE_LIST = [
+    ("lecture.py", "Lecture", ":material/school:", "lecture"),
     ("attack_lab.py", "Attack Lab", ":material/target:", "attack_lab"),
     ("compare.py", "Compare", ":material/compare:", "compare"),
     ("channel_stats.py", "Channel statistics", ":material/bar_chart:", "channel_stats"),
@@ -33,14 +36,22 @@ PAGE_LIST = [
     ("train.py", "Train", ":material/model_training:", "train"),
 ]
 
-st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide")
-keep_widget_state(("lab_", "cmp_", "stats_", "rob_", "train_"))  # settings survive a visit to another page
+DEFAULT_PAGE = "attack_lab"
 
-pages = [st.Page(VIEWS / file, title=title, icon=icon, url_path=url, default=i == 0)
-         for i, (file, title, icon, url) in enumerate(PAGE_LIST)]
+present = presentation.start()  # ?present=1: presentation mode (sidebar folded, large text and charts)
+st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide",
+                   initial_sidebar_state="collapsed" if present else "auto")
+keep_widget_state(("lab_", "cmp_", "stats_", "rob_", "train_", "lec_"))  # settings survive a visit to another page
+
+pages = [st.Page(VIEWS / file, title=title, icon=icon, url_path=url, default=url == DEFAULT_PAGE)
+         for file, title, icon, url in PAGE_LIST]
 
 with st.sidebar:
     st.markdown("### :material/neurology: CAS Lab\n"
                 "Adversarial examples and Channel-wise Activation Suppressing on CIFAR-10.")
+    presentation.switch()
 
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+finally:  # also after a page's st.stop(): pages rewrite the URL's parameters, the mode stays in it
+    presentation.keep_in_url()

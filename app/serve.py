@@ -3,12 +3,21 @@
 ``streamlit run app/main.py`` imports a page's libraries (PyTorch, pandas, Plotly, about 1.5 s on a
 laptop CPU) only when the first visitor arrives. This launcher imports them first and then hands over
 to ``streamlit run``, so that once the server answers, the first page is drawn in about two seconds.
+
+The server answers this machine only (``localhost``) unless an address is given: a
+``--server.address`` option (``--server.address 0.0.0.0`` opens it to the network), the
+``STREAMLIT_SERVER_ADDRESS`` variable, or ``server.address`` in a Streamlit config file.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: config files are not read here, so the defaults apply
+    tomllib = None
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see app/main.py)
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,14 +27,52 @@ if str(ROOT) not in sys.path:
 import pandas  # noqa: E402,F401
 import plotly.graph_objects  # noqa: E402,F401
 import torch  # noqa: E402,F401
+from streamlit import net_util  # noqa: E402
 from streamlit.web import cli  # noqa: E402
 
 import cas  # noqa: E402,F401
 from app.common import figures, lab  # noqa: E402,F401
 
 
+# settings this launcher supplies unless the user sets them: serve this machine only, send nothing
+DEFAULTS = {"server.address": "localhost", "browser.gatherUsageStats": "false"}
+
+
+def _config_files_set(option: str) -> bool:
+    """Whether a Streamlit config file (the user's, or the one in the working folder) sets ``option``."""
+    if tomllib is None:
+        return False
+    section, name = option.split(".")
+    for f in (Path.home() / ".streamlit" / "config.toml", Path.cwd() / ".streamlit" / "config.toml"):
+        try:
+            if name in tomllib.loads(f.read_text()).get(section, {}):
+                return True
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+    return False
+
+
+def is_set(option: str, args: list[str]) -> bool:
+    """Whether the command line, the environment or a Streamlit config file sets ``option``."""
+    flag = "--" + option
+    if any(a == flag or a.startswith(flag + "=") for a in args):
+        return True
+    if os.environ.get("STREAMLIT_" + option.replace(".", "_").upper()):
+        return True
+    return _config_files_set(option)
+
+
+def streamlit_args(args: list[str]) -> list[str]:
+    """The ``streamlit run`` arguments: the app, :data:`DEFAULTS` the user left unset, then ``args``."""
+    extra = [a for option, value in DEFAULTS.items() if not is_set(option, args) for a in ("--" + option, value)]
+    return ["run", str(ROOT / "app" / "main.py"), *extra, *args]
+
+
 def main() -> None:
-    sys.argv = ["streamlit", "run", str(ROOT / "app" / "main.py"), *sys.argv[1:]]
+    # Streamlit asks an internet service for this machine's public address to print it when the app is
+    # open to the network; nothing here may reach the internet, so that line is left out
+    net_util.get_external_ip = lambda: None
+    sys.argv = ["streamlit", *streamlit_args(sys.argv[1:])]
     sys.exit(cli.main())
 
 

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -32,7 +33,10 @@ def runs_dir() -> Path:
     """Where training runs go (``CAS_RUNS_DIR`` overrides ``runs/``); each run's best checkpoint is
     ``<runs>/<name>/best.safetensors``."""
     return Path(os.environ.get("CAS_RUNS_DIR", _REPO / "runs"))
+
+
 MAX_CHECKPOINT_BYTES = 2 * 1024**3  # far above any CIFAR model; refuses accidental huge files
+MAX_HEADER_BYTES = 16 * 1024**2  # a WRN-34-10's header is about 20 kB
 
 
 class CheckpointError(ValueError):
@@ -75,7 +79,8 @@ _UMASK = _read_umask()
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write through a temporary file in the same folder, flush it to disk, then rename: readers never
+    see half a file, and a process killed at any moment leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -83,6 +88,11 @@ def atomic_write(path: Path, write) -> None:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; the result gets the usual mode
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -103,24 +113,35 @@ def save_checkpoint(path, model: CASNet, card: dict | None = None, fp16: bool = 
     return Path(path)
 
 
+def _read_header(path: Path) -> dict:
+    """The safetensors header (tensor names, dtypes, shapes, offsets and metadata), read as JSON only."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        if 0 < n <= size - 8 and n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path.name}: its safetensors header is {n / 1024**2:.0f} MB; CAS Lab "
+                                  f"checkpoints have headers under {MAX_HEADER_BYTES // 1024**2} MB")
+        try:
+            if n <= 0 or n > size - 8:
+                raise ValueError
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise CheckpointError(_not_safetensors(path)) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(_not_safetensors(path))
+    return header
+
+
 def read_card(path) -> dict:
     """The model card stored in a checkpoint, without loading the weights."""
     path = _check_file(Path(path))
-    try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if n <= 0 or n > min(100 * 1024**2, path.stat().st_size - 8):
-                raise ValueError
-            header = json.loads(fh.read(n))
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(_not_safetensors(path)) from None
-    meta = header.get("__metadata__") or {}
-    if CARD_KEY not in meta:
+    meta = _read_header(path).get("__metadata__") or {}
+    if not isinstance(meta, dict) or CARD_KEY not in meta:
         raise CheckpointError(f"{path.name} is a safetensors file but has no CAS Lab model card, so the "
                               "model cannot be rebuilt. Save checkpoints with cas.save_checkpoint.")
     try:
         card = json.loads(meta[CARD_KEY])
-    except json.JSONDecodeError:
+    except (TypeError, ValueError, RecursionError):
         raise CheckpointError(f"{path.name}: its model card is not valid JSON") from None
     if not isinstance(card, dict) or "arch" not in card:
         raise CheckpointError(f"{path.name}: its model card has no 'arch' field")
@@ -141,30 +162,55 @@ def update_card(path, **fields) -> dict:
     return card
 
 
-def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
-    """Rebuild the model described by the checkpoint's card and load its weights (as float32)."""
-    path = Path(path)
-    card = read_card(path)
-    if card["arch"] not in list_models():
-        raise CheckpointError(f"{path.name}: unknown architecture {card['arch']!r} "
+# what a card may ask for: integers in these ranges (a lying card must not make a giant model)
+ARCH_LIMITS = {"width": (1, 1024), "depth": (4, 106), "widen_factor": (1, 20), "num_classes": (2, 1000)}
+# safetensors dtypes accepted for floating-point and for integer tensors (batch-norm counters)
+FLOAT_DTYPES, INT_DTYPES = ("F32", "F16", "BF16"), ("I64", "I32")
+
+
+def _model_for(path: Path, card: dict) -> tuple[CASNet, dict]:
+    """The model the card describes, built on the meta device (no memory for its weights), and the
+    arguments that build it."""
+    arch = card["arch"]
+    if not isinstance(arch, str) or arch not in list_models():
+        raise CheckpointError(f"{path.name}: unknown architecture {arch!r} "
                               f"(this version knows {', '.join(list_models())})")
-    kwargs = dict(card.get("arch_kwargs") or {})
+    kwargs = card.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path.name}: its card's architecture arguments are not a mapping")
+    kwargs = dict(kwargs)
     if "cas_positions" in kwargs:  # the name of cas_points in cards written before version 0.2
         kwargs["cas_points"] = kwargs.pop("cas_positions")
+    for key, (low, high) in ARCH_LIMITS.items():
+        v = kwargs.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high):
+            raise CheckpointError(f"{path.name}: its card asks for {key} = {v!r}; allowed: whole numbers "
+                                  f"from {low} to {high}")
     try:
-        model = create_model(card["arch"], **kwargs)
-    except (TypeError, ValueError) as e:
+        with torch.device("meta"):
+            return create_model(arch, **kwargs), kwargs
+    except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path.name}: its card's architecture arguments are invalid: {e}") from None
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{_not_safetensors(path)} ({e})") from None
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
+
+
+def _check_tensors(path: Path, card: dict, header: dict, own: dict) -> None:
+    """Names, shapes and dtypes in the file's header against the model's; raises CheckpointError."""
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not all(isinstance(v, dict) for v in tensors.values()):
+        raise CheckpointError(_not_safetensors(path))
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes, dtypes = [], []
+    for k, v in own.items():
+        if k not in tensors:
+            continue
+        shape, dtype = tensors[k].get("shape"), tensors[k].get("dtype")
+        if not isinstance(shape, list) or tuple(shape) != tuple(v.shape):
+            shapes.append(f"{k}: file {tuple(shape) if isinstance(shape, list) else shape} "
+                          f"vs model {tuple(v.shape)}")
+        elif dtype not in (FLOAT_DTYPES if v.is_floating_point() else INT_DTYPES):
+            dtypes.append(f"{k} is {dtype}")
+    if missing or unexpected or shapes or dtypes:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
@@ -172,8 +218,32 @@ def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+        if dtypes:
+            parts.append(f"{len(dtypes)} tensors of a wrong dtype (e.g. {dtypes[0]}; weights must be "
+                         f"{', '.join(FLOAT_DTYPES)})")
         raise CheckpointError(f"{path.name}: weights do not match the {card['arch']} its card describes: "
                               + "; ".join(parts))
+
+
+def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
+    """Rebuild the model described by the checkpoint's card and load its weights (as float32).
+
+    Everything is checked before weights are read: the card's architecture and its arguments, and
+    every tensor's name, shape and dtype; then every weight must be a finite number. Any problem
+    raises :class:`CheckpointError` naming it."""
+    path = Path(path)
+    card = read_card(path)
+    meta_model, kwargs = _model_for(path, card)
+    _check_tensors(path, card, _read_header(path), meta_model.state_dict())
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{_not_safetensors(path)} ({e})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path.name}: {len(bad)} tensors hold NaN or infinite values (e.g. "
+                              f"{', '.join(bad[:3])}); the run that saved it probably diverged")
+    model = create_model(card["arch"], **kwargs)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.to(device).eval()
     return model, card

@@ -25,6 +25,17 @@ from .cli import HelpFormatter
 
 from .data import CLASSES
 NATURAL, ADVERSARIAL = "#1f77b4", "#d62728"
+BOOTSTRAP = 200  # resamples of the images for the standard errors and intervals
+FIGURES = ("mean_magnitude", "active_share", "uniformity")
+# human names of the summary table's columns (the CSV and JSON keep the short keys)
+COLUMN_LABELS = {
+    "model": "Model", "point": "CAS point", "stage": "Stage", "images": "Images", "attack": "Attack",
+    "clean_acc": "Clean acc. (%)", "adv_acc": "Attacked acc. (%)",
+    "mean_magnitude_nat": "Magnitude, clean", "mean_magnitude_adv": "Magnitude, attacked",
+    "active_share_nat": "Channels on, clean", "active_share_adv": "Channels on, attacked",
+    "uniformity_nat": "Uniformity, clean", "uniformity_adv": "Uniformity, attacked",
+}
+COLUMN_LABELS.update({f"{k}_se": "± SE" for k in list(COLUMN_LABELS) if k.endswith(("_nat", "_adv"))})
 
 
 @dataclass
@@ -73,23 +84,50 @@ def channel_statistics(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str =
     return ModelStats(name, attack, n, accuracy(nat.logits), accuracy(adv.logits), points)
 
 
+def resamples(n: int, b: int = BOOTSTRAP, seed: int = 0) -> torch.Tensor:
+    """(b, n) image indices drawn with replacement: the bootstrap's resamples, fixed by ``seed`` so the
+    same images are drawn for every model and stage (the models saw the same images)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, max(n, 1), (b, n), generator=gen)
+
+
+def bootstrap(values: torch.Tensor, threshold: float = 0.01, draws: torch.Tensor | None = None) -> dict:
+    """Each figure of :func:`cas.analysis.summary` on every resample of the images: name -> (b,) tensor.
+    Per-image figures are computed once; a resample only reweights the images (how often it drew each)."""
+    draws = resamples(values.shape[0]) if draws is None else draws
+    b, n = draws.shape
+    weights = torch.zeros(b, values.shape[0], dtype=torch.float64)
+    weights.scatter_add_(1, draws, torch.ones(b, n, dtype=torch.float64))
+    act = analysis.activated(values, threshold).double()
+    magnitude = values.abs().double().mean(1)
+    counts = weights @ act  # (b, K): images activating each channel, per resample
+    p = counts / counts.sum(1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * p.clamp_min(1e-300).log()).sum(1)
+    k = values.shape[1]
+    return {"mean_magnitude": weights @ magnitude / n,
+            "active_share": weights @ act.mean(1) / n,
+            "uniformity": entropy / torch.log(torch.tensor(float(k))) if k > 1 else torch.zeros(b)}
+
+
 def summary_rows(stats: ModelStats, threshold: float = 0.01) -> list[dict]:
-    """One row per (CAS point, before/after the mask): the summary figures, natural vs adversarial."""
+    """One row per (CAS point, before/after the mask): the summary figures, natural vs adversarial, each
+    with its bootstrap standard error over the images (``*_se``)."""
     rows = []
+    draws = resamples(stats.n)
     for p in stats.points:
         stages = [("before mask", p.natural_before, p.adversarial_before)]
         if p.has_mask:
             stages.append(("after mask", p.natural_after, p.adversarial_after))
         for stage, nat, adv in stages:
             sn, sa = analysis.summary(nat, threshold), analysis.summary(adv, threshold)
-            rows.append({
-                "model": stats.model, "point": p.name, "stage": stage, "images": stats.n,
-                "attack": stats.attack, "clean_acc": round(stats.clean_accuracy, 2),
-                "adv_acc": round(stats.adversarial_accuracy, 2),
-                "mean_magnitude_nat": sn["mean_magnitude"], "mean_magnitude_adv": sa["mean_magnitude"],
-                "active_share_nat": sn["active_share"], "active_share_adv": sa["active_share"],
-                "uniformity_nat": sn["uniformity"], "uniformity_adv": sa["uniformity"],
-            })
+            bn, ba = bootstrap(nat, threshold, draws), bootstrap(adv, threshold, draws)
+            row = {"model": stats.model, "point": p.name, "stage": stage, "images": stats.n,
+                   "attack": stats.attack, "clean_acc": round(stats.clean_accuracy, 2),
+                   "adv_acc": round(stats.adversarial_accuracy, 2)}
+            for k in FIGURES:
+                row.update({f"{k}_nat": sn[k], f"{k}_nat_se": float(bn[k].std()),
+                            f"{k}_adv": sa[k], f"{k}_adv_se": float(ba[k].std())})
+            rows.append(row)
     return rows
 
 
@@ -131,42 +169,62 @@ def _stage(p: PointStats, stage: str):
     return p.natural_before, p.adversarial_before
 
 
+def verdict(low: float, high: float) -> str:
+    """The verdict of a claim "difference > 0" from its 95% interval."""
+    return "holds" if low > 0 else "does not hold" if high < 0 else "within noise"
+
+
 def paper_effects(stats: dict[str, ModelStats], threshold: float = 0.01) -> list[dict]:
     """Whether the paper's claims hold on these models, each with the numbers behind it. Looks at the
     last CAS point (or the matching block), before the mask, as the paper's figures do. Models are
     recognised by role: ``std`` (no adversarial training, no CAS), ``at`` (adversarial, no CAS) and
-    ``cas`` (with CAS); ``stats`` maps each role present to its statistics."""
+    ``cas`` (with CAS); ``stats`` maps each role present to its statistics.
+
+    Each claim is a difference that should be positive. ``holds`` says whether it is on these images;
+    ``interval`` is its 95% bootstrap interval (images resampled, the same draws for every model: they
+    saw the same images) and ``verdict`` is "holds" (interval above 0), "does not hold" (below) or
+    "within noise" (the interval contains 0)."""
+    n = min(s.n for s in stats.values()) if stats else 0
+    draws = resamples(n)
+
     def last(role):
-        s = stats[role]
-        p = s.points[-1]
-        return analysis.summary(p.natural_before, threshold), analysis.summary(p.adversarial_before, threshold)
+        p = stats[role].points[-1]
+        nat, adv = p.natural_before[:n], p.adversarial_before[:n]
+        return (analysis.summary(nat, threshold), analysis.summary(adv, threshold),
+                bootstrap(nat, threshold, draws), bootstrap(adv, threshold, draws))
 
     out = []
 
-    def claim(text, holds, evidence):
-        out.append({"claim": text, "holds": bool(holds), "evidence": evidence})
+    def claim(text, difference, spread, evidence):
+        low, high = (float(q) for q in torch.quantile(spread, torch.tensor([0.025, 0.975], dtype=spread.dtype)))
+        v = verdict(low, high)
+        out.append({"claim": text, "holds": bool(difference > 0), "verdict": v,
+                    "difference": float(difference), "interval": (low, high), "se": float(spread.std()),
+                    "evidence": f"{evidence}; difference {difference:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}]"})
 
     if "std" in stats:
-        n, a = last("std")
+        n_, a_, bn, ba = last("std")
         claim("Adversarial images raise channel magnitudes (standard model)",
-              a["mean_magnitude"] > n["mean_magnitude"],
-              f"mean magnitude {n['mean_magnitude']:.4f} natural vs {a['mean_magnitude']:.4f} adversarial")
+              a_["mean_magnitude"] - n_["mean_magnitude"], ba["mean_magnitude"] - bn["mean_magnitude"],
+              f"mean magnitude {n_['mean_magnitude']:.4f} natural vs {a_['mean_magnitude']:.4f} adversarial")
         claim("Adversarial images activate channels more uniformly (standard model)",
-              a["uniformity"] > n["uniformity"],
-              f"uniformity {n['uniformity']:.4f} natural vs {a['uniformity']:.4f} adversarial")
+              a_["uniformity"] - n_["uniformity"], ba["uniformity"] - bn["uniformity"],
+              f"uniformity {n_['uniformity']:.4f} natural vs {a_['uniformity']:.4f} adversarial")
     if "std" in stats and "at" in stats:
-        (ns, as_), (na, aa) = last("std"), last("at")
+        (ns, as_, bns, bas), (na, aa, bna, baa) = last("std"), last("at")
         gap_std = as_["mean_magnitude"] / max(ns["mean_magnitude"], 1e-12)
         gap_at = aa["mean_magnitude"] / max(na["mean_magnitude"], 1e-12)
-        claim("Adversarial training shrinks the magnitude gap", gap_at < gap_std,
+        spread = (bas["mean_magnitude"] / bns["mean_magnitude"].clamp_min(1e-12)
+                  - baa["mean_magnitude"] / bna["mean_magnitude"].clamp_min(1e-12))
+        claim("Adversarial training shrinks the magnitude gap", gap_std - gap_at, spread,
               f"adversarial/natural magnitude ratio {gap_std:.3f} (standard) vs {gap_at:.3f} (AT)")
         claim("Adversarial training does not remove the uniformity gap",
-              aa["uniformity"] > na["uniformity"],
+              aa["uniformity"] - na["uniformity"], baa["uniformity"] - bna["uniformity"],
               f"AT uniformity {na['uniformity']:.4f} natural vs {aa['uniformity']:.4f} adversarial")
     if "at" in stats and "cas" in stats:
-        aa, ac = last("at")[1], last("cas")[1]
+        (_, aa, _, baa), (_, ac, _, bac) = last("at"), last("cas")
         claim("CAS makes adversarial activation less uniform than AT does",
-              ac["uniformity"] < aa["uniformity"],
+              aa["uniformity"] - ac["uniformity"], baa["uniformity"] - bac["uniformity"],
               f"adversarial uniformity {aa['uniformity']:.4f} (AT) vs {ac['uniformity']:.4f} (AT+CAS)")
     return out
 
@@ -267,7 +325,7 @@ def main(argv=None):
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     for e in effects:
-        print(f"{'HOLDS' if e['holds'] else 'DOES NOT HOLD'}: {e['claim']} ({e['evidence']})")
+        print(f"{e['verdict'].upper()}: {e['claim']} ({e['evidence']})")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,15 @@ def _opt(default, help: str, choices: tuple | None = None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+# allowed ranges of the numeric settings (inclusive): generous for real runs, finite for every one
+NUMBER_LIMITS = {
+    "width": (1, 1024), "epochs": (1, 1000), "batch_size": (1, 8192), "lr": (0, 1e6), "warmup": (0, 1),
+    "weight_decay": (0, 1), "momentum": (0, 1), "epsilon": (0, 255), "step_size": (0, 255), "steps": (1, 100),
+    "beta": (0, 100), "aux_weight": (0, 100), "train_subset": (0, 50_000), "val_size": (0, 10_000),
+    "eval_steps": (1, 100), "eval_batch_size": (1, 10_000), "seed": (0, 2**31 - 1),
+}
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run, with its help: the command line, the app's Train page and the background
@@ -94,26 +103,33 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> "TrainConfig":
-        self.loss_config  # the loss's own checks (method, recipe, budget and step)
+        """Check every setting (types and ranges); raises ValueError saying what is allowed."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in NUMBER_LIMITS and v is not None:
+                low, high = NUMBER_LIMITS[f.name]
+                whole = str(f.type) == "int"
+                if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)) \
+                        or not math.isfinite(v) or not low <= v <= high:
+                    kind = "whole number" if whole else "number"
+                    raise ValueError(f"{f.name} must be a {kind} from {low:g} to {high:g}, got {v!r}")
+            choices = f.metadata["choices"]
+            if choices and v not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {v!r}")
+            if str(f.type) == "bool" and not isinstance(v, bool):
+                raise ValueError(f"{f.name} must be true or false, got {v!r}")
+        if not isinstance(self.description, str) or len(self.description) > 500 or "\n" in self.description:
+            raise ValueError("description must be one line of at most 500 characters")
         checks = [
-            (self.method in METHODS, f"method must be one of {METHODS}"),
-            (self.schedule in ("onecycle", "multistep", "constant"), "schedule: onecycle, multistep or constant"),
-            (self.arch in ("resnet18", "vgg16", "wrn34_10"), "arch: resnet18, vgg16 or wrn34_10"),
-            (self.device in ("auto", "cpu", "cuda"), "device: auto, cpu or cuda"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.lr > 0, "lr must be positive"),
-            (0 <= self.epsilon <= 255, "epsilon is in /255 and must lie in [0, 255]"),
-            (self.recipe in RECIPES, f"recipe must be one of {RECIPES}"),
-            ((self.step_size is None or self.step_size > 0) and self.steps >= 1,
-             "need step_size > 0 and steps >= 1"),
-            (self.train_subset >= 0 and 0 <= self.val_size <= 10_000, "need train_subset >= 0 and "
-             "val_size in [0, 10000]"),
-            (0 <= self.warmup < 1, "warmup is a fraction in [0, 1)"),
+            (self.step_size is None or self.step_size > 0, "step_size must be positive"),
+            (self.warmup < 1, "warmup is a fraction in [0, 1)"),
+            (self.momentum < 1, "momentum must be below 1"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self.loss_config  # the loss's own checks (method, recipe, budget and step)
         return self
 
     @property
@@ -264,7 +280,8 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"], state["best"]
-        history = read_log(out / "log.jsonl")[:start_epoch]
+        # the state's own copy of the log records (a kill between the state and the log line loses none)
+        history = state.get("history") or read_log(out / "log.jsonl")[:start_epoch]
         warnings = [r["warning"] for r in history if r.get("warning")]
         if main_proc:  # drop log lines of a partly finished epoch
             atomic_write(out / "log.jsonl", lambda t: Path(t).write_text(
@@ -352,10 +369,10 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
                                  warnings=warnings)
                 save_checkpoint(out / "best.safetensors", model, card)
             record["best_epoch"] = epoch + 1 if improved else (history[-1]["best_epoch"] if history else epoch + 1)
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                     "best": best, "config": asdict(cfg)}
-            atomic_write(state_file, lambda t: torch.save(state, t))
             history.append(record)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                     "best": best, "config": asdict(cfg), "history": history}
+            atomic_write(state_file, lambda t: torch.save(state, t))
             _append(out / "log.jsonl", record)
             if on_epoch:
                 on_epoch(record)

@@ -23,7 +23,8 @@ def test_sanity_flags_catch_impossible_numbers():
     # attacks run on different numbers of images are compared on the images both saw
     uneven = {**ok, "adaptive_autoattack": 46.0}  # on 500 images, soft-mask PGD on 1,000
     assert any("stronger attack adaptive_autoattack" in f for f in sanity_flags(uneven, True))
-    same = {**ok, "soft_mask_pgd20": 47.0, "autoattack": 47.0, "adaptive_autoattack": 46.0}
+    same = {"clean": 80.0, "fgsm": 56.0, "pgd20": 49.0, "joint_pgd20": 47.0, "soft_mask_pgd20": 47.0,
+            "autoattack": 47.0, "adaptive_autoattack": 46.0}
     assert sanity_flags(uneven, True, same, 500) == []
     assert "on the 500 images both saw" in sanity_flags(uneven, True, {**same, "adaptive_autoattack": 49.0}, 500)[0]
 

@@ -1,5 +1,8 @@
 """Results kept per browser session, so that changing a chart option never re-runs an attack, and
-the Attack Lab's one-image analysis run with a progress bar."""
+the Attack Lab's one-image analysis run with a progress bar.
+
+Each kind of result has its own store and budget (:data:`STORES`), so that many quick Attack Lab
+results never push out a Channel statistics run or a Robustness evaluation that took minutes."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -11,22 +14,35 @@ import streamlit as st
 from . import images, lab
 from .pickers import ImageChoice
 
-RESULTS_KEPT = 24
+# store -> how many results it keeps (the least recently used go first; None: all, for the session).
+STORES = {
+    "lab": 64,         # Attack Lab and Compare: one image's attack each, a few hundred kB at most
+    "stats": 8,        # Channel statistics: one model on hundreds of images each
+    "robustness": None,  # Robustness evaluations and curves: minutes of work each, small results
+}
+RESULTS_KEPT = STORES["lab"]
 
 
-def cached(key: tuple, compute: Callable[[], object]):
-    """Return the result stored under ``key`` for this session, computing it on first use. Chart
-    options therefore never re-run an attack. ``st.session_state["_lab_computations"]`` counts the
-    computations (shown to nobody; tests read it)."""
-    store = st.session_state.setdefault("_lab_results", OrderedDict())
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
+def store_key(store: str) -> str:
+    """The session-state key holding ``store``'s results (``"_lab_results"`` for the Attack Lab's)."""
+    return f"_{store}_results"
+
+
+def cached(key: tuple, compute: Callable[[], object], store: str = "lab"):
+    """Return the result stored under ``key`` in this session's ``store`` (one of :data:`STORES`),
+    computing it on first use. Chart options therefore never re-run an attack.
+    ``st.session_state["_lab_computations"]`` counts the computations of every store (shown to
+    nobody; tests read it)."""
+    limit = STORES[store]
+    results = st.session_state.setdefault(store_key(store), OrderedDict())
+    if key in results:
+        results.move_to_end(key)
+        return results[key]
     value = compute()
     st.session_state["_lab_computations"] = st.session_state.get("_lab_computations", 0) + 1
-    store[key] = value
-    while len(store) > RESULTS_KEPT:
-        store.popitem(last=False)
+    results[key] = value
+    while limit is not None and len(results) > limit:
+        results.popitem(last=False)
     return value
 
 

@@ -5,9 +5,17 @@ Figures are written as one data list and one layout dict (panels placed with axi
 builds about ten times faster than ``make_subplots`` followed by ``update_*`` calls; that matters for
 the Attack Lab's one-second update.
 
-Colours are fixed across the app: natural (clean) image blue, adversarial image red.
+Colours are fixed across the app: natural (clean) image blue, adversarial image red. The CAS mask is a
+signed weight row (a channel is multiplied by it: a weight near 0 suppresses the channel, a negative
+one flips its sign), so its panel is drawn in a diverging scale: orange for positive weights, purple for
+negative ones, pale near zero; the clean image's bar is outlined in blue, the adversarial one in red.
+
+In presentation mode (:mod:`app.common.presentation`) the fonts are larger; the app sets
+:data:`presentation` to the function that says whether it is on.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
@@ -18,6 +26,21 @@ NATURAL = "#1f77b4"
 ADVERSARIAL = "#d62728"
 FONT = dict(size=14)
 TITLE_FONT = dict(size=14, color="#555")
+BIG_FONT = dict(size=20)
+BIG_TITLE_FONT = dict(size=20, color="#444")
+THRESHOLD_COLOUR = "#2ca02c"
+# diverging scale of the mask weights: negative (flips the channel) purple, near 0 pale, positive orange
+MASK_SCALE = [[0.0, "#542788"], [0.25, "#998ec3"], [0.5, "#f7f7f7"], [0.75, "#f1a340"], [1.0, "#b35806"]]
+MASK_SENTENCE = ("“Suppression” is a multiplication: each channel is multiplied by a learned, signed weight (the "
+                 "row of the class the CAS head guesses); a weight near 0 silences the channel, a negative one "
+                 "flips its sign.")
+
+presentation: Callable[[], bool] = lambda: False  # set by app.common.presentation
+
+
+def fonts() -> tuple[dict, dict]:
+    """(font, panel-title font) for the current mode."""
+    return (BIG_FONT, BIG_TITLE_FONT) if presentation() else (FONT, TITLE_FONT)
 
 
 def _series(show_adversarial: bool) -> list[tuple[int, str, str]]:
@@ -34,12 +57,14 @@ def _axis(n: int) -> str:
 def _title(text: str, x: float, y: float) -> dict:
     """A panel title centred at paper coordinates (x, y)."""
     return dict(text=text, x=x, y=y, xref="paper", yref="paper", xanchor="center", yanchor="bottom",
-                showarrow=False, font=TITLE_FONT)
+                showarrow=False, font=fonts()[1])
 
 
 def _layout(height: int, **extra) -> dict:
     """Shared look: the legend in a band at the very top (above the panel titles), small margins."""
-    return dict(height=height, margin=dict(l=10, r=10, t=75, b=10), font=FONT, bargap=0.05,
+    big = presentation()
+    return dict(height=int(height * 1.15) if big else height, margin=dict(l=10, r=10, t=95 if big else 75, b=10),
+                font=fonts()[0], bargap=0.05,
                 barmode="group", hovermode="closest", annotations=[],
                 legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
                 **extra)
@@ -75,19 +100,26 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
 
 
 def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
-                   height: int | None = None) -> go.Figure:
+                   height: int | None = None, threshold: float | None = None,
+                   top_k: int | None = None) -> go.Figure:
     """Per-channel activations at one CAS point (a :class:`app.common.lab.PointView`).
 
     For a CAS module: three aligned panels, one above the other — the block's output before the mask,
     the mask itself and what passes on after the mask — each with the natural (blue) and adversarial
     (red) image. For a model without CAS: one panel (its channels at the same place). Channels are drawn
-    in ``order`` (an array of channel numbers); hovering a bar shows its channel number and value."""
+    in ``order`` (an array of channel numbers); hovering a bar shows its channel number and value.
+
+    The mask panel uses the diverging scale :data:`MASK_SCALE` for the clean image's weights and red
+    diamonds for the adversarial image's (where they leave the bars, the attack switched the mask).
+    ``threshold`` (in % of the strongest channel): a dotted line per image at the level above which a
+    channel counts as switched on. ``top_k``: only the first ``top_k`` channels of ``order`` (narrow
+    columns)."""
     k = view.before.shape[1]
-    channels = np.asarray(order)
-    pos = np.arange(k)
+    channels = np.asarray(order)[:top_k] if top_k else np.asarray(order)
+    pos = np.arange(len(channels))
     if view.is_cas:
         panels = [("Before the CAS mask", view.before),
-                  ("CAS mask (one weight per channel)", view.mask),
+                  ("CAS mask: the weight each channel is multiplied by", view.mask),
                   ("After the mask (= before × mask)", view.after)]
     else:
         panels = [("Activation (no CAS: nothing masked)", view.before)]
@@ -98,13 +130,35 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
     data = []
     for i, (title, values) in enumerate(panels, start=1):
         top = 1 - (i - 1) * (size + gap)
+        axis = f"y{_axis(i)}"
         layout[f"yaxis{_axis(i)}"] = dict(domain=[max(0.0, top - size), min(1.0, top)], anchor="x",
                                           zerolinecolor="#999")
         layout["annotations"].append(_title(title, 0.5, top))
+        is_mask = view.is_cas and i == 2
         for r, label, colour in _series(show_adversarial):
-            data.append(dict(type="bar", x=pos, y=values[r][channels], customdata=channels, name=label,
-                             marker=dict(color=colour, line=dict(width=0)), legendgroup=label,
-                             showlegend=i == 1, xaxis="x", yaxis=f"y{_axis(i)}",
-                             hovertemplate="channel %{customdata}: %{y:.3f}<extra>" + label + "</extra>"))
-    layout["xaxis"] = dict(anchor=f"y{_axis(n)}", title=dict(text=f"channels ({k}), in the chosen order"))
+            hover = "channel %{customdata}: %{y:.3f}<extra>" + label + "</extra>"
+            if is_mask and r == 1:
+                data.append(dict(type="scatter", mode="markers", x=pos, y=values[r][channels],
+                                 customdata=channels, name="mask, adversarial",
+                                 marker=dict(color=colour, symbol="diamond", size=5), showlegend=True,
+                                 xaxis="x", yaxis=axis, hovertemplate=hover))
+            elif is_mask:
+                lim = float(np.abs(values).max()) or 1.0
+                data.append(dict(type="bar", x=pos, y=values[r][channels], customdata=channels,
+                                 name="mask, clean (orange +, purple −)",
+                                 marker=dict(color=values[r][channels], colorscale=MASK_SCALE, cmin=-lim, cmax=lim,
+                                             line=dict(width=0)),
+                                 showlegend=True, xaxis="x", yaxis=axis, hovertemplate=hover))
+            else:
+                data.append(dict(type="bar", x=pos, y=values[r][channels], customdata=channels, name=label,
+                                 marker=dict(color=colour, line=dict(width=0)), legendgroup=label,
+                                 showlegend=i == 1, xaxis="x", yaxis=axis, hovertemplate=hover))
+            if threshold and not is_mask:
+                level = threshold / 100 * float(np.abs(values[r]).max())
+                data.append(dict(type="scatter", mode="lines", x=[-0.5, len(channels) - 0.5], y=[level, level],
+                                 line=dict(color=colour, dash="dot", width=1.5), xaxis="x", yaxis=axis,
+                                 name=f"switched-on line ({threshold:g}%)",
+                                 legendgroup="threshold", showlegend=i == 1 and r == 0, hoverinfo="skip"))
+    which = f"the {len(channels)} strongest of {k} channels" if top_k and top_k < k else f"channels ({k})"
+    layout["xaxis"] = dict(anchor=f"y{_axis(n)}", title=dict(text=f"{which}, in the chosen order"))
     return go.Figure(data=data, layout=layout)

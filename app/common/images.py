@@ -52,47 +52,100 @@ def download_cifar() -> None:
 @dataclass(frozen=True)
 class PreparedImage:
     """An uploaded photo made ready for the model: ``x`` uint8 (3, 32, 32), ``crop`` the square part
-    that was used (an RGB preview at most PREVIEW_SIZE pixels wide) and the photo's original size."""
+    that was used (an RGB preview at most PREVIEW_SIZE pixels wide), the photo's original size and a
+    ``note`` on what was done to it beyond cropping (empty if nothing)."""
 
     x: np.ndarray
     crop: Image.Image
     original_size: tuple[int, int]
+    note: str = ""
+
+
+# Formats read from uploads; others (EPS, which runs Ghostscript, PSD, ICNS, ...) are refused unread.
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per pixel, one channel
+_ALPHA_MODES = ("P", "PA", "LA", "La", "RGBA", "RGBa")
+
+
+def _deep_to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit RGB, its brightness kept: 16-bit
+    values are divided by 65535, floats already in [0, 1] are kept, and other ranges are stretched
+    from their own minimum and maximum to [0, 1] (never clipped)."""
+    a = np.asarray(im, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ImageInputError(f"{name} holds pixel values that are not finite numbers (NaN or infinity).")
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        a = a / 65535
+    elif not (im.mode == "F" and lo >= 0 and hi <= 1):
+        a = (a - lo) / (hi - lo) if hi > lo else np.full_like(a, 0.5)
+    gray = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """Any decoded image as RGB: transparent parts on white, deep images scaled (see :func:`_deep_to_rgb`)."""
+    if im.mode in _DEEP_MODES:
+        return _deep_to_rgb(im, name)
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    try:
+        return im.convert("RGB")
+    except ValueError:
+        raise ImageInputError(f"{name} uses the colour mode {im.mode}, which cannot be shown as RGB. "
+                              "Save it as an RGB PNG or JPEG first.") from None
+
+
+def _decode(data: bytes, name: str) -> tuple[Image.Image, str]:
+    """The upload's first frame as an RGB image, upright, and a note on what was done to it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise ImageInputError(f"{name} is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); "
+                                  f"images up to {MAX_PIXELS / 1e6:.0f} megapixels are accepted. "
+                                  "Please resize it first.")
+        frames = getattr(im, "n_frames", 1)
+        im.load()  # decode now: a truncated file fails here
+        note = f"It has {frames} frames; the first one is used." if frames > 1 else ""
+        if im.mode in _DEEP_MODES:
+            depth = "floating-point" if im.mode == "F" else "32-bit" if im.mode == "I" else "16-bit"
+            note = (note + f" Its {depth} grey levels were scaled to 8 bits.").strip()
+        try:
+            im = ImageOps.exif_transpose(im)  # photos from phones are often stored rotated
+        except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels are still good
+            note = (note + " Its EXIF orientation could not be read and was ignored.").strip()
+        return _to_rgb(im, name), note
 
 
 def prepare_upload(data: bytes, name: str = "image") -> PreparedImage:
     """Decode an uploaded image, centre-crop it to a square and resize it to 32x32.
 
-    Raises :class:`ImageInputError` with a readable message for empty, broken, non-image or huge files
-    (more than MAX_PIXELS pixels, checked before the pixels are decoded)."""
+    Accepts PNG, JPEG, WebP, GIF (first frame), BMP and TIFF in any colour mode, including palette,
+    grayscale, CMYK, 16-bit, 32-bit and float images; EXIF rotation is applied and transparent parts
+    become white. Raises :class:`ImageInputError` with a readable message for empty, broken,
+    non-image or huge files (more than MAX_PIXELS pixels, checked before the pixels are decoded)."""
     if not data:
         raise ImageInputError(f"{name} is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageInputError(f"{name} is {len(data) / 1e6:.0f} MB; images up to "
                               f"{MAX_UPLOAD_BYTES // 1024 ** 2} MB are accepted.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ImageInputError(f"{name} is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); "
-                                      f"images up to {MAX_PIXELS / 1e6:.0f} megapixels are accepted. "
-                                      "Please resize it first.")
-            im = ImageOps.exif_transpose(im)  # photos from phones are often stored rotated
-            im = im.convert("RGBA") if im.mode in ("P", "LA", "RGBA") else im
-            if im.mode == "RGBA":  # transparent parts become white, not black
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)
-            im = im.convert("RGB")
+        im, note = _decode(data, name)
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageInputError(f"{name} is too large to open safely (a 'decompression bomb'). "
                               "Please use a smaller image.") from None
     except UnidentifiedImageError:
-        raise ImageInputError(f"{name} is not an image I can read. Use a PNG, JPEG, WebP, GIF or BMP "
+        raise ImageInputError(f"{name} is not an image I can read. Use a PNG, JPEG, WebP, GIF, BMP or TIFF "
                               "file.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except MemoryError:
+        raise ImageInputError(f"{name} needs too much memory to decode. Please use a smaller image.") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise many types for damaged files
         raise ImageInputError(f"{name} could not be decoded ({e}); the file may be truncated or "
                               "corrupted.") from None
     w, h = im.size
@@ -102,7 +155,7 @@ def prepare_upload(data: bytes, name: str = "image") -> PreparedImage:
     small = square.resize((32, 32), Image.LANCZOS)
     preview = square if side <= PREVIEW_SIZE else square.resize((PREVIEW_SIZE, PREVIEW_SIZE), Image.LANCZOS)
     x = np.asarray(small, dtype=np.uint8).transpose(2, 0, 1).copy()
-    return PreparedImage(x, preview, (w, h))
+    return PreparedImage(x, preview, (w, h), note)
 
 
 # -- conversions -----------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ attributes. ``cas.load_checkpoint`` already returns them in eval mode.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,18 @@ import torch
 import cas
 from cas.precision import fast_bf16
 
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "cas-lab-uploads"
+LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
+ALLOW_PATHS_VARIABLE = "CAS_ALLOW_SERVER_PATHS"
+
+
+def server_paths_allowed() -> bool:
+    """Whether users may load a checkpoint by its path on the server: only when the app serves this
+    machine alone (``server.address`` localhost), or when ``CAS_ALLOW_SERVER_PATHS=1`` says so (``0``
+    turns it off everywhere). Otherwise anyone who can open the app could probe the server's files."""
+    flag = os.environ.get(ALLOW_PATHS_VARIABLE, "").strip()
+    if flag in ("0", "1"):
+        return flag == "1"
+    return (st.get_option("server.address") or "") in LOCAL_ADDRESSES
 
 NO_MODELS_MESSAGE = (
     "**No bundled models are installed in this copy of CAS Lab** (the `pretrained/` folder has no "
@@ -141,15 +154,30 @@ def first_image(available: list[dict]) -> int:
     return 0 if idx is None else idx
 
 
+_upload_dir: Path | None = None
+_upload_dir_lock = threading.Lock()
+
+
+def _private_upload_dir() -> Path:
+    """This process's own folder for uploaded checkpoints (mode 0700, made once), so that no other
+    user of the machine can read them or put a file in their place."""
+    global _upload_dir
+    with _upload_dir_lock:
+        if _upload_dir is None or not _upload_dir.is_dir():
+            _upload_dir = Path(tempfile.mkdtemp(prefix="cas-lab-uploads-"))
+        return _upload_dir
+
+
 @st.cache_resource(show_spinner="Loading the uploaded checkpoint…", max_entries=4)
 def _load_upload(digest: str, _data: bytes):
     """Load uploaded checkpoint bytes once per content digest (written to a private temporary file,
-    because safetensors reads from files)."""
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    f = UPLOAD_DIR / f"{digest}.safetensors"
-    if not f.exists():
-        cas.checkpoint.atomic_write(f, lambda tmp: Path(tmp).write_bytes(_data))
-    return _prepared(*cas.load_checkpoint(f, device="cpu"))
+    because safetensors reads from files, and deleted once loaded)."""
+    f = _private_upload_dir() / f"{digest}.safetensors"
+    cas.checkpoint.atomic_write(f, lambda tmp: Path(tmp).write_bytes(_data))
+    try:
+        return _prepared(*cas.load_checkpoint(f, device="cpu"))
+    finally:
+        f.unlink(missing_ok=True)
 
 
 def load_from_upload(filename: str, data: bytes) -> LoadedModel:

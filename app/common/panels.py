@@ -6,7 +6,7 @@ import streamlit as st
 
 import cas
 
-from . import figures, images, lab
+from . import figures, images, lab, presentation
 
 def _pct(p: float) -> str:
     return f"{100 * p:.0f}%"
@@ -46,8 +46,13 @@ def verdict(result: lab.LabResult, where=st) -> None:
 
 def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
     """Clean image, amplified perturbation and adversarial image, enlarged with crisp pixels,
-    with the perturbation's norms."""
-    cols = where.columns(3)
+    with the perturbation's norms. In presentation mode: at least 384 pixels, two images per row."""
+    size = presentation.image_size(size)
+    if presentation.is_on():
+        top, bottom = where.columns(2), where.columns(2)
+        cols = [top[0], bottom[0], top[1]]
+    else:
+        cols = where.columns(3)
     cols[0].image(images.upscale(result.x_nat, size), caption="Clean image (32×32, enlarged)", width=size)
     pert, factor = images.perturbation_image(result.delta)
     cols[1].image(images.upscale(pert, size), width=size,
@@ -84,10 +89,12 @@ def channel_caption(view: lab.PointView, sort: str, threshold: float, attacked: 
     if view.is_cas:
         text += ("Top: what the block produced. Middle: the CAS mask, one weight per channel, taken from the "
                  "row of the class that the module's own head guesses — if the attack changes that guess, "
-                 "the mask changes too. Bottom: what goes on to the next layer (top × middle). ")
+                 "the mask changes too (red diamonds: the adversarial image's mask). Bottom: what goes on to "
+                 "the next layer (top × middle). " + figures.MASK_SENTENCE + " ")
     else:
         text += "This model has no CAS module: every channel passes on unchanged. "
-    text += (f"A channel counts as *switched on* when it exceeds {threshold:g}% of the strongest one. "
+    text += (f"A channel counts as *switched on* when it exceeds {threshold:g}% of the strongest one "
+             "(the dotted lines). "
              "The paper's finding: adversarial images switch on more channels, more strongly; "
              "CAS tries to suppress the extra ones.")
     return text
@@ -125,7 +132,8 @@ def channel_charts(result: lab.LabResult, sort: str, threshold: float, where=st,
     tabs = where.tabs([f"{'CAS module' if v.is_cas else 'Last block'} {v.name}" for v in views])
     for tab, view in zip(tabs, views):
         with tab:
-            fig = figures.channel_figure(view, lab.channel_order(view, sort), result.attacked, height=height)
+            fig = figures.channel_figure(view, lab.channel_order(view, sort), result.attacked, height=height,
+                                         threshold=threshold)
             st.plotly_chart(fig, key=f"{key}_{view.name}", config={"displayModeBar": False})
             if metrics:
                 summary_metrics(view, threshold, result.attacked)

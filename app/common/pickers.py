@@ -17,7 +17,7 @@ from cas import data as cas_data
 
 from . import images, lab, models
 from .url_state import (Param, boolean, dump_bool, dump_number, dump_optional, float_in, int_in, one_of,
-                        optional)
+                        optional, widget_key)
 
 CLASS_OPTIONS = ("all",) + tuple(cas.CLASSES)
 TARGET_OPTIONS = ("untargeted",) + tuple(cas.CLASSES)
@@ -86,17 +86,22 @@ def model_picker(prefix: str, available: list[dict], where=st) -> models.LoadedM
     """Model choice: a listed model, an uploaded checkpoint, or a checkpoint path. Shows the model's
     one-line card, or a clear error for a bad checkpoint. Returns the loaded model or None."""
     names = [m["name"] for m in available]
-    options = names + [UPLOAD, PATH]
+    paths = models.server_paths_allowed()
+    options = names + [UPLOAD] + ([PATH] if paths else [])
     key = prefix + "model"
     if st.session_state.get(key) not in options:
-        if st.session_state.get(key):
+        if st.session_state.get(key) == PATH:
+            where.info("Loading a checkpoint by its path on the server is turned off, because this app is "
+                       f"open to the network; upload the file instead (or set {models.ALLOW_PATHS_VARIABLE}=1 "
+                       "when starting the app).")
+        elif st.session_state.get(key):
             where.warning(f"The model **{st.session_state[key]}** is not installed here; "
                           "showing another one instead.")
         st.session_state[key] = options[0]
     if not available:
         where.info(models.NO_MODELS_MESSAGE)
     labels = {UPLOAD: "Upload a checkpoint file…", PATH: "Checkpoint file on this machine…"}
-    choice = where.selectbox("Model", options, key=key, format_func=lambda o: labels.get(o, o),
+    choice = where.selectbox("Model", options, key=widget_key(key), format_func=lambda o: labels.get(o, o),
                              help="Bundled models and finished training runs, or a CAS Lab checkpoint "
                                   "(.safetensors with a model card).")
     try:
@@ -107,8 +112,8 @@ def model_picker(prefix: str, available: list[dict], where=st) -> models.LoadedM
                 where.caption("Upload a `.safetensors` checkpoint saved by CAS Lab.")
                 return None
             loaded = models.load_from_upload(up.name, up.getvalue())
-        elif choice == PATH:
-            path = where.text_input("Checkpoint path", key=prefix + "ckpt",
+        elif choice == PATH and paths:
+            path = where.text_input("Checkpoint path", key=widget_key(prefix + "ckpt"),
                                     placeholder="runs/my-run/best.safetensors")
             if not path.strip():
                 where.caption("Type the path of a `.safetensors` checkpoint saved by CAS Lab.")
@@ -171,7 +176,7 @@ def image_picker(prefix: str, where=st) -> ImageChoice | None:
         st.session_state[src_key] = sources[0]
     names = {"cifar": "CIFAR-10 test image", "upload": "Upload a photo", "camera": "Camera"}
     left, right = where.columns([1, 4])
-    src = left.radio("Image source", sources, key=src_key, format_func=names.get)
+    src = left.radio("Image source", sources, key=widget_key(src_key), format_func=names.get)
     with right:
         if src == "cifar":
             return _cifar_picker(prefix, cifar, st)
@@ -187,10 +192,11 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
                       "showing image 0.")
         st.session_state[idx_key] = 0
     c1, c2, c3 = where.columns([2, 2, 1], vertical_alignment="bottom")
-    cls = c1.selectbox("Class filter", CLASS_OPTIONS, key=cls_key,
+    cls = c1.selectbox("Class filter", CLASS_OPTIONS, key=widget_key(cls_key),
                        format_func=lambda c: "all classes" if c == "all" else c)
     pool = np.arange(n) if cls == "all" else np.flatnonzero(y_all == cas.CLASSES.index(cls))
-    c2.number_input(f"Test image number (0–{n - 1})", min_value=0, max_value=n - 1, step=1, key=idx_key)
+    c2.number_input(f"Test image number (0–{n - 1})", min_value=0, max_value=n - 1, step=1,
+                    key=widget_key(idx_key))
     c3.button("Random", icon=":material/casino:", key="btn_" + prefix + "random", on_click=_random_index,
               args=(idx_key, pool), help="Pick a random test image (of the filtered class)")
     idx = int(st.session_state[idx_key])
@@ -199,7 +205,7 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
         pages = max(1, -(-len(pool) // GALLERY_SIZE))
         if not 1 <= st.session_state.get(page_key, 1) <= pages:
             st.session_state[page_key] = 1
-        page = st.number_input("Gallery page", 1, pages, key=page_key, step=1) - 1
+        page = st.number_input("Gallery page", 1, pages, key=widget_key(page_key), step=1) - 1
         shown = pool[page * GALLERY_SIZE:(page + 1) * GALLERY_SIZE]
         cols = st.columns(GALLERY_SIZE // 2)
         for i, j in enumerate(shown):
@@ -214,7 +220,7 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
 def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
     if src == "upload":
         f = where.file_uploader("Photo (any size; the centre square is used)",
-                                type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+                                type=["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"],
                                 key="up_" + prefix + "image")
     else:
         f = where.camera_input("Take a photo", key="up_" + prefix + "camera")
@@ -227,13 +233,15 @@ def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
     except images.ImageInputError as e:
         where.error(str(e))
         return None
+    if prepared.note:
+        where.caption(prepared.note)
     c1, c2, c3 = where.columns([1, 1, 2])
     w, h = prepared.original_size
     c1.image(prepared.crop, caption=f"Centre crop of the {w}×{h} photo", width=160)
     c2.image(images.upscale(prepared.x, 160), caption="What the model sees (32×32)", width=160)
     options = (-1,) + tuple(range(len(cas.CLASSES)))
     lab_key = prefix + "label"
-    label = c3.selectbox("What is in the photo?", options, key=lab_key,
+    label = c3.selectbox("What is in the photo?", options, key=widget_key(lab_key),
                          format_func=lambda i: cas.CLASSES[i] if i >= 0 else
                          "I don't know (attack the model's own guess)",
                          help="CIFAR-10 knows only these 10 classes. Without a class, the attack tries to "
@@ -255,7 +263,7 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
         where.info(f"**{lab.attack_label(wanted)}** needs a model with CAS; switched to "
                    f"{lab.attack_label(fallback)}.")
         st.session_state[key] = fallback
-    attack = where.selectbox("Attack", options, key=key, format_func=lab.attack_label,
+    attack = where.selectbox("Attack", options, key=widget_key(key), format_func=lab.attack_label,
                              help="\n".join(f"- **{lab.attack_label(a)}**: {cas.ATTACKS[a].description}"
                                             for a in options if a != lab.NONE))
     if getattr(model, "has_cas", False):
@@ -267,7 +275,7 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
         return lab.AttackChoice(lab.NONE)
     values = {}
     for k in cas.ATTACKS[attack].knobs:
-        wkey = prefix + k.key
+        wkey = widget_key(prefix + k.key)
         if k.kind == "bool":
             values[k.key] = bool(where.checkbox(k.label, key=wkey, help=k.help or None))
         elif k.kind == "class":
@@ -296,8 +304,8 @@ def attack_controls(prefix: str, model, where=st) -> lab.AttackChoice | None:
 def chart_options(prefix: str, where=st) -> tuple[str, float]:
     """Sort order and threshold controls of the channel charts."""
     c1, c2 = where.columns([3, 2])
-    sort = c1.radio("Sort channels by", lab.SORTS, key=prefix + "sort", horizontal=True,
+    sort = c1.radio("Sort channels by", lab.SORTS, key=widget_key(prefix + "sort"), horizontal=True,
                     format_func=lab.SORT_LABELS.get)
     thr = c2.slider("“Switched on” above (% of the strongest channel)", 0.0, 50.0, step=0.5,
-                    key=prefix + "thr")
+                    key=widget_key(prefix + "thr"))
     return sort, float(thr)

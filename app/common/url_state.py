@@ -11,7 +11,8 @@ At the top of the page:
 * :func:`write_to_url` (at the end of the page) writes the current values back to ``st.query_params``,
   leaving out those equal to their default so that links stay short.
 
-:func:`keep_widget_state` keeps widget values alive while the user visits another page.
+:func:`keep_widget_state` keeps widget values alive while the user visits another page, and
+:func:`widget_key` (around a widget's key) makes the browser show the kept value when the widget comes back.
 """
 from __future__ import annotations
 
@@ -167,7 +168,8 @@ def keep_widget_state(prefixes: Sequence[str]) -> None:
     """Keep the values of widgets whose keys start with one of ``prefixes`` while another page is shown
     (Streamlit forgets a widget's value when the widget is not drawn). Call it once per run, from the
     entry script, before the page runs: it copies the current values aside and puts back those that
-    Streamlit has dropped since."""
+    Streamlit has dropped since. It also counts the runs, for :func:`widget_key`."""
+    st.session_state["_run_number"] = st.session_state.get("_run_number", 0) + 1
     kept = st.session_state.setdefault("_kept_widget_values", {})
     for key in list(st.session_state.keys()):
         if isinstance(key, str) and key.startswith(tuple(prefixes)):
@@ -175,3 +177,20 @@ def keep_widget_state(prefixes: Sequence[str]) -> None:
     for key, value in kept.items():
         if key not in st.session_state:
             st.session_state[key] = value
+
+
+def widget_key(key: str) -> str:
+    """Return ``key``, for a widget that is drawn now, after making sure the browser will show the value
+    that session state holds for it.
+
+    A widget that was hidden in the previous run (another image source, another attack, a page that
+    stopped early) keeps its value in session state, but the browser draws it anew with the widget's
+    default value, unaware of the kept one, and sends that default back with the next change. Setting
+    the value again through session state makes Streamlit send it along with the widget. Use it only
+    for widgets created without ``value=``, as every widget driven by session state here is."""
+    run = st.session_state.get("_run_number", 0)
+    drawn = st.session_state.setdefault("_widgets_drawn", {})
+    if drawn.get(key, -1) < run - 1 and key in st.session_state:
+        st.session_state[key] = st.session_state[key]
+    drawn[key] = run
+    return key

@@ -79,21 +79,24 @@ def page() -> None:
 
     @st.fragment
     def channel_section(result: lab.LabResult) -> None:
-        """Chart options rerun only this part: the attack's result is reused as it is."""
+        """Chart options rerun only this part, the charts and the link that holds the options: the attack's
+        result is reused as it is."""
         sort, threshold = pickers.chart_options(P)
         url_state.write_to_url(PARAMS + CHART_PARAMS)
         panels.channel_charts(result, sort, threshold, key="lab_ch")
+
+        st.subheader("Share and export")
+        query = url_state.url_dict(PARAMS + CHART_PARAMS)
+        base = (getattr(st.context, "url", None) or "").split("?")[0]
+        photo = " Photos are not part of the link." if image.slug == "photo" else ""
+        st.markdown("The address bar holds every setting of this view (model, image, attack, seed): copy it to "
+                    "share exactly this result." + photo)
+        st.code((base or "") + ("?" + urlencode(query) if query else ""), language=None)
 
 
     st.subheader("Inside the network: channel activations")
     channel_section(result)
 
-    st.subheader("Share and export")
-    query = url_state.url_dict(PARAMS + CHART_PARAMS)
-    base = (getattr(st.context, "url", None) or "").split("?")[0]
-    st.markdown("The address bar holds every setting of this view (model, image, attack, seed): copy it to share "
-                "exactly this result." + ("" if image.slug != "photo" else " Photos are not part of the link."))
-    st.code((base or "") + ("?" + urlencode(query) if query else ""), language=None)
     stem = f"{image.slug}_{choice.attack}_{loaded.name or 'model'}"
     c1, c2, c3 = st.columns(3)
     c1.download_button("Adversarial image (PNG, 32×32)", images.png_bytes(result.x_adv), f"{stem}.png",

@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import cache, images, models  # noqa: E402
+from app.common import cache, images, models, url_state  # noqa: E402
 from cas import stats as cas_stats  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
@@ -40,24 +40,42 @@ def page() -> None:
 
     names = [m["name"] for m in available]
     default = [n for n in ("std", "at", "at-cas") if n in names] or names[:3]
+
+    def _parse_models(text: str) -> list[str]:
+        chosen = [t for t in text.split(",") if t]
+        unknown = [t for t in chosen if t not in names]
+        if unknown:
+            raise ValueError(f"names models that are not installed here ({', '.join(unknown)})")
+        return chosen
+
+    PARAMS = [url_state.Param(P + "models", "models", default, _parse_models, ",".join),
+              url_state.Param(P + "cls", "cls", "airplane", url_state.one_of(("all",) + tuple(cas.CLASSES))),
+              url_state.Param(P + "n", "n", 512 if ON_GPU else 64, url_state.int_in(8, 10000)),
+              url_state.Param(P + "attack", "attack", ATTACKS[0], url_state.one_of(tuple(ATTACKS))),
+              url_state.Param(P + "eps", "eps", 8.0, url_state.float_in(0.5, 64.0), url_state.dump_number),
+              url_state.Param(P + "steps", "steps", 10, url_state.int_in(1, 50)),
+              url_state.Param(P + "thr", "thr", 1.0, url_state.float_in(0.0, 20.0), url_state.dump_number)]
+    for message in url_state.load_from_url("channel_stats", PARAMS):
+        st.warning(f"A setting in the link was ignored: {message}.")
     with st.form(P + "form"):
-        chosen = st.multiselect("Models", names, default=default, key=P + "models",
+        chosen = st.multiselect("Models", names, key=P + "models",
                                 help="Pick a standard model, an adversarially trained one and a CAS one to see "
                                      "all three of the paper's claims.")
         c1, c2, c3, c4 = st.columns(4)
-        cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), index=1, key=P + "cls",
+        cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), key=P + "cls",
                            help="The paper used the 1,000 test images of one class (airplane).")
-        n = c2.number_input("Number of images", 8, 10000, 512 if ON_GPU else 64, step=8, key=P + "n",
+        n = c2.number_input("Number of images", 8, 10000, step=8, key=P + "n",
                             help="A few hundred take about a minute per model on a laptop CPU.")
         attack = c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=lambda a: cas.ATTACKS[a].label,
                               help="CAS-adaptive attacks apply to CAS models; other models get plain PGD.")
-        eps = c4.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
-        steps = st.slider("Attack steps", 1, 50, 10, key=P + "steps")
+        eps = c4.number_input("ε (/255)", 0.5, 64.0, step=0.5, key=P + "eps")
+        steps = st.slider("Attack steps", 1, 50, key=P + "steps")
         go = st.form_submit_button("Compute statistics", type="primary")
 
     threshold = st.slider("A channel counts as *activated* above this share of the image's strongest channel (%)",
-                          0.0, 20.0, 1.0, 0.5, key=P + "thr",
+                          0.0, 20.0, step=0.5, key=P + "thr",
                           help="The paper uses 1%. Changing it re-counts; it does not re-run the attacks.") / 100
+    url_state.write_to_url(PARAMS, extra_names=("present",))
 
 
     def compute(name: str) -> cas_stats.ModelStats:
@@ -77,7 +95,7 @@ def page() -> None:
                         progress=lambda d, t: bar.progress(d / t, text=f"{name}: {d} of {t} images"))
             finally:
                 bar.empty()
-        return cache.cached(key, run)
+        return cache.cached(key, run, store="stats")
 
 
     if go:
@@ -96,11 +114,19 @@ def page() -> None:
     rows = [r for s in results.values() for r in cas_stats.summary_rows(s, threshold)]
     table = pd.DataFrame(rows)
     st.subheader("Summary")
-    st.caption("Per model and CAS point (for a model without CAS: the same block). *mean magnitude*: average "
-               "channel activation; *active share*: fraction of channels activated per image; *uniformity*: "
+    st.caption("Per model and CAS point (for a model without CAS: the same block). *Magnitude*: average "
+               "channel activation; *channels on*: the share of channels activated per image; *uniformity*: "
                "how evenly activation is spread over channels across images (1 = every channel equally "
-               "often). `nat` = clean images, `adv` = attacked images.")
-    st.dataframe(table, hide_index=True, width="stretch")
+               "often). *Clean* = natural test images, *attacked* = their adversarial versions. Each figure "
+               f"comes with its standard error (± SE), from {cas_stats.BOOTSTRAP} bootstrap resamples of the "
+               "images: differences within about two standard errors are noise.")
+    config = {key: st.column_config.NumberColumn(label, format="%.4f" if "acc" not in key else "%.1f",
+                                                 width="small" if label == "± SE" else "medium")
+              for key, label in cas_stats.COLUMN_LABELS.items() if key not in ("model", "point", "stage", "attack")}
+    config.update({key: st.column_config.TextColumn(cas_stats.COLUMN_LABELS[key], width="small")
+                   for key in ("model", "point", "stage", "attack")})
+    config["images"] = st.column_config.NumberColumn("Images", format="%d", width="small")
+    st.dataframe(table, hide_index=True, width="stretch", column_config=config)
     st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "channel_statistics.csv",
                        "text/csv", on_click="ignore")
 
@@ -110,9 +136,14 @@ def page() -> None:
     effects = cas_stats.paper_effects(roles, threshold)
     if effects:
         st.subheader("Do the paper's claims hold here?")
+        icons = {"holds": ":material/check_circle:", "does not hold": ":material/cancel:",
+                 "within noise": ":material/help:"}
         for e in effects:
-            icon = ":material/check_circle:" if e["holds"] else ":material/cancel:"
-            st.markdown(f"{icon} **{e['claim']}** — {'holds' if e['holds'] else 'does not hold'}: {e['evidence']}")
+            st.markdown(f"{icons[e['verdict']]} **{e['claim']}** — **{e['verdict']}**: {e['evidence']}.")
+        st.caption("Each claim is a difference that should be above zero. The 95% interval comes from resampling "
+                   f"the images {cas_stats.BOOTSTRAP} times (the same draws for every model, which saw the same "
+                   "images): *holds* when the whole interval is above zero, *does not hold* when it is below, "
+                   "*within noise* when it contains zero — more images narrow it.")
 
     for name, s in results.items():
         st.subheader(f"{name}: clean accuracy {s.clean_accuracy:.1f}%, under {cas.ATTACKS[s.attack].label} "

@@ -14,10 +14,11 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import cache, figures, images, lab, models, panels, pickers, url_state  # noqa: E402
+from app.common import cache, figures, images, lab, models, panels, pickers, presentation, url_state  # noqa: E402
 
 P = "cmp_"
 MAX_MODELS = 4
+TOP_K = 32  # channels drawn per model when three or more columns share the width
 MODES = {"whitebox": "Attack each model itself (white-box)",
          "transfer": "Craft the attack on one model, test it on all (transfer)"}
 
@@ -149,10 +150,15 @@ def page() -> None:
         for col, (name, res) in row():
             panels.probability_chart(res, col, key=f"cmp_probs_{name}", height=320, aux_heads=False)
         view_names = sorted({res.modules[-1].name for _, res in items})
-        st.markdown(f"**Channels of the last block ({', '.join(view_names)})**")
+        # narrow columns: the strongest channels only, so that each bar stays visible
+        top_k = TOP_K if len(items) >= 3 or presentation.is_on() else None
+        shown = f"the {TOP_K} first channels in the chosen order" if top_k else "every channel"
+        st.markdown(f"**Channels of the last block ({', '.join(view_names)}): {shown}**")
         for col, (name, res) in row():
             view = res.modules[-1]
-            fig = figures.channel_figure(view, lab.channel_order(view, sort), res.attacked, height=520)
+            fig = figures.channel_figure(view, lab.channel_order(view, sort), res.attacked, height=560,
+                                         threshold=threshold, top_k=top_k)
+            fig.update_layout(showlegend=False, margin=dict(t=40))  # colours: see the caption below
             col.plotly_chart(fig, key=f"cmp_ch_{name}", config={"displayModeBar": False})
         for col, (name, res) in row():
             view = res.modules[-1]
@@ -164,8 +170,10 @@ def page() -> None:
         st.caption("Each column is one model, given the same image. The channel charts show the last block of "
                    "the network (where CAS sits), sorted as chosen above: blue the clean image, red the "
                    "adversarial one; for CAS models the top panel is before the mask, the middle one the mask "
-                   "and the bottom one what passes on after it. Compare how many channels the attack switches "
-                   "on in each model.")
+                   "and the bottom one what passes on after it. Dotted lines: the level above which a channel "
+                   "counts as switched on. In the mask panel, orange bars are positive weights, purple negative "
+                   "ones, red diamonds the adversarial image's mask. Compare how many channels the attack "
+                   "switches on in each model. " + figures.MASK_SENTENCE)
         table = [lab.channel_table(res, name) for name, res in items]
         csv = pd.concat(table, ignore_index=True).to_csv(index=False)
         st.download_button("Channel values of all models (CSV)", csv, f"compare_{image.slug}_{choice.attack}.csv",

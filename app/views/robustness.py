@@ -21,12 +21,44 @@ from cas.precision import all_cores, threads  # noqa: E402
 
 P = "rob_"
 ON_GPU = torch.cuda.is_available()
-# As tabulated by a later paper (EWAS) for ResNet-18 on CIFAR-10, Linf 8/255; not measured here.
+# As tabulated by a later paper (EWAS: Zhang, Ren, He, Zhou and Liu, Future Generation Computer Systems,
+# 2023) for ResNet-18 on CIFAR-10, Linf 8/255; not measured here.
 PAPER = pd.DataFrame([
     ("AT", 84.47, 61.09, 44.33, 44.70), ("AT+CAS", 85.89, 61.17, 50.55, 52.56),
     ("TRADES", 79.57, 62.26, 52.29, 49.18), ("TRADES+CAS", 83.05, 63.81, 56.63, 60.03),
     ("MART", 78.86, 61.87, 51.61, 46.97), ("MART+CAS", 86.40, 62.61, 54.33, 61.49),
 ], columns=["model", "clean", "FGSM", "PGD-20", "CW-Linf"])
+REFERENCES = {  # the methods behind the literature's rows, and where the numbers come from
+    "AT": "Madry et al., ICLR 2018",
+    "TRADES": "Zhang et al., ICML 2019",
+    "MART": "Wang et al., ICLR 2020",
+    "+CAS": "Bai et al., ICLR 2021",
+    "table": "Zhang, Ren, He, Zhou and Liu (EWAS), Future Generation Computer Systems 2023",
+}
+WORST_CASE = ("**Worst case**: an image counts as correct only if the model gets it right under *every* attack "
+              "that ran on it; the accuracy that survives all of them.")
+
+
+def shown(table: pd.DataFrame, first: int = 1):
+    """The table as the page shows it: accuracies with one decimal, cells of attacks that did not run
+    empty (the numbers stay numbers for sorting and download)."""
+    numbers = list(table.columns[first:])
+    table = table.astype({c: "float64" for c in numbers})
+    return table.style.format("{:.1f}", na_rep="", subset=numbers)
+
+
+def column_name(key: str, steps: int | None = None) -> str:
+    """The header of an accuracy column; with ``steps``, the step count that actually ran (PGD-10 for
+    10 steps, not PGD-20)."""
+    name = COLUMNS.get(key, key)
+    if steps is None:
+        return name
+    spec = next((s for s in cas.ATTACKS.values() if s.card_key == key), None)
+    if "-20" in name:
+        return name.replace("-20", f"-{steps}")
+    if spec is not None and spec.knob("steps") is not None:
+        return f"{name} ({steps} steps)"
+    return name
 
 
 def page() -> None:
@@ -50,9 +82,17 @@ def page() -> None:
             if not acc and held:
                 row["clean"] = held.get("heldout_clean")
             rows.append(row)
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-        st.caption("From each model's card (empty cells: not measured yet; run `python -m cas.evaluate MODEL "
-                   "--write-card`, or a fresh evaluation below).")
+        table = pd.DataFrame(rows)
+        measured = [c for c in table.columns[3:] if table[c].notna().any()]  # columns nobody measured go
+        st.dataframe(shown(table[list(table.columns[:3]) + measured], 3), hide_index=True, width="stretch")
+        errors = [e for m in available for e in (m["card"].get("stderr") or {}).values() if e]
+        noise = (f" One standard error is {min(errors):.1f} to {max(errors):.1f} points (about 1.5 on 1,000 "
+                 "images, 2.1 on 500)." if errors else "")
+        st.caption("From each model's card, in percent." + noise + " Empty cells: not measured (the "
+                   "CAS-adaptive attacks exist only for CAS models; otherwise run `python -m cas.evaluate MODEL "
+                   "--write-card`, or a fresh evaluation below). The attacks ran with their evaluation presets "
+                   "(PGD-20: 20 steps of 2/255; CW-Linf: 30 steps), ε = 8/255. *adaptive PGD-20 (lower)*: the "
+                   "lower of joint and soft-mask PGD-20. " + WORST_CASE)
         notes = sorted({f"{ev.get('n')} test images (AutoAttack: {ev.get('counts', {}).get('autoattack')}); "
                         f"AutoAttack column: {ev['autoattack']}"
                         for m in available if isinstance(ev := m["card"].get("evaluation"), dict)
@@ -63,10 +103,15 @@ def page() -> None:
         st.info(models.NO_MODELS_MESSAGE)
 
     with st.expander("Reported in the literature (ResNet-18, not measured here)"):
-        st.dataframe(PAPER, hide_index=True, width="stretch")
-        st.caption("As tabulated by a later paper (EWAS) from the CAS setting: the CAS rows use the authors' "
-                   "joint attack, never a soft-mask one. Note that for every CAS row CW is higher than PGD-20, "
-                   "a warning sign of gradient masking.")
+        table = PAPER.copy()
+        table.insert(1, "method", [REFERENCES[m.replace("+CAS", "")] + (f" + {REFERENCES['+CAS']}"
+                                                                          if m.endswith("+CAS") else "")
+                                   for m in PAPER["model"]])
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.caption(f"Numbers as tabulated by {REFERENCES['table']}, ResNet-18, CIFAR-10, L∞ ε = 8/255; whether "
+                   "re-run or copied from the CAS paper (Bai et al., ICLR 2021) is not stated. The CAS rows use "
+                   "the authors' joint attack, never a soft-mask one. Note that for every CAS row CW is higher "
+                   "than PGD-20, a warning sign of gradient masking.")
 
     st.subheader("Why a CAS model needs adaptive attacks")
     st.markdown(
@@ -130,12 +175,16 @@ def page() -> None:
                                         progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
                 finally:
                     bar.empty()
-            results[name] = cache.cached(key, run)
-        table = pd.DataFrame([{"model": name, **{COLUMNS.get(k, k): v for k, v in r.accuracy.items()}}
+            results[name] = cache.cached(key, run, store="robustness")
+        keys = list(dict.fromkeys(k for r in results.values() for k in r.accuracy))
+        table = pd.DataFrame([{"model": name, **{column_name(k, steps): r.accuracy.get(k) for k in keys}}
                               for name, r in results.items()])
-        st.dataframe(table, hide_index=True, width="stretch")
-        st.caption(f"{n} test images, ε = {eps:g}/255; PGD-type attacks with {steps} steps (the column names "
-                   "keep the standard 20-step labels).")
+        st.dataframe(shown(table), hide_index=True, width="stretch")
+        worst_se = max((e for r in results.values() for e in r.stderr.values()), default=0.0)
+        st.caption(f"{n} test images, ε = {eps:g}/255, in percent (one standard error up to {worst_se:.1f} "
+                   f"points: differences smaller than about twice that are noise); every step-based attack "
+                   f"ran {steps} steps (as the column names say). Empty cells: the attack does not apply to "
+                   "that model (CAS-adaptive attacks on a model without CAS). " + WORST_CASE)
         for name, r in results.items():
             for flag in r.flags:
                 st.warning(f"**{name}**: {flag}")
@@ -145,7 +194,7 @@ def page() -> None:
             fig = go.Figure()
             keys = [k for k in ("clean", "pgd20", "joint_pgd20", "soft_mask_pgd20") if k in next(iter(cas_models.values())).accuracy]
             for name, r in cas_models.items():
-                fig.add_bar(name=name, x=[COLUMNS[k] for k in keys], y=[r.accuracy[k] for k in keys])
+                fig.add_bar(name=name, x=[column_name(k, steps) for k in keys], y=[r.accuracy[k] for k in keys])
             fig.update_layout(height=320, yaxis_title="accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
                               barmode="group")
             st.plotly_chart(fig, width="stretch", key=P + "ladder")
@@ -183,7 +232,7 @@ def page() -> None:
                                 progress=lambda d, t: bar.progress(d / t, text=f"{name}, {label}: {d} of {t} image-ε pairs"))
                     finally:
                         bar.empty()
-                accs = cache.cached(key, run)
+                accs = cache.cached(key, run, store="robustness")
                 fig.add_scatter(x=list(eps_list), y=accs, mode="lines+markers",
                                 name=f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}",
                                 line=dict(dash="dash" if atk == "pgd" and loaded.model.has_cas else "solid"))

@@ -120,7 +120,11 @@ def start_clicked() -> None:
     if found:
         _flash("error", " ".join(found))
         return
-    jobs.start(name, config_of(s))
+    try:
+        jobs.start(name, config_of(s))
+    except ValueError as e:  # too many runs at once, or settings refused
+        _flash("error", str(e))
+        return
     st.session_state[P + "view"] = name
     st.session_state[P + "name"] = free_name()
     _flash("success", f"Started run '{name}'. It runs in the background: you can leave or reload this page.")
@@ -131,7 +135,11 @@ def resume_clicked(name: str) -> None:
     if jobs.status(name) == "running":
         _flash("error", f"Run '{name}' is already running.")
         return
-    jobs.resume(name)
+    try:
+        jobs.resume(name)
+    except ValueError as e:
+        _flash("error", str(e))
+        return
     st.session_state[P + "view"] = name
     _flash("success", f"Resumed run '{name}' from its last finished epoch.")
 
