@@ -68,8 +68,8 @@ class AttackSettings:
             raise ValueError(f"restarts must be between 1 and 100, got {self.restarts}")
         if not (1 <= int(self.queries) <= 100_000):
             raise ValueError(f"queries must be between 1 and 100000, got {self.queries}")
-        if self.aux_weight < 0:
-            raise ValueError("aux_weight must be non-negative")
+        if not 0 <= self.aux_weight <= 100:  # also refuses NaN
+            raise ValueError(f"aux_weight must be between 0 and 100, got {self.aux_weight}")
         step = self.step_size if self.step_size is not None else auto_step_size(self.eps, int(self.steps))
         return replace(self, steps=int(self.steps), restarts=int(self.restarts), step_size=step)
 

@@ -51,6 +51,12 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
     APGD-T only, see :func:`cas.attacks.autoattack`). ``progress(label, done, total)`` reports batches."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     limits = limits or {}
+    _check_batch(batch_size)
+    unknown = [a for a in attacks if a not in ATTACKS or not ATTACKS[a].card_key]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {', '.join(map(str, unknown))}; choose from {', '.join(EVALUATED)}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in limits.values()):
+        raise ValueError(f"limits must be positive whole numbers of images, got {limits}")
     attacks = [a for a in attacks if not (ATTACKS[a].needs_cas and not getattr(model, "has_cas", False))]
     n = x_u8.shape[0]
     correct = {"clean": torch.zeros(n, dtype=torch.bool)}
@@ -102,6 +108,7 @@ def accuracy_vs_eps(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str, eps
     Gradient attacks only. ``progress(done, total)`` counts image-budget pairs."""
     if attack not in ATTACKS or not ATTACKS[attack].gradient:
         raise ValueError(f"accuracy_vs_eps needs a gradient attack, got {attack!r}")
+    _check_batch(batch_size)
     eps_values = [float(e) for e in eps_values]
     n = x_u8.shape[0]
     attacked = [e for e in eps_values if e > 0]
@@ -122,6 +129,11 @@ def accuracy_vs_eps(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str, eps
     per_eps = correct.view(len(attacked), n).float().mean(1).mul(100).tolist() if attacked else []
     it = iter(per_eps)
     return [round(clean if e == 0 else next(it), 2) for e in eps_values]
+
+
+def _check_batch(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
+        raise ValueError(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
 
 
 def standard_error(percent: float, n: int) -> float:

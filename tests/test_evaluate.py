@@ -137,3 +137,23 @@ def test_report_is_written_and_readable(standin_pretrained, tmp_path):
     two = subprocess.run([sys.executable, "-m", "cas.evaluate", "a", "b", "--report", str(out)],
                          capture_output=True, text=True)
     assert two.returncode != 0 and "exactly one model" in two.stderr
+
+
+def test_library_bounds_say_what_is_allowed():
+    from cas.attacks import AttackSettings
+    from cas.evaluate import accuracy_vs_eps
+
+    model = create_model("resnet18", width=4).eval()
+    x, y = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be"):
+            evaluate(model, x, y, ["fgsm"], batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be"):
+            accuracy_vs_eps(model, x, y, "pgd", [0, 8 / 255], batch_size=bad)
+    with pytest.raises(ValueError, match="unknown attack"):
+        evaluate(model, x, y, ["deepfool"])
+    with pytest.raises(ValueError, match="limits must be"):
+        evaluate(model, x, y, ["fgsm"], limits={"fgsm": 0})
+    for aux in (-1.0, float("nan"), 1e9):
+        with pytest.raises(ValueError, match="aux_weight must be between 0 and 100"):
+            AttackSettings(aux_weight=aux).validated()
