@@ -151,15 +151,15 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: str, cas: bool = Tr
         hint = " It has no CAS heads: add --no-cas."
     if extra:
         raise ConvertError(f"{name}: keys that a {arch}{'' if cas else ' without CAS'} in the CAS authors' "
-                           f"layout does not have: {_names(extra)}.{hint} Is --arch right?")
+                           f"layout does not have: {_names(extra)}.{hint} Is the architecture (--arch) right?")
     if missing:
         raise ConvertError(f"{name}: missing weights for a {arch}{'' if cas else ' without CAS'} in the CAS "
-                           f"authors' layout (our names): {_names(missing)}.{hint} Is --arch right?")
+                           f"authors' layout (our names): {_names(missing)}.{hint} Is the architecture (--arch) right?")
     for key, ref in expected.items():
         t = ours[key]
         if t.shape != ref.shape:
             raise ConvertError(f"{name}: {theirs_by_ours[key]} has shape {tuple(t.shape)}, a {arch} needs "
-                               f"{tuple(ref.shape)}. Is --arch right?")
+                               f"{tuple(ref.shape)}. Is the architecture (--arch) right?")
         if ref.is_floating_point() != t.is_floating_point():
             raise ConvertError(f"{name}: {theirs_by_ours[key]} has dtype {t.dtype}, expected "
                                f"{'a floating-point' if ref.is_floating_point() else 'an integer'} tensor")
@@ -170,16 +170,22 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: str, cas: bool = Tr
     return model.eval(), dropped
 
 
-def convert_file(path, arch: str, cas: bool = True, out=None, name: str | None = None) -> tuple[CASNet, dict]:
-    """Convert ``path``; write ``out`` (safetensors with a card) when given. Returns (model, card)."""
+def convert_file(path, arch: str, cas: bool = True, out=None, name: str | None = None,
+                 source_name: str | None = None) -> tuple[CASNet, dict]:
+    """Convert ``path``; write ``out`` (safetensors with a card) when given. Returns (model, card).
+    ``source_name``: the file's name for messages and the card (default: its own name)."""
     path = Path(path)
-    state = read_state_dict(path)
-    model, dropped = convert_state_dict(state, arch, cas, path.name)
+    source_name = source_name or path.name
+    try:
+        state = read_state_dict(path)
+    except ConvertError as e:
+        raise ConvertError(str(e).replace(path.name, source_name)) from None
+    model, dropped = convert_state_dict(state, arch, cas, source_name)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    card = make_card(model, name=name or (Path(out).stem if out else path.stem), method="unknown",
-                     description=f"Converted from {path.name}, a state dict of the CAS authors' code "
+    card = make_card(model, name=name or (Path(out).stem if out else Path(source_name).stem), method="unknown",
+                     description=f"Converted from {source_name}, a state dict of the CAS authors' code "
                                  f"({arch}{'' if cas else ' without CAS'}, raw [0, 1] input)",
-                     source={"file": path.name, "sha256": digest, "layout": f"CAS authors' code, {arch}",
+                     source={"file": source_name, "sha256": digest, "layout": f"CAS authors' code, {arch}",
                              "converted_by": "python -m cas.convert", "dropped_keys": dropped})
     if out:
         save_checkpoint(out, model, card)

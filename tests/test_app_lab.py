@@ -282,6 +282,29 @@ def test_truncated_checkpoint_and_good_upload(models_dir, monkeypatch, tmp_path)
     assert "with CAS" in texts(at.caption) and len(last_result(at).modules) == 2
 
 
+def test_authors_pth_upload_is_converted_with_the_architecture_asked(models_dir, monkeypatch, tmp_path):
+    """A state dict saved by the CAS authors' code (their ResNet-18 layout, built by tests/test_convert.py)
+    is converted on upload: the wrong architecture gets the converter's message, the right one attacks."""
+    import io
+
+    import torch
+    from test_convert import TheirResNet18
+
+    buf = io.BytesIO()
+    torch.save(TheirResNet18(True).state_dict(), buf)
+    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(tmp_path / "empty"))
+    at = make_app(steps=2).run()
+    at.file_uploader(key="up_lab_ckpt").set_value(("theirs.pth", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    at.selectbox(key="lab_ckpt_arch").set_value("vgg16").run()
+    assert "theirs.pth" in texts(at.error) and "Is the architecture (--arch) right?" in texts(at.error)
+    at.selectbox(key="lab_ckpt_arch").set_value("resnet18").run()
+    assert_clean(at)
+    assert not at.error or all("attack succeeded" in e.value for e in at.error)
+    assert "with CAS" in texts(at.caption) and len(last_result(at).modules) == 2
+    assert last_result(at).attacked
+
+
 def test_checkpoint_path_input(models_dir, tmp_path):
     at = make_app(steps=2).run()
     at.selectbox(key="lab_model").set_value("__path__").run()

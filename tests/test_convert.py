@@ -221,7 +221,7 @@ def test_bad_files_get_clear_messages(tmp_path):
     assert "leave out --no-cas" in _message(tmp_path, sd, cas_on=False)
     plain = TheirResNet18(False).state_dict()
     assert "add --no-cas" in _message(tmp_path, plain)
-    assert "Is --arch right?" in _message(tmp_path, sd, arch="vgg16")
+    assert "Is the architecture (--arch) right?" in _message(tmp_path, sd, arch="vgg16")
 
 
 def test_read_state_dict_accepts_a_wrapped_dict(tmp_path):

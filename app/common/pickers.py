@@ -106,12 +106,23 @@ def model_picker(prefix: str, available: list[dict], where=st) -> models.LoadedM
                                   "(.safetensors with a model card).")
     try:
         if choice == UPLOAD:
-            up = where.file_uploader("Checkpoint (.safetensors)", type=["safetensors"],
-                                     key="up_" + prefix + "ckpt")
+            up = where.file_uploader("Checkpoint (.safetensors, or .pt/.pth of the CAS authors' code)",
+                                     type=["safetensors", "pt", "pth"], key="up_" + prefix + "ckpt")
             if up is None:
-                where.caption("Upload a `.safetensors` checkpoint saved by CAS Lab.")
+                where.caption("Upload a `.safetensors` checkpoint saved by CAS Lab, or a state dict saved by "
+                              "the CAS authors' training code (`.pt`/`.pth`; it is converted, never unpickled).")
                 return None
-            loaded = models.load_from_upload(up.name, up.getvalue())
+            if up.name.lower().endswith((".pt", ".pth")):
+                from cas.convert import ARCHS
+
+                arch = where.selectbox("Architecture of this file", ARCHS, key=prefix + "ckpt_arch",
+                                       help="The model the authors' code trained (their layouts of ResNet-18, "
+                                            "VGG-16 and WRN-34-10).")
+                with_cas = where.checkbox("It has CAS modules", True, key=prefix + "ckpt_cas",
+                                          help="Untick for the same backbone trained without CAS.")
+                loaded = models.load_from_authors_upload(up.name, up.getvalue(), arch, with_cas)
+            else:
+                loaded = models.load_from_upload(up.name, up.getvalue())
         elif choice == PATH and paths:
             path = where.text_input("Checkpoint path", key=widget_key(prefix + "ckpt"),
                                     placeholder="runs/my-run/best.safetensors")
