@@ -16,11 +16,10 @@ from .pickers import ImageChoice
 
 # store -> how many results it keeps (the least recently used go first; None: all, for the session).
 STORES = {
-    "lab": 64,         # Attack Lab and Compare: one image's attack each, a few hundred kB at most
-    "stats": 8,        # Channel statistics: one model on hundreds of images each
+    "lab": 64,           # Attack Lab and Compare: one image's attack each, tens of kB
+    "stats": 8,          # Channel statistics: one model on hundreds of images each
     "robustness": None,  # Robustness evaluations and curves: minutes of work each, small results
 }
-RESULTS_KEPT = STORES["lab"]
 
 
 def store_key(store: str) -> str:

@@ -1,0 +1,76 @@
+"""Each page keeps its results in its own store: many Attack Lab results never push out a finished
+Robustness evaluation, which would otherwise be re-run, silently, on the next visit."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MAIN = str(ROOT / "app" / "main.py")
+
+
+def _fill_stores(lab_results: int) -> None:
+    """A tiny app: one evaluation-like result, then ``lab_results`` Attack Lab results."""
+    import streamlit as st
+
+    from app.common import cache
+
+    cache.cached(("eval", "model"), lambda: "evaluation", store="robustness")
+    cache.cached(("stats", "model"), lambda: "statistics", store="stats")
+    for i in range(lab_results):
+        cache.cached(("attack", i), lambda i=i: f"attack {i}")
+    st.session_state["again"] = cache.cached(("eval", "model"), lambda: "re-run", store="robustness")
+
+
+def test_each_store_has_its_own_budget():
+    from app.common import cache
+
+    n = cache.STORES["lab"] + 30
+    at = AppTest.from_function(_fill_stores, args=(n,), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["again"] == "evaluation"
+    assert len(at.session_state["_lab_results"]) == cache.STORES["lab"]  # the oldest attacks went
+    assert ("attack", n - 1) in at.session_state["_lab_results"]
+    assert list(at.session_state["_stats_results"].values()) == ["statistics"]
+    assert list(at.session_state["_robustness_results"].values()) == ["evaluation"]
+    assert at.session_state["_lab_computations"] == n + 2
+
+
+@pytest.fixture
+def models_dir(standin_pretrained, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(standin_pretrained))
+    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
+    return standin_pretrained
+
+
+def test_an_evaluation_survives_many_attack_lab_results(models_dir):
+    at = AppTest.from_file(MAIN, default_timeout=300)
+    at.query_params["attack"] = "none"
+    at.run()
+    at.switch_page("views/robustness.py").run()
+    at.multiselect(key="rob_models").set_value(["at-cas"])
+    at.number_input(key="rob_n").set_value(8)
+    at.slider(key="rob_steps").set_value(1)
+    at.multiselect(key="rob_attacks").set_value(["fgsm"])
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    evaluated = at.dataframe[2].value
+    computed = at.session_state["_lab_computations"]
+
+    at.switch_page("views/attack_lab.py").run()
+    for i in range(1, 33):  # 32 Attack Lab results, each a new image
+        at.number_input(key="lab_idx").set_value(i).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["_lab_computations"] >= computed + 32
+
+    computed = at.session_state["_lab_computations"]
+    at.switch_page("views/robustness.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["_lab_computations"] == computed  # shown again, not re-run
+    assert at.dataframe[2].value.equals(evaluated)
