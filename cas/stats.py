@@ -7,7 +7,9 @@ For each model: N test images (one class or all), their adversarial versions (an
 :data:`cas.ATTACKS`, eps 8/255 by default), and per CAS point (or the matching block of a model without
 CAS) the per-channel activations before and after the mask. From them: the paper's magnitude and
 frequency curves and summary figures (:mod:`cas.analysis`). ``--out`` writes Plotly HTML figures, a CSV
-table and a JSON file; ``--check`` reports whether the paper's effects hold on the chosen models.
+table and a JSON file; ``--check`` reports whether the paper's effects hold on the chosen models. Every
+summary figure comes with a bootstrap standard error over the images, and every claim with a 95%
+bootstrap interval and a verdict: holds, does not hold, or within noise.
 """
 from __future__ import annotations
 
@@ -323,7 +325,10 @@ def main(argv=None):
             "active_share_adv", "uniformity_nat", "uniformity_adv"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(f"{r[c]:.4f} ± {r[c + '_se']:.4f}" if isinstance(r[c], float) else str(r[c])
+                                for c in cols) + " |")
+    if rows:
+        print(f"(± one bootstrap standard error over the images, {BOOTSTRAP} resamples)")
     for e in effects:
         print(f"{e['verdict'].upper()}: {e['claim']} ({e['evidence']})")
 

@@ -70,7 +70,8 @@ def test_robustness_table_fresh_evaluation_and_curve(models_dir):
     at.multiselect(key="rob_attacks").set_value(["fgsm", "pgd", "soft_mask_pgd"])
     at.button[0].click().run()
     _clean(at)
-    fresh = at.dataframe[2].value
+    fresh = at.dataframe[2].value.replace("", float("nan"))  # shown as text, empty where nothing ran
+    fresh[fresh.columns[1:]] = fresh[fresh.columns[1:]].astype(float)
     assert list(fresh["model"]) == ["at", "at-cas"]
     at_cas = fresh.set_index("model").loc["at-cas"]
     for col in ("clean", "FGSM", "PGD-2", "soft-mask PGD-2", "worst case"):  # the steps that ran: 2

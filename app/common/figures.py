@@ -28,7 +28,7 @@ FONT = dict(size=14)
 TITLE_FONT = dict(size=14, color="#555")
 BIG_FONT = dict(size=20)
 BIG_TITLE_FONT = dict(size=20, color="#444")
-THRESHOLD_COLOUR = "#2ca02c"
+LEGEND_FONT = dict(size=16)
 # diverging scale of the mask weights: negative (flips the channel) purple, near 0 pale, positive orange
 MASK_SCALE = [[0.0, "#542788"], [0.25, "#998ec3"], [0.5, "#f7f7f7"], [0.75, "#f1a340"], [1.0, "#b35806"]]
 MASK_SENTENCE = ("“Suppression” is a multiplication: each channel is multiplied by a learned, signed weight (the "
@@ -63,11 +63,24 @@ def _title(text: str, x: float, y: float) -> dict:
 def _layout(height: int, **extra) -> dict:
     """Shared look: the legend in a band at the very top (above the panel titles), small margins."""
     big = presentation()
-    return dict(height=int(height * 1.15) if big else height, margin=dict(l=10, r=10, t=95 if big else 75, b=10),
-                font=fonts()[0], bargap=0.05,
+    return dict(height=int(height * 1.15) if big else height,
+                margin=dict(l=10, r=10, t=115 if big else 75, b=10), font=fonts()[0], bargap=0.05,
                 barmode="group", hovermode="closest", annotations=[],
                 legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
                 **extra)
+
+
+def _figure(data: list, layout: dict) -> go.Figure:
+    """The figure; in presentation mode every axis and the legend get the large font too (the app's
+    chart theme sets their fonts, which the layout's global font does not override)."""
+    if presentation():
+        for key, axis in layout.items():
+            if key.startswith(("xaxis", "yaxis")):
+                axis.setdefault("tickfont", BIG_FONT)
+                if isinstance(axis.get("title"), dict):
+                    axis["title"].setdefault("font", BIG_FONT)
+        layout["legend"] = {**layout.get("legend", {}), "font": LEGEND_FONT}  # a narrow column may wrap it
+    return go.Figure(data=data, layout=layout)
 
 
 def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | None = None,
@@ -96,7 +109,7 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
                              marker=dict(color=colour), legendgroup=label, showlegend=i == 1,
                              xaxis=f"x{_axis(i)}", yaxis=f"y{_axis(i)}",
                              hovertemplate="%{y}: %{x:.1f}%<extra>" + label + "</extra>"))
-    return go.Figure(data=data, layout=layout)
+    return _figure(data, layout)
 
 
 def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
@@ -117,12 +130,13 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
     k = view.before.shape[1]
     channels = np.asarray(order)[:top_k] if top_k else np.asarray(order)
     pos = np.arange(len(channels))
+    short = bool(top_k)  # a narrow column: short titles
     if view.is_cas:
-        panels = [("Before the CAS mask", view.before),
-                  ("CAS mask: the weight each channel is multiplied by", view.mask),
-                  ("After the mask (= before × mask)", view.after)]
+        panels = [("Before the mask" if short else "Before the CAS mask", view.before),
+                  ("Mask weights" if short else "CAS mask: the weight each channel is multiplied by", view.mask),
+                  ("After the mask" if short else "After the mask (= before × mask)", view.after)]
     else:
-        panels = [("Activation (no CAS: nothing masked)", view.before)]
+        panels = [("Activation (no CAS)" if short else "Activation (no CAS: nothing masked)", view.before)]
     n = len(panels)
     gap = 0.09 if n > 1 else 0.0
     size = (1 - gap * (n - 1)) / n
@@ -159,6 +173,7 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
                                  line=dict(color=colour, dash="dot", width=1.5), xaxis="x", yaxis=axis,
                                  name=f"switched-on line ({threshold:g}%)",
                                  legendgroup="threshold", showlegend=i == 1 and r == 0, hoverinfo="skip"))
-    which = f"the {len(channels)} strongest of {k} channels" if top_k and top_k < k else f"channels ({k})"
-    layout["xaxis"] = dict(anchor=f"y{_axis(n)}", title=dict(text=f"{which}, in the chosen order"))
-    return go.Figure(data=data, layout=layout)
+    which = (f"first {len(channels)} of {k} channels" if top_k and top_k < k
+             else f"channels ({k}), in the chosen order")
+    layout["xaxis"] = dict(anchor=f"y{_axis(n)}", title=dict(text=which))
+    return _figure(data, layout)

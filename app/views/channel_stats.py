@@ -13,14 +13,31 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import cache, images, models, url_state  # noqa: E402
+from app.common import cache, figures, images, models, presentation, url_state  # noqa: E402
 from cas import stats as cas_stats  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
 P = "stats_"
+HELP = {"mean_magnitude_nat": "Average |activation| of a channel, clean images",
+        "mean_magnitude_adv": "Average |activation| of a channel, attacked images",
+        "active_share_nat": "Share of the channels above the threshold on a clean image",
+        "active_share_adv": "Share of the channels above the threshold on an attacked image",
+        "uniformity_nat": "How evenly the clean images activate the channels (1 = all equally often)",
+        "uniformity_adv": "How evenly the attacked images activate the channels (1 = all equally often)"}
 ON_GPU = torch.cuda.is_available()
 # gradient attacks with one Linf budget, PGD first (the paper's)
 ATTACKS = sorted((n for n, s in cas.ATTACKS.items() if s.gradient and s.norm == "linf"), key=lambda n: n != "pgd")
+
+
+def big(fig):
+    """Larger fonts in presentation mode."""
+    if presentation.is_on():
+        size = figures.BIG_FONT["size"]
+        fig.update_layout(font_size=size, title_font_size=size, legend_font_size=figures.LEGEND_FONT["size"],
+                          height=420)
+        fig.update_xaxes(tickfont_size=size, title_font_size=size)
+        fig.update_yaxes(tickfont_size=size, title_font_size=size)
+    return fig
 
 
 def page() -> None:
@@ -120,12 +137,15 @@ def page() -> None:
                "often). *Clean* = natural test images, *attacked* = their adversarial versions. Each figure "
                f"comes with its standard error (± SE), from {cas_stats.BOOTSTRAP} bootstrap resamples of the "
                "images: differences within about two standard errors are noise.")
-    config = {key: st.column_config.NumberColumn(label, format="%.4f" if "acc" not in key else "%.1f",
-                                                 width="small" if label == "± SE" else "medium")
-              for key, label in cas_stats.COLUMN_LABELS.items() if key not in ("model", "point", "stage", "attack")}
-    config.update({key: st.column_config.TextColumn(cas_stats.COLUMN_LABELS[key], width="small")
-                   for key in ("model", "point", "stage", "attack")})
-    config["images"] = st.column_config.NumberColumn("Images", format="%d", width="small")
+    config = {}
+    for key, label in cas_stats.COLUMN_LABELS.items():
+        if key in ("model", "point", "stage", "attack"):  # who and where: kept in view while scrolling
+            config[key] = st.column_config.TextColumn(label, width=100, pinned=key != "attack")
+        else:  # wide enough for the whole label
+            width = 70 if label == "± SE" else 8 * len(label) + 30
+            config[key] = st.column_config.NumberColumn(label, width=width, help=HELP.get(key.removesuffix("_se")),
+                                                        format="%.1f" if "acc" in key else "%.4f")
+    config["images"] = st.column_config.NumberColumn("Images", format="%d", width=70)
     st.dataframe(table, hide_index=True, width="stretch", column_config=config)
     st.download_button("Download the table (CSV)", table.to_csv(index=False).encode(), "channel_statistics.csv",
                        "text/csv", on_click="ignore")
@@ -155,9 +175,9 @@ def page() -> None:
                 for stage in stages:
                     c1, c2 = st.columns(2)
                     label = f"{stage} the CAS mask" if p.has_mask else "block output"
-                    c1.plotly_chart(cas_stats.magnitude_figure(p, stage, threshold, f"Magnitude, {label}"),
+                    c1.plotly_chart(big(cas_stats.magnitude_figure(p, stage, threshold, f"Magnitude, {label}")),
                                     width="stretch", key=f"{P}{name}{p.name}{stage}m")
-                    c2.plotly_chart(cas_stats.frequency_figure(p, stage, threshold, f"Frequency, {label}"),
+                    c2.plotly_chart(big(cas_stats.frequency_figure(p, stage, threshold, f"Frequency, {label}")),
                                     width="stretch", key=f"{P}{name}{p.name}{stage}f")
     st.caption("Left: each channel's average activation, natural and adversarial curves each sorted from strongest "
                "to weakest (the paper's Figure 1) — red above blue means the attack makes channels fire harder. "

@@ -39,12 +39,19 @@ WORST_CASE = ("**Worst case**: an image counts as correct only if the model gets
               "that ran on it; the accuracy that survives all of them.")
 
 
-def shown(table: pd.DataFrame, first: int = 1):
-    """The table as the page shows it: accuracies with one decimal, cells of attacks that did not run
-    empty (the numbers stay numbers for sorting and download)."""
-    numbers = list(table.columns[first:])
-    table = table.astype({c: "float64" for c in numbers})
-    return table.style.format("{:.1f}", na_rep="", subset=numbers)
+def shown(table: pd.DataFrame, first: int = 1) -> pd.DataFrame:
+    """The table as the page shows it: accuracies as measured (at most two decimals), and cells of
+    attacks that did not run (or were never measured) left empty."""
+    table = table.copy()
+    for c in table.columns[first:]:
+        table[c] = [f"{round(v, 2):g}" if isinstance(v, (int, float)) and not pd.isna(v) else "" for v in table[c]]
+    return table
+
+
+def right_aligned(table: pd.DataFrame, first: int = 1) -> dict:
+    """Column settings: the numbers' columns aligned right, each wide enough for its name."""
+    return {c: st.column_config.TextColumn(c, alignment="right", width=max(60, 8 * len(c) + 24))
+            for c in table.columns[first:]}
 
 
 def column_name(key: str, steps: int | None = None) -> str:
@@ -84,8 +91,15 @@ def page() -> None:
             rows.append(row)
         table = pd.DataFrame(rows)
         measured = [c for c in table.columns[3:] if table[c].notna().any()]  # columns nobody measured go
-        st.dataframe(shown(table[list(table.columns[:3]) + measured], 3), hide_index=True, width="stretch")
-        errors = [e for m in available for e in (m["card"].get("stderr") or {}).values() if e]
+        table = table[list(table.columns[:3]) + measured]
+        versions = {str((m["card"].get("evaluation") or {}).get("autoattack")) for m in available
+                    if "autoattack" in (m["card"].get("accuracy") or {})}
+        if len(versions) == 1 and versions.pop().startswith("APGD-CE + APGD-T"):  # what ran, in the name
+            table = table.rename(columns={COLUMNS["autoattack"]: f"{COLUMNS['autoattack']} (APGD-CE + APGD-T)"})
+        st.dataframe(shown(table, 3), hide_index=True, width="stretch", column_config=right_aligned(table, 3))
+        errors = [e for m in available for e in (m.get("stderr") or m["card"].get("stderr")
+                                                  or (m["card"].get("evaluation") or {}).get("stderr") or {}).values()
+                  if isinstance(e, (int, float)) and e > 0]
         noise = (f" One standard error is {min(errors):.1f} to {max(errors):.1f} points (about 1.5 on 1,000 "
                  "images, 2.1 on 500)." if errors else "")
         st.caption("From each model's card, in percent." + noise + " Empty cells: not measured (the "
@@ -179,7 +193,7 @@ def page() -> None:
         keys = list(dict.fromkeys(k for r in results.values() for k in r.accuracy))
         table = pd.DataFrame([{"model": name, **{column_name(k, steps): r.accuracy.get(k) for k in keys}}
                               for name, r in results.items()])
-        st.dataframe(shown(table), hide_index=True, width="stretch")
+        st.dataframe(shown(table), hide_index=True, width="stretch", column_config=right_aligned(table))
         worst_se = max((e for r in results.values() for e in r.stderr.values()), default=0.0)
         st.caption(f"{n} test images, ε = {eps:g}/255, in percent (one standard error up to {worst_se:.1f} "
                    f"points: differences smaller than about twice that are noise); every step-based attack "

@@ -1,0 +1,184 @@
+"""The Lecture page in a real browser, on the bundled models: walk from the first step to the last with
+the Next button, checking each step's claim on the page, then presentation mode at 1024 pixels wide.
+Screenshots go to ``test-artifacts/``; ``CAS_SCREENSHOTS=1`` also writes the README's
+``docs/screenshots/lecture.png`` and ``presentation.png``."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import cas
+from app.views import lecture
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "screenshots"
+MAX_BYTES = 300_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def expected(cifar_test):
+    """Each step's claim sentence, computed here as the page computes it, up to its first number (the
+    server's models run in another memory layout, so the last digits of a figure may differ; the
+    predicted classes do not)."""
+    x, y = cifar_test
+    models = {name: cas.load_model(name) for name, _ in lecture.RUNS.values()}
+    results = lecture.run_all(models, x[lecture.IMAGE].numpy(), int(y[lecture.IMAGE]))
+    out = []
+    for step in range(1, len(lecture.STEPS) + 1):
+        holds, sentence = lecture.claim(step, results)
+        assert holds, sentence
+        out.append(re.split(r"\d", sentence.replace("**", ""))[0])
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on the bundled models (no finished runs listed)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    try:
+        with serve({"CAS_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}, log) as url:
+            yield url
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(log, ARTIFACTS / "streamlit_lecture.log")
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _settle(page, charts: int = 1) -> None:
+    page.wait_for_timeout(500)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    page.locator(".js-plotly-plot").nth(charts - 1).wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(800)
+
+
+def _body(page) -> str:
+    return re.sub(r"\s+", " ", page.inner_text("body"))
+
+
+def _save(page, name: str, full: bool = False) -> None:
+    """A screenshot in test-artifacts/ (and in docs/screenshots/ with CAS_SCREENSHOTS=1), as a palette
+    PNG so that it stays small."""
+    from PIL import Image
+
+    if full:
+        size = page.viewport_size
+        height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 4000)})
+        page.wait_for_timeout(1500)
+    png = page.screenshot()
+    if full:
+        page.set_viewport_size(size)
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128)
+    targets = [ARTIFACTS / name] + ([DOCS / name] if os.environ.get("CAS_SCREENSHOTS") else [])
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, optimize=True)
+        assert path.stat().st_size < MAX_BYTES or path.parent == ARTIFACTS, f"{path} is too large"
+
+
+def test_walk_the_lecture_with_next(server, browser, expected):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/lecture")
+    n = len(lecture.STEPS)
+    for step in range(1, n + 1):
+        page.get_by_text(f"Step {step} of {n}", exact=False).first.wait_for()
+        _settle(page, 2 if step == n else 1)
+        body = _body(page)
+        assert "Traceback" not in body and "does not hold" not in body
+        assert lecture.STEPS[step - 1].title in body
+        start = body.find(expected[step - 1][:20])
+        assert expected[step - 1] in body, (step, expected[step - 1], body[start:start + len(expected[step - 1]) + 40])
+        assert f"step={step}" in page.url or step == 1
+        if step == 2:
+            _save(page, "lecture.png", full=True)
+        if step < n:
+            page.get_by_role("button", name="Next").click()
+    assert page.get_by_role("button", name="Next").is_disabled()
+    body = _body(page)
+    assert "Soft-mask PGD" in body and "the attack succeeded" in body  # the last step, side by side:
+    assert "(not fooled)" in body and "(fooled)" in body  # plain PGD fails, soft-mask PGD succeeds
+    page.get_by_role("button", name="Back").click()
+    page.get_by_text(f"Step {n - 1} of {n}", exact=False).first.wait_for()
+    assert f"step={n - 1}" in page.url
+    page.close()
+
+
+def _fits(page, width: int) -> None:
+    """Nothing wider than the window, no two images overlapping, every button inside the window."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    boxes = page.evaluate("""[...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+        .filter(img => !img.closest('[data-testid="stExpander"]'))  // the gallery's thumbnails are not results
+        .map(img => { const r = img.getBoundingClientRect();
+                      return {x: r.x, y: r.y, width: r.width, height: r.height}; })""")
+    assert boxes and all(b["width"] >= 384 for b in boxes), boxes
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap_x = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
+            overlap_y = min(a["y"] + a["height"], b["y"] + b["height"]) - max(a["y"], b["y"])
+            assert overlap_x <= 1 or overlap_y <= 1, (a, b)
+    for button in page.locator('[data-testid="stMain"] button:visible').all():
+        box = button.bounding_box()
+        if box:
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+
+
+def test_presentation_mode_at_1024_pixels(server, browser, expected):
+    width = 1024
+    page = browser.new_page(viewport={"width": width, "height": 768})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/lecture?step=2&present=1")
+    page.get_by_text("Step 2 of", exact=False).first.wait_for()
+    _settle(page)
+    assert expected[1] in _body(page)
+    sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()  # folded away: off the screen
+    assert sidebar is None or sidebar["x"] + sidebar["width"] <= 1 or sidebar["width"] <= 1, sidebar
+    _fits(page, width)
+    # Next keeps presentation mode in the link
+    page.get_by_role("button", name="Next").click()
+    page.get_by_text("Step 3 of", exact=False).first.wait_for()
+    _settle(page)
+    assert "present=1" in page.url and "step=3" in page.url
+    _fits(page, width)
+    # the last step: plain and soft-mask PGD side by side, in two columns
+    page.goto(f"{server}/lecture?step={len(lecture.STEPS)}&present=1")
+    page.get_by_text(f"Step {len(lecture.STEPS)} of", exact=False).first.wait_for()
+    _settle(page, 2)
+    assert expected[-1] in _body(page)
+    _fits(page, width)
+    _save(page, "presentation.png", full=True)
+    # another page keeps it too, with its images at 384 pixels or more
+    page.goto(f"{server}/?model=at-cas&steps=10&img={lecture.IMAGE}&present=1")  # the Attack Lab
+    page.get_by_text("Result: PGD", exact=False).first.wait_for()
+    _settle(page, 2)
+    assert "present=1" in page.url
+    _fits(page, width)
+    # the sidebar opens on demand; a page chosen there stays in presentation mode
+    page.locator('[data-testid="stExpandSidebarButton"]').first.click()
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Robustness").click()
+    page.get_by_text("Why a CAS model needs adaptive attacks").first.wait_for()
+    page.wait_for_timeout(1500)
+    assert "present=1" in page.url and page.get_by_role("switch", name="Presentation mode").is_checked()
+    page.close()
