@@ -78,6 +78,8 @@ def test_robustness_table_fresh_evaluation_and_curve(models_dir):
         assert 0 <= at_cas[col] <= 100 and (at_cas[col] * 16 / 100) % 1 < 1e-6  # a count out of 16
     assert at_cas["worst case"] <= min(at_cas["clean"], at_cas["PGD-2"], at_cas["soft-mask PGD-2"])
     assert fresh.set_index("model").loc["at"].isna()["soft-mask PGD-2"]  # not run on a plain model
+    reports = [b.proto.label for b in at.get("download_button")]
+    assert reports == ["Report: at (HTML)", "Report: at-cas (HTML)"]
     at.multiselect(key="rob_cmodels").set_value(["at-cas"])
     at.number_input(key="rob_cn").set_value(8)
     at.slider(key="rob_csteps").set_value(1)

@@ -20,6 +20,10 @@ from cas import data as cas_data
 MAX_PIXELS = 40_000_000  # ~ a 7,700 x 5,200 photo; larger uploads are refused before decoding
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 PREVIEW_SIZE = 192
+# the most test images one request may attack, so that no click pins the server: a CPU needs minutes
+# for 1,000 images (PGD on the bundled models), and AutoAttack-type attacks take seconds per image there
+MAX_REQUEST_IMAGES = 10_000 if torch.cuda.is_available() else 1_000
+MAX_SLOW_ATTACK_IMAGES = 10_000 if torch.cuda.is_available() else 100
 
 
 class ImageInputError(ValueError):

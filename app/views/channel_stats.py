@@ -67,7 +67,7 @@ def page() -> None:
 
     PARAMS = [url_state.Param(P + "models", "models", default, _parse_models, ",".join),
               url_state.Param(P + "cls", "cls", "airplane", url_state.one_of(("all",) + tuple(cas.CLASSES))),
-              url_state.Param(P + "n", "n", 512 if ON_GPU else 64, url_state.int_in(8, 10000)),
+              url_state.Param(P + "n", "n", 512 if ON_GPU else 64, url_state.int_in(8, images.MAX_REQUEST_IMAGES)),
               url_state.Param(P + "attack", "attack", ATTACKS[0], url_state.one_of(tuple(ATTACKS))),
               url_state.Param(P + "eps", "eps", 8.0, url_state.float_in(0.5, 64.0), url_state.dump_number),
               url_state.Param(P + "steps", "steps", 10, url_state.int_in(1, 50)),
@@ -81,7 +81,7 @@ def page() -> None:
         c1, c2, c3, c4 = st.columns(4)
         cls = c1.selectbox("Images of class", ["all"] + list(cas.CLASSES), key=P + "cls",
                            help="The paper used the 1,000 test images of one class (airplane).")
-        n = c2.number_input("Number of images", 8, 10000, step=8, key=P + "n",
+        n = c2.number_input("Number of images", 8, images.MAX_REQUEST_IMAGES, step=8, key=P + "n",
                             help="A few hundred take about a minute per model on a laptop CPU.")
         attack = c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=lambda a: cas.ATTACKS[a].label,
                               help="CAS-adaptive attacks apply to CAS models; other models get plain PGD.")

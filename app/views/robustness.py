@@ -68,6 +68,20 @@ def column_name(key: str, steps: int | None = None) -> str:
     return name
 
 
+def report_buttons(results: dict, cards: dict, eps: float) -> None:
+    """One download per evaluated model: the self-contained HTML report of ``python -m cas.evaluate
+    --report`` (card, table with standard errors, flags, the number to trust)."""
+    from cas.report import render
+
+    cols = st.columns(min(len(results), 4) or 1)
+    for i, (name, r) in enumerate(results.items()):
+        cols[i % len(cols)].download_button(
+            f"Report: {name} (HTML)", render({**cards[name], "name": name}, r, eps / 255),
+            file_name=f"{name}-robustness-report.html", mime="text/html", key=f"{P}report_{name}",
+            help="One page to keep or share: the model card, this table with the number of images and the "
+                 "standard error of each figure, the sanity flags in plain words and which number to trust.")
+
+
 def page() -> None:
     """The Robustness page: measured and reported accuracies, fresh evaluations, the ε-curve."""
     st.title(":material/shield: Robustness")
@@ -153,8 +167,10 @@ def page() -> None:
     with st.form(P + "eval"):
         chosen = st.multiselect("Models", names, default=names[:3], key=P + "models")
         c1, c2, c3 = st.columns(3)
-        n = c1.number_input("Test images", 8, 10000, 1000 if ON_GPU else 48, step=8, key=P + "n",
-                            help="The same shuffled test images for every model.")
+        n = c1.number_input("Test images", 8, images.MAX_REQUEST_IMAGES, 1000 if ON_GPU else 48, step=8,
+                            key=P + "n", help="The same shuffled test images for every model. AutoAttack and "
+                                              f"adaptive AutoAttack run on the first {images.MAX_SLOW_ATTACK_IMAGES:,} "
+                                              "at most.")
         steps = c2.slider("Steps of the PGD attacks", 1, 50, 20 if ON_GPU else 10, key=P + "steps")
         eps = c3.number_input("ε (/255)", 0.5, 64.0, 8.0, step=0.5, key=P + "eps")
         attack_names = [n for n, s in cas.ATTACKS.items() if s.card_key and s.norm == "linf"]
@@ -173,6 +189,7 @@ def page() -> None:
         xs, ys = images.shuffled_subset(n)
         overrides = {a: {"steps": steps} for a, s in cas.ATTACKS.items() if s.knob("steps")}
         overrides["square"] = {"queries": 1000}
+        slow_limits = {a: min(n, images.MAX_SLOW_ATTACK_IMAGES) for a in attacks if not cas.ATTACKS[a].interactive}
         results = {}
         for name in chosen:
             if name not in names:
@@ -185,7 +202,7 @@ def page() -> None:
                 try:
                     with threads(all_cores()):
                         return evaluate(loaded.model, xs, ys, list(attacks), eps=eps / 255, batch_size=64,
-                                        device="cpu", overrides=overrides,
+                                        device="cpu", overrides=overrides, limits=slow_limits,
                                         progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
                 finally:
                     bar.empty()
@@ -202,6 +219,7 @@ def page() -> None:
         for name, r in results.items():
             for flag in r.flags:
                 st.warning(f"**{name}**: {flag}")
+        report_buttons(results, {name: _load(name).card for name in results}, eps)
         cas_models = {name: r for name, r in results.items() if "soft_mask_pgd20" in r.accuracy}
         if cas_models:
             st.markdown("**Attack by attack on the CAS models** — the same images, stronger and stronger tests:")
@@ -217,7 +235,8 @@ def page() -> None:
     with st.form(P + "curve"):
         curve_models = st.multiselect("Models", names, default=names[:3], key=P + "cmodels")
         c1, c2 = st.columns(2)
-        cn = c1.number_input("Test images", 8, 10000, 500 if ON_GPU else 32, step=8, key=P + "cn")
+        cn = c1.number_input("Test images", 8, images.MAX_REQUEST_IMAGES, 500 if ON_GPU else 32, step=8,
+                             key=P + "cn")
         csteps = c2.slider("PGD steps", 1, 50, 10, key=P + "csteps")
         eps_list = st.multiselect("ε values (/255)", [0, 1, 2, 4, 6, 8, 12, 16], default=[0, 2, 4, 8, 16], key=P + "eps_list")
         run_curve = st.form_submit_button("Draw the curve")
