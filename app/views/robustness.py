@@ -77,7 +77,7 @@ def report_buttons(results: dict, cards: dict, eps: float) -> None:
     for i, (name, r) in enumerate(results.items()):
         cols[i % len(cols)].download_button(
             f"Report: {name} (HTML)", render({**cards[name], "name": name}, r, eps / 255),
-            file_name=f"{name}-robustness-report.html", mime="text/html", key=f"{P}report_{name}",
+            file_name=f"{name}-robustness-report.html", mime="text/html", key=f"dl_report_{name}",
             help="One page to keep or share: the model card, this table with the number of images and the "
                  "standard error of each figure, the sanity flags in plain words and which number to trust.")
 
