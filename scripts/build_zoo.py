@@ -130,7 +130,7 @@ def table() -> str:
         lines.append(f"| `{e['name']}` | " + " | ".join(cells) + f" | {e['train_seconds'] / 60:.0f} min |")
     counts = entries[0]["counts"] if entries else {}
     lines.append(f"\nPercent ± one standard error; n = {counts.get('clean')} test images "
-                 f"(AutoAttack and the worst case: n = {counts.get('autoattack')}).")
+                 f"(AutoAttack, adaptive AutoAttack and the worst case: n = {counts.get('autoattack')}).")
     return "\n".join(lines)
 
 
