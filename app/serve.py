@@ -62,9 +62,25 @@ def is_set(option: str, args: list[str]) -> bool:
     return _config_files_set(option)
 
 
+def _address(args: list[str]) -> str | None:
+    """The server address the command line or the environment asks for (None: not given there)."""
+    for i, a in enumerate(args):
+        if a == "--server.address" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--server.address="):
+            return a.split("=", 1)[1]
+    return os.environ.get("STREAMLIT_SERVER_ADDRESS") or None
+
+
 def streamlit_args(args: list[str]) -> list[str]:
-    """The ``streamlit run`` arguments: the app, :data:`DEFAULTS` the user left unset, then ``args``."""
-    extra = [a for option, value in DEFAULTS.items() if not is_set(option, args) for a in ("--" + option, value)]
+    """The ``streamlit run`` arguments: the app, :data:`DEFAULTS` the user left unset, then ``args``.
+    When the app is opened to the network, visitors see an error's type but not its traceback (which
+    names the server's files), unless ``client.showErrorDetails`` is set."""
+    defaults = dict(DEFAULTS)
+    address = _address(args)
+    if address and address not in ("localhost", "127.0.0.1", "::1"):
+        defaults["client.showErrorDetails"] = "type"
+    extra = [a for option, value in defaults.items() if not is_set(option, args) for a in ("--" + option, value)]
     return ["run", str(ROOT / "app" / "main.py"), *extra, *args]
 
 

@@ -46,6 +46,11 @@ def test_launcher_defaults_to_localhost_wherever_it_starts(tmp_path, monkeypatch
     assert args[args.index("--browser.gatherUsageStats") + 1] == "false"
     opened = serve.streamlit_args(["--server.address", "0.0.0.0"])  # the user asked for the network
     assert opened.count("--server.address") == 1 and opened[-1] == "0.0.0.0"
+    # open to the network: visitors see an error's type, not a traceback naming the server's files
+    assert opened[opened.index("--client.showErrorDetails") + 1] == "type"
+    assert "--client.showErrorDetails" not in args
+    chosen = serve.streamlit_args(["--server.address", "0.0.0.0", "--client.showErrorDetails", "full"])
+    assert chosen.count("--client.showErrorDetails") == 1
     assert serve.streamlit_args(["--server.address=10.0.0.5"]).count("--server.address") == 0
     monkeypatch.setenv("STREAMLIT_SERVER_ADDRESS", "0.0.0.0")
     assert "--server.address" not in serve.streamlit_args([])
