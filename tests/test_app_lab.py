@@ -77,6 +77,8 @@ def test_default_view_attacks_and_draws(models_dir):
     assert plotly_count(at) >= 2  # probabilities + channels
     assert "L∞ =" in texts(at.markdown)
     assert len(at.get("download_button")) == 3
+    # the chart's caption says that one image may go against the paper's dataset-level claims
+    assert "one image is one sample" in texts(at.caption) and "Channel statistics" in texts(at.caption)
 
 
 @pytest.mark.parametrize("attack,extra", [

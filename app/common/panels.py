@@ -96,7 +96,9 @@ def channel_caption(view: lab.PointView, sort: str, threshold: float, attacked: 
     text += (f"A channel counts as *switched on* when it exceeds {threshold:g}% of the strongest one "
              "(the dotted lines). "
              "The paper's finding: adversarial images switch on more channels, more strongly; "
-             "CAS tries to suppress the extra ones.")
+             "CAS tries to suppress the extra ones. That is a claim about averages over many images: one "
+             "image is one sample and may go against it — the **Channel statistics** page measures it on "
+             "hundreds of images, with its noise.")
     return text
 
 
