@@ -67,7 +67,12 @@ def channel_statistics(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str =
                        progress=None) -> ModelStats:
     """Attack ``x_u8`` (uint8 (N, 3, 32, 32)) in batches and collect per-channel activations.
     ``progress(done, total)`` counts images. The model is only called, never changed."""
-    settings = settings or AttackSettings(eps=8 / 255, steps=20, step_size=2 / 255)
+    settings = (settings or AttackSettings(eps=8 / 255, steps=20, step_size=2 / 255)).validated()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
+        raise ValueError(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
+    if x_u8.dim() != 4 or x_u8.shape[0] != y.shape[0] or not 1 <= x_u8.shape[0] <= 50_000:
+        raise ValueError(f"expected 1 to 50000 images (N, 3, 32, 32) with N labels, got images of shape "
+                         f"{tuple(x_u8.shape)} and {tuple(y.shape)} labels")
     n = x_u8.shape[0]
     x = x_u8.float() / 255
     adv_parts = []

@@ -157,3 +157,18 @@ def test_library_bounds_say_what_is_allowed():
     for aux in (-1.0, float("nan"), 1e9):
         with pytest.raises(ValueError, match="aux_weight must be between 0 and 100"):
             AttackSettings(aux_weight=aux).validated()
+
+
+def test_channel_statistics_bounds():
+    from cas.attacks import AttackSettings
+    from cas.stats import channel_statistics
+
+    model = create_model("resnet18", width=4).eval()
+    x, y = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        channel_statistics(model, x, y, batch_size=0)
+    with pytest.raises(ValueError, match="N labels"):
+        channel_statistics(model, x, y[:1])
+    with pytest.raises(ValueError, match="steps must be between"):
+        channel_statistics(model, x, y, settings=AttackSettings(steps=0))
+    assert channel_statistics(model, x, y, settings=AttackSettings(steps=1)).n == 2
