@@ -126,14 +126,15 @@ def test_walk_the_lecture_with_next(server, browser, expected):
     page.close()
 
 
-def _fits(page, width: int) -> None:
-    """Nothing wider than the window, no two images overlapping, every button inside the window."""
+def _fits(page, width: int, min_image: int = 384) -> None:
+    """Nothing wider than the window, no two images overlapping, every image at least ``min_image``
+    pixels wide, every button inside the window."""
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     boxes = page.evaluate("""[...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
         .filter(img => !img.closest('[data-testid="stExpander"]'))  // the gallery's thumbnails are not results
         .map(img => { const r = img.getBoundingClientRect();
                       return {x: r.x, y: r.y, width: r.width, height: r.height}; })""")
-    assert boxes and all(b["width"] >= 384 for b in boxes), boxes
+    assert boxes and all(b["width"] >= min_image for b in boxes), boxes
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             overlap_x = min(a["x"] + a["width"], b["x"] + b["width"]) - max(a["x"], b["x"])
@@ -181,4 +182,21 @@ def test_presentation_mode_at_1024_pixels(server, browser, expected):
     page.get_by_text("Why a CAS model needs adaptive attacks").first.wait_for()
     page.wait_for_timeout(1500)
     assert "present=1" in page.url and page.get_by_role("switch", name="Presentation mode").is_checked()
+    page.close()
+
+
+def test_attack_lab_fits_1024_pixels_without_presentation_mode(server, browser):
+    """The everyday layout on a projector-sized window: the three images side by side without touching,
+    and the Random button's label whole (not cut off with an ellipsis)."""
+    width = 1024
+    page = browser.new_page(viewport={"width": width, "height": 768})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/?model=at-cas&steps=10&img={lecture.IMAGE}")
+    page.get_by_text("Result: PGD", exact=False).first.wait_for()
+    _settle(page, 2)
+    _fits(page, width, min_image=120)
+    clipped = page.evaluate("""[...document.querySelectorAll('[data-testid="stMain"] button')]
+        .filter(b => b.innerText.trim().endsWith('Random') || b.innerText.includes('R…'))
+        .map(b => [...b.querySelectorAll('p, span, div')].some(e => e.scrollWidth > e.clientWidth + 1))""")
+    assert clipped and not any(clipped), clipped
     page.close()

@@ -50,16 +50,16 @@ def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
     size = presentation.image_size(size)
     if presentation.is_on():
         top, bottom = where.columns(2), where.columns(2)
-        cols = [top[0], bottom[0], top[1]]
-    else:
-        cols = where.columns(3)
-    cols[0].image(images.upscale(result.x_nat, size), caption="Clean image (32×32, enlarged)", width=size)
+        cols, width = [top[0], bottom[0], top[1]], size
+    else:  # each image fills its column, so three never overlap on a narrow (1024-pixel) screen
+        cols, width, size = where.columns(3), "stretch", 2 * size
+    cols[0].image(images.upscale(result.x_nat, size), caption="Clean image (32×32, enlarged)", width=width)
     pert, factor = images.perturbation_image(result.delta)
-    cols[1].image(images.upscale(pert, size), width=size,
+    cols[1].image(images.upscale(pert, size), width=width,
                   caption=f"Perturbation × {factor:.0f} (grey = no change)" if result.linf255 > 0
                   else "Perturbation: none")
     cols[2].image(images.upscale(result.x_adv, size), caption="Adversarial image (what the model gets)",
-                  width=size)
+                  width=width)
     if result.attacked:
         budget = f"budget {result.choice.budget()}"
         cols[1].markdown(f"L∞ = **{result.linf255:.2f}/255** · L2 = **{result.l2:.3f}** ({budget})")

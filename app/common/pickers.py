@@ -202,14 +202,14 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
         where.warning(f"Image number {st.session_state[idx_key]} does not exist (the test set has {n}); "
                       "showing image 0.")
         st.session_state[idx_key] = 0
-    c1, c2, c3 = where.columns([2, 2, 1], vertical_alignment="bottom")
+    c1, c2, c3 = where.columns([4, 4, 3], vertical_alignment="bottom")
     cls = c1.selectbox("Class filter", CLASS_OPTIONS, key=widget_key(cls_key),
                        format_func=lambda c: "all classes" if c == "all" else c)
     pool = np.arange(n) if cls == "all" else np.flatnonzero(y_all == cas.CLASSES.index(cls))
     c2.number_input(f"Test image number (0–{n - 1})", min_value=0, max_value=n - 1, step=1,
                     key=widget_key(idx_key))
     c3.button("Random", icon=":material/casino:", key="btn_" + prefix + "random", on_click=_random_index,
-              args=(idx_key, pool), help="Pick a random test image (of the filtered class)")
+              args=(idx_key, pool), help="Pick a random test image (of the filtered class)", width="stretch")
     idx = int(st.session_state[idx_key])
     with where.expander(f"Browse the test images ({'all classes' if cls == 'all' else cls})"):
         page_key = prefix + "gallery_page"
