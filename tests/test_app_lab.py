@@ -77,6 +77,10 @@ def test_default_view_attacks_and_draws(models_dir):
     assert plotly_count(at) >= 2  # probabilities + channels
     assert "L∞ =" in texts(at.markdown)
     assert len(at.get("download_button")) == 3
+    assert "present=" not in texts(at.code)
+    shown = make_app(steps=3, present=1).run()
+    assert_clean(shown)
+    assert "present=1" in texts(shown.code)  # the share link keeps presentation mode
     # the chart's caption says that one image may go against the paper's dataset-level claims
     assert "one image is one sample" in texts(at.caption) and "Channel statistics" in texts(at.caption)
 

@@ -11,7 +11,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.common import cache, images, lab, models, panels, pickers, url_state  # noqa: E402
+from app.common import cache, images, lab, models, panels, pickers, presentation, url_state  # noqa: E402
 
 P = "lab_"
 
@@ -87,6 +87,8 @@ def page() -> None:
 
         st.subheader("Share and export")
         query = url_state.url_dict(PARAMS + CHART_PARAMS)
+        if presentation.is_on():  # a link for a slide opens the way it is shown now
+            query[presentation.KEY] = "1"
         base = (getattr(st.context, "url", None) or "").split("?")[0]
         photo = " Photos are not part of the link." if image.slug == "photo" else ""
         st.markdown("The address bar holds every setting of this view (model, image, attack, seed): copy it to "
