@@ -63,6 +63,17 @@ def keep_in_url() -> None:
         del st.query_params[KEY]
 
 
+def big_fonts(fig, height: int = 420):
+    """``fig`` with larger fonts (and at least ``height`` pixels) in presentation mode; as it is otherwise."""
+    if is_on():
+        size = figures.BIG_FONT["size"]
+        fig.update_layout(font_size=size, title_font_size=size, legend_font_size=figures.LEGEND_FONT["size"],
+                          height=max(height, fig.layout.height or 0))
+        fig.update_xaxes(tickfont_size=size, title_font_size=size)
+        fig.update_yaxes(tickfont_size=size, title_font_size=size)
+    return fig
+
+
 def image_size(normal: int) -> int:
     """The size to draw an image at: ``normal``, or at least :data:`IMAGE_SIZE` in presentation mode."""
     return max(normal, IMAGE_SIZE) if is_on() else normal

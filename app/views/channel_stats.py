@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import cache, figures, images, models, presentation, url_state  # noqa: E402
+from app.common import cache, images, models, presentation, url_state  # noqa: E402
 from cas import stats as cas_stats  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
@@ -27,17 +27,6 @@ HELP = {"mean_magnitude_nat": "Average |activation| of a channel, clean images",
 ON_GPU = torch.cuda.is_available()
 # gradient attacks with one Linf budget, PGD first (the paper's)
 ATTACKS = sorted((n for n, s in cas.ATTACKS.items() if s.gradient and s.norm == "linf"), key=lambda n: n != "pgd")
-
-
-def big(fig):
-    """Larger fonts in presentation mode."""
-    if presentation.is_on():
-        size = figures.BIG_FONT["size"]
-        fig.update_layout(font_size=size, title_font_size=size, legend_font_size=figures.LEGEND_FONT["size"],
-                          height=420)
-        fig.update_xaxes(tickfont_size=size, title_font_size=size)
-        fig.update_yaxes(tickfont_size=size, title_font_size=size)
-    return fig
 
 
 def page() -> None:
@@ -175,9 +164,9 @@ def page() -> None:
                 for stage in stages:
                     c1, c2 = st.columns(2)
                     label = f"{stage} the CAS mask" if p.has_mask else "block output"
-                    c1.plotly_chart(big(cas_stats.magnitude_figure(p, stage, threshold, f"Magnitude, {label}")),
+                    c1.plotly_chart(presentation.big_fonts(cas_stats.magnitude_figure(p, stage, threshold, f"Magnitude, {label}")),
                                     width="stretch", key=f"{P}{name}{p.name}{stage}m")
-                    c2.plotly_chart(big(cas_stats.frequency_figure(p, stage, threshold, f"Frequency, {label}")),
+                    c2.plotly_chart(presentation.big_fonts(cas_stats.frequency_figure(p, stage, threshold, f"Frequency, {label}")),
                                     width="stretch", key=f"{P}{name}{p.name}{stage}f")
     st.caption("Left: each channel's average activation, natural and adversarial curves each sorted from strongest "
                "to weakest (the paper's Figure 1) — red above blue means the attack makes channels fire harder. "

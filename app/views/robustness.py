@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import cas  # noqa: E402
-from app.common import cache, images, models  # noqa: E402
+from app.common import cache, images, models, presentation  # noqa: E402
 from cas.evaluate import COLUMNS, accuracy_vs_eps, evaluate  # noqa: E402
 from cas.precision import all_cores, threads  # noqa: E402
 
@@ -229,7 +229,7 @@ def page() -> None:
                 fig.add_bar(name=name, x=[column_name(k, steps) for k in keys], y=[r.accuracy[k] for k in keys])
             fig.update_layout(height=320, yaxis_title="accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
                               barmode="group")
-            st.plotly_chart(fig, width="stretch", key=P + "ladder")
+            st.plotly_chart(presentation.big_fonts(fig), width="stretch", key=P + "ladder")
 
     st.subheader("Accuracy vs ε")
     with st.form(P + "curve"):
@@ -271,7 +271,7 @@ def page() -> None:
                                 line=dict(dash="dash" if atk == "pgd" and loaded.model.has_cas else "solid"))
         fig.update_layout(height=380, xaxis_title="ε (/255)", yaxis_title="accuracy (%)",
                           margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 100])
-        st.plotly_chart(fig, width="stretch", key=P + "curve_fig")
+        st.plotly_chart(presentation.big_fonts(fig), width="stretch", key=P + "curve_fig")
         st.caption("Accuracy falls as the attacker may change each pixel more. For CAS models the dashed line is "
                    "plain PGD and the solid one soft-mask PGD: where they part, plain PGD is being fooled.")
 
