@@ -2,7 +2,8 @@
 
 ``streamlit run app/main.py`` imports a page's libraries (PyTorch, pandas, Plotly, about 1.5 s on a
 laptop CPU) only when the first visitor arrives. This launcher imports them first and then hands over
-to ``streamlit run``, so that once the server answers, the first page is drawn in about two seconds.
+to ``streamlit run``, so that once the server answers, the first page is drawn in about two seconds;
+while the server starts, a thread loads what the first page needs (:func:`warm_up`).
 
 The server answers this machine only (``localhost``) unless an address is given: a
 ``--server.address`` option (``--server.address 0.0.0.0`` opens it to the network), the
@@ -10,8 +11,10 @@ The server answers this machine only (``localhost``) unless an address is given:
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 try:
@@ -84,7 +87,31 @@ def streamlit_args(args: list[str]) -> list[str]:
     return ["run", str(ROOT / "app" / "main.py"), *extra, *args]
 
 
+def warm_up() -> None:
+    """What a first visit needs and every visitor shares, computed while the server starts instead of
+    while the first visitor waits: the CIFAR-10 test images, the default model and the first view's
+    image (Streamlit's shared caches; a visitor who arrives earlier waits for the same computation)."""
+    from app.common import models
+
+    try:
+        models.first_image(models.list_available())
+    except Exception as e:  # noqa: BLE001 - a failed warm-up only means the first visit does the work
+        print(f"CAS Lab: warm-up skipped ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+class _NotFromWarmUp(logging.Filter):
+    """Streamlit warns that a thread outside a page run has no page context; the warm-up has none on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != WARM_UP_THREAD
+
+
+WARM_UP_THREAD = "cas-warm-up"
+
+
 def main() -> None:
+    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").addFilter(_NotFromWarmUp())
+    threading.Thread(target=warm_up, name=WARM_UP_THREAD, daemon=True).start()
     # Streamlit asks an internet service for this machine's public address to print it when the app is
     # open to the network; nothing here may reach the internet, so that line is left out
     net_util.get_external_ip = lambda: None

@@ -6,7 +6,8 @@
   default threads, NCHW models, the accuracy-vs-ε curve as one evaluation per ε.
 * **fast path** (what the app does now): attack gradients under bf16 autocast with channels_last
   models where the CPU does bf16 natively (every point judged in fp32), one intra-op thread for a
-  single image's attack, every core for batch work, the ε-curve as one batched job.
+  single image's attack, every core for batch work, the ε-curve as one batched job in which an image
+  leaves the attack once the model is fooled (``AttackSettings.until_fooled``).
 
 Figures, on the bundled models (``std``, ``at``, ``at-cas``):
 1. click latency: the Attack Lab's whole update after a click (PGD-20 on one test image, the channel
@@ -91,7 +92,7 @@ def eps_curve(models, x, y, fast: bool) -> float:
             else:  # one evaluation per ε, as the page did
                 for e in EPS:
                     r = evaluate(m, x, y, [atk] if e else [], eps=e / 255, device="cpu", batch_size=64,
-                                 overrides={atk: {"steps": 10, "step_size": None}})
+                                 overrides={atk: {"steps": 10, "step_size": None, "until_fooled": False}})
                     r.accuracy.get(cas.ATTACKS[atk].card_key)
     return time.perf_counter() - t
 

@@ -72,8 +72,8 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS
             xb = x_u8[i:min(i + batch_size, m)].to(device).float() / 255
             yb = y[i:min(i + batch_size, m)].to(device)
             if name != "clean":
-                s = AttackSettings(**{"eps": eps, "seed": seed + i, "amp": amp, **ATTACKS[name].preset,
-                                      **(overrides or {}).get(name, {})})
+                s = AttackSettings(**{"eps": eps, "seed": seed + i, "amp": amp, "until_fooled": True,
+                                      **ATTACKS[name].preset, **(overrides or {}).get(name, {})})
                 extra = {"version": autoattack_version} if name == "autoattack" else {}
                 xb = run_attack(name, model, xb, yb, s, **extra)
             with torch.no_grad():
@@ -118,7 +118,7 @@ def accuracy_vs_eps(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str, eps
     correct = torch.zeros(len(ys), dtype=torch.bool)
     for i in range(0, len(ys), batch_size):
         sl = slice(i, i + batch_size)
-        s = AttackSettings(eps=budgets[sl], steps=steps, seed=seed + i, amp=amp)
+        s = AttackSettings(eps=budgets[sl], steps=steps, seed=seed + i, amp=amp, until_fooled=True)
         xa = run_attack(attack, model, xs[sl], ys[sl], s)
         with torch.no_grad():
             correct[sl] = model(xa).argmax(1).cpu() == ys[sl]

@@ -190,7 +190,8 @@ def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
     for i in range(0, x_u8.shape[0], cfg.eval_batch_size):
         xb = cdata.to_float(x_u8[i:i + cfg.eval_batch_size].to(device))
         yb = y[i:i + cfg.eval_batch_size].to(device)
-        xa = spec.fn(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp)
+        xa = spec.fn(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp,
+                     until_fooled=True)
         clean += (_accuracy(model, xb, yb) * len(yb))
         correct += (_accuracy(model, xa, yb) * len(yb))
     n = max(x_u8.shape[0], 1)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cas import data, load_model, read_card, run_attack
+from cas import AttackSettings, data, load_model, read_card, run_attack
+from cas.attacks import margin
 from cas.stats import channel_statistics, paper_effects, role_of
 from cas.checkpoint import pretrained_dir, pretrained_index
 
@@ -130,6 +131,25 @@ def test_the_attack_lab_opens_on_at_cas_with_an_attack_that_works(monkeypatch, t
     assert "Nothing to attack" not in json.dumps([str(e.value) for e in at.info])
 
 
+def test_the_launcher_warms_up_the_first_view_once(monkeypatch, tmp_path):
+    """``python -m app.serve`` computes the first view (model, images, first image) while the server
+    starts; the first visitor then reuses it instead of computing it again."""
+    from app import serve
+    from app.common import lab, models
+
+    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
+    calls = []
+    real = lab.first_view_index
+    monkeypatch.setattr(lab, "first_view_index", lambda *a, **k: calls.append(1) or real(*a, **k))
+    models._first_image.clear()
+    serve.warm_up()
+    assert calls == [1]  # the warm-up computed it
+    index = models.first_image(models.list_available())  # what the first visit asks for
+    assert calls == [1]  # and the visit reused it
+    x, y = data.load("test")
+    assert load_model("at-cas")(x[index:index + 1].float() / 255).argmax(1).item() == y[index]
+
+
 @pytest.mark.parametrize("name,attack", [("at", "pgd"), ("at-cas", "soft_mask_pgd")])
 def test_bf16_attack_gradients_match_fp32_within_noise(name, attack, test_images):
     """Attacks take their gradients under bf16 autocast where the CPU does bf16 natively; the real
@@ -147,3 +167,41 @@ def test_bf16_attack_gradients_match_fp32_within_noise(name, attack, test_images
     print(f"{name}, {attack}-10 on 300 images: bf16 path {acc[True]:.1f}%, fp32 path {acc[False]:.1f}% "
           f"({b + c} images disagree)")
     assert abs(b - c) <= 3 * math.sqrt(b + c) + 1
+
+
+def test_evaluations_stop_attacking_fooled_images(test_images):
+    """Accuracies drop an image from the attack once the real model is fooled: on ``at`` under PGD-10 the
+    verdicts are those of the full schedule, and far fewer images go through the model."""
+    x, y = test_images
+    x, y = x[:128].float() / 255, y[:128]
+    model = load_model("at")
+    rows = []
+    model.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))  # this test's own copy
+    verdict, work = {}, {}
+    for until in (False, True):
+        rows.clear()
+        with torch.no_grad():
+            x_adv = run_attack("pgd", model, x, y, steps=10, amp=False, until_fooled=until)
+        work[until] = sum(rows)
+        verdict[until] = model(x_adv).argmax(1) == y
+    print(f"at, PGD-10 on 128 images: {100 * float(verdict[True].float().mean()):.1f}% robust; "
+          f"{work[False]} image-forwards with the full schedule, {work[True]} when stopping at the first success")
+    assert torch.equal(verdict[False], verdict[True])
+    assert work[True] < 0.8 * work[False]
+
+
+@pytest.mark.parametrize("attack", ["pgd", "cw", "soft_mask_pgd"])
+def test_until_fooled_changes_no_verdict(attack, test_images):
+    """Dropping fooled images changes no image's verdict: per-image budgets, restarts, a target."""
+    x, y = test_images
+    x, y = x[:32].float() / 255, y[:32]
+    model = load_model("at-cas")
+    for kw in ({"eps": torch.linspace(0, 16, 32) / 255}, {"eps": 4 / 255, "restarts": 2}, {"eps": 8 / 255, "target": 3}):
+        verdict = {}
+        for until in (False, True):
+            x_adv = run_attack(attack, model, x, y, AttackSettings(steps=5, amp=False, until_fooled=until, **kw))
+            assert ((x_adv - x).abs().flatten(1).max(1).values <= torch.as_tensor(kw["eps"]) + 1e-6).all()
+            with torch.no_grad():
+                verdict[until] = margin(model(x_adv), y, torch.full_like(y, 3) if "target" in kw else None) > 0
+        assert torch.equal(verdict[False], verdict[True]), kw
+        assert 0 < int(verdict[True].sum()) < 32, kw  # some images fall, some stand: pruning did something
