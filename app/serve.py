@@ -100,7 +100,7 @@ def warm_up() -> None:
 
 
 class _NotFromWarmUp(logging.Filter):
-    """Streamlit warns that a thread outside a page run has no page context; the warm-up has none on purpose."""
+    """Streamlit warns of a thread with no page context; the warm-up has none, on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.threadName != WARM_UP_THREAD

@@ -101,7 +101,7 @@ def cold_start(fp32: bool) -> float:
     """Seconds from the server's health check answering to the first page's attack result drawn."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, serve
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, serve
 
     env = {"CAS_FP32": "1" if fp32 else "0"}
     with sync_playwright() as p:

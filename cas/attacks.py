@@ -237,7 +237,8 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
     # one autocast region for the whole attack: the bf16 copies of the weights are made once, not every step
     with autocast(x.device, True) if fast else contextlib.nullcontext():
         for _ in range(s.restarts):
-            start = _random_start(x, s.eps, s.norm, gen, s.random_start) if s.random_start else torch.zeros_like(x)
+            start = (_random_start(x, s.eps, s.norm, gen, s.random_start) if s.random_start
+                     else torch.zeros_like(x))
             idx = None  # every image
             if prune and bool((best_score > 0).any()):
                 idx = (best_score <= 0).nonzero().flatten()
@@ -255,8 +256,10 @@ def pgd_loop(model, x: torch.Tensor, y: torch.Tensor, s: AttackSettings, objecti
                         if s.norm == "linf":
                             step = rows(s.step_size, idx) * grad.sign()
                         else:
-                            step = s.step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
-                        x_adv = (xi + _project(x_adv.detach() + step - xi, rows(s.eps, idx), s.norm)).clamp(0, 1)
+                            norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+                            step = s.step_size * grad / norms[:, None, None, None]
+                        delta = _project(x_adv.detach() + step - xi, rows(s.eps, idx), s.norm)
+                        x_adv = (xi + delta).clamp(0, 1)
                     if prune:  # keep only the images the real model still gets right
                         alive = rows(best_score, idx) <= 0
                         if not bool(alive.all()):

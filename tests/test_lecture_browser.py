@@ -7,14 +7,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 import cas
 from app.views import lecture
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, serve
+from browser import ARTIFACTS, app_server, chromium, new_tab, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "screenshots"
@@ -42,35 +41,17 @@ def expected(cifar_test):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app on the bundled models (no finished runs listed)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    try:
-        with serve({"CAS_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}, log) as url:
-            yield url
-    finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(log, ARTIFACTS / "streamlit_lecture.log")
+    yield from app_server(tmp_path_factory, {}, "streamlit_lecture.log")
 
 
 @pytest.fixture(scope="module")
 def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _settle(page, charts: int = 1) -> None:
-    page.wait_for_timeout(500)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
-    page.locator(".js-plotly-plot").nth(charts - 1).wait_for(timeout=TIMEOUT_MS)
-    page.wait_for_timeout(800)
+    settle(page, charts, pause_ms=800)
 
 
 def _body(page) -> str:
@@ -99,8 +80,7 @@ def _save(page, name: str, full: bool = False) -> None:
 
 
 def test_walk_the_lecture_with_next(server, browser, expected):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = new_tab(browser, 1280, 900)
     page.goto(f"{server}/lecture")
     n = len(lecture.STEPS)
     for step in range(1, n + 1):
@@ -148,8 +128,7 @@ def _fits(page, width: int, min_image: int = 384) -> None:
 
 def test_presentation_mode_at_1024_pixels(server, browser, expected):
     width = 1024
-    page = browser.new_page(viewport={"width": width, "height": 768})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = new_tab(browser, width, 768)
     page.goto(f"{server}/lecture?step=2&present=1")
     page.get_by_text("Step 2 of", exact=False).first.wait_for()
     _settle(page)
@@ -189,8 +168,7 @@ def test_attack_lab_fits_1024_pixels_without_presentation_mode(server, browser):
     """The everyday layout on a projector-sized window: the three images side by side without touching,
     and the Random button's label whole (not cut off with an ellipsis)."""
     width = 1024
-    page = browser.new_page(viewport={"width": width, "height": 768})
-    page.set_default_timeout(TIMEOUT_MS)
+    page = new_tab(browser, width, 768)
     page.goto(f"{server}/?model=at-cas&steps=10&img={lecture.IMAGE}")
     page.get_by_text("Result: PGD", exact=False).first.wait_for()
     _settle(page, 2)

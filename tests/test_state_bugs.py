@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _settle, serve  # noqa: E402
+from browser import app_server, chromium, new_tab, settle as _settle  # noqa: E402
 
 MAIN = str(ROOT / "app" / "main.py")
 
@@ -67,27 +67,15 @@ def test_a_photo_source_visit_keeps_the_gallery_and_threshold_settings(models_di
 @pytest.fixture(scope="module")
 def app_url(standin_pretrained, tmp_path_factory):
     """The app served on a free port with the stand-in models."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {"CAS_PRETRAINED_DIR": str(standin_pretrained), "CAS_RUNS_DIR": str(tmp_path_factory.mktemp("runs"))}
-    with serve(env, log) as url:
-        yield url
+    env = {"CAS_PRETRAINED_DIR": str(standin_pretrained)}
+    yield from app_server(tmp_path_factory, env, "streamlit_state.log")
 
 
 @pytest.fixture(scope="module")
 def tab(app_url):
     """A Chromium tab; each test opens its own link in it (a new session)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield new_tab(browser)
 
 
 def _wait_idle(page) -> None:

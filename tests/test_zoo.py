@@ -185,7 +185,7 @@ def test_evaluations_stop_attacking_fooled_images(test_images):
         work[until] = sum(rows)
         verdict[until] = model(x_adv).argmax(1) == y
     print(f"at, PGD-10 on 128 images: {100 * float(verdict[True].float().mean()):.1f}% robust; "
-          f"{work[False]} image-forwards with the full schedule, {work[True]} when stopping at the first success")
+          f"{work[False]} image-forwards with the full schedule, {work[True]} stopping at the first success")
     assert torch.equal(verdict[False], verdict[True])
     assert work[True] < 0.8 * work[False]
 
@@ -196,12 +196,15 @@ def test_until_fooled_changes_no_verdict(attack, test_images):
     x, y = test_images
     x, y = x[:32].float() / 255, y[:32]
     model = load_model("at-cas")
-    for kw in ({"eps": torch.linspace(0, 16, 32) / 255}, {"eps": 4 / 255, "restarts": 2}, {"eps": 8 / 255, "target": 3}):
+    target = torch.full_like(y, 3)
+    for kw in ({"eps": torch.linspace(0, 16, 32) / 255}, {"eps": 4 / 255, "restarts": 2},
+               {"eps": 8 / 255, "target": 3}):
         verdict = {}
         for until in (False, True):
-            x_adv = run_attack(attack, model, x, y, AttackSettings(steps=5, amp=False, until_fooled=until, **kw))
+            s = AttackSettings(steps=5, amp=False, until_fooled=until, **kw)
+            x_adv = run_attack(attack, model, x, y, s)
             assert ((x_adv - x).abs().flatten(1).max(1).values <= torch.as_tensor(kw["eps"]) + 1e-6).all()
             with torch.no_grad():
-                verdict[until] = margin(model(x_adv), y, torch.full_like(y, 3) if "target" in kw else None) > 0
+                verdict[until] = margin(model(x_adv), y, target if "target" in kw else None) > 0
         assert torch.equal(verdict[False], verdict[True]), kw
         assert 0 < int(verdict[True].sum()) < 32, kw  # some images fall, some stand: pruning did something
