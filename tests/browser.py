@@ -109,3 +109,27 @@ def settle(page, charts: int = 1, pause_ms: int = 1000) -> None:
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
     page.locator(".js-plotly-plot").nth(charts - 1).wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(pause_ms)
+
+
+def save_png(page, paths, full: bool = False, max_height: int = 4000) -> int:
+    """A screenshot saved to each of ``paths`` as a palette PNG (128 colours, so that it stays small);
+    ``full``: the whole page (Streamlit scrolls inside its own container, so the window is made as tall
+    as the content first). Returns the size in bytes."""
+    import io
+
+    from PIL import Image
+
+    if full:
+        size = page.viewport_size
+        height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, max_height)})
+        page.wait_for_timeout(1500)
+    png = page.screenshot()
+    if full:
+        page.set_viewport_size(size)
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128)
+    for path in paths:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, optimize=True)
+    return Path(paths[0]).stat().st_size

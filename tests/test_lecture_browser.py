@@ -4,7 +4,6 @@ Screenshots go to ``test-artifacts/``; ``CAS_SCREENSHOTS=1`` also writes the REA
 ``docs/screenshots/lecture.png`` and ``presentation.png``."""
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 import cas
 from app.views import lecture
-from browser import ARTIFACTS, app_server, chromium, new_tab, settle
+from browser import ARTIFACTS, app_server, chromium, new_tab, save_png, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "screenshots"
@@ -59,24 +58,9 @@ def _body(page) -> str:
 
 
 def _save(page, name: str, full: bool = False) -> None:
-    """A screenshot in test-artifacts/ (and in docs/screenshots/ with CAS_SCREENSHOTS=1), as a palette
-    PNG so that it stays small."""
-    from PIL import Image
-
-    if full:
-        size = page.viewport_size
-        height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-        page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 4000)})
-        page.wait_for_timeout(1500)
-    png = page.screenshot()
-    if full:
-        page.set_viewport_size(size)
-    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=128)
-    targets = [ARTIFACTS / name] + ([DOCS / name] if os.environ.get("CAS_SCREENSHOTS") else [])
-    for path in targets:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, optimize=True)
-        assert path.stat().st_size < MAX_BYTES or path.parent == ARTIFACTS, f"{path} is too large"
+    """A screenshot in test-artifacts/ (and in docs/screenshots/ with CAS_SCREENSHOTS=1)."""
+    size = save_png(page, [ARTIFACTS / name] + ([DOCS / name] if os.environ.get("CAS_SCREENSHOTS") else []), full)
+    assert size < MAX_BYTES or not os.environ.get("CAS_SCREENSHOTS"), f"{name} is too large: {size} bytes"
 
 
 def test_walk_the_lecture_with_next(server, browser, expected):
