@@ -99,14 +99,14 @@ def warm_up() -> None:
         print(f"CAS Lab: warm-up skipped ({type(e).__name__}: {e})", file=sys.stderr)
 
 
+WARM_UP_THREAD = "cas-warm-up"
+
+
 class _NotFromWarmUp(logging.Filter):
     """Streamlit warns of a thread with no page context; the warm-up has none, on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.threadName != WARM_UP_THREAD
-
-
-WARM_UP_THREAD = "cas-warm-up"
 
 
 def main() -> None:

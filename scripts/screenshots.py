@@ -17,23 +17,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import chromium, new_tab, save_png, serve, settle  # noqa: E402
+from browser import chromium, new_tab, save_png, serve, settle, wait_idle  # noqa: E402
 
 MAX_BYTES = 450_000
 
-# (file, link, text that shows the page has its result, Plotly charts to wait for)
-SHOTS = [
-    ("attack_lab_soft_mask.png", "/?model=at-cas&attack=soft_mask_pgd", "Result: Soft-mask PGD", 2),
-    ("compare.png", "/compare?models=std,at,at-cas&img=4919", "each model attacked on its own", 6),
-]
+
+def shots() -> list[tuple[str, str, str, int]]:
+    """(file, link, text that shows the page has its result, Plotly charts to wait for). Compare shows the
+    lecture's image (where PGD fools ``std`` and ``at`` but not plain-attacked ``at-cas``), found in this
+    CIFAR-10 copy as the Lecture page finds it."""
+    from app.views import lecture
+    from cas import data
+
+    x, y = data.load("test")
+    image = lecture.find_image(x.numpy(), y.numpy())
+    return [("attack_lab_soft_mask.png", "/?model=at-cas&attack=soft_mask_pgd", "Result: Soft-mask PGD", 2),
+            ("compare.png", f"/compare?models=std,at,at-cas&img={image or 0}",
+             "each model attacked on its own", 6)]
 
 
 def channel_statistics(page, url: str) -> None:
     """Channel statistics needs a click: compute the page's defaults (64 airplanes, PGD-10)."""
     page.goto(f"{url}/channel_stats")
     page.get_by_text("Compute statistics").first.wait_for()
-    page.wait_for_timeout(500)  # let the first run finish before clicking
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached")
+    wait_idle(page)  # let the first run finish before clicking
     page.get_by_role("button", name="Compute statistics").click()
     page.get_by_text("Do the paper's claims hold here?").first.wait_for()
     settle(page, 8)
@@ -47,7 +54,7 @@ def main() -> None:
         env = {"CAS_RUNS_DIR": str(Path(tmp) / "runs")}  # the bundled models only
         with serve(env, Path(tmp) / "server.log") as url:
             page = new_tab(browser, 1440, 1000)
-            for name, link, ready, charts in SHOTS:
+            for name, link, ready, charts in shots():
                 page.goto(url + link)
                 page.get_by_text(ready, exact=False).first.wait_for()
                 settle(page, charts)

@@ -102,11 +102,17 @@ def new_tab(browser, width: int = 1440, height: int = 1000):
     return page
 
 
-def settle(page, charts: int = 1, pause_ms: int = 1000) -> None:
-    """Wait until Streamlit has finished the current run (its status widget is gone) and at least
-    ``charts`` Plotly charts are drawn (Plotly is loaded lazily, a moment after the page)."""
-    page.wait_for_timeout(500)
+def wait_idle(page, pause_ms: int = 500) -> None:
+    """Wait until Streamlit has finished the current run: ``pause_ms`` for the run that the last action
+    started to show its status widget, then until that widget is gone."""
+    page.wait_for_timeout(pause_ms)
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+
+
+def settle(page, charts: int = 1, pause_ms: int = 1000) -> None:
+    """Wait until Streamlit has finished the current run and at least ``charts`` Plotly charts are drawn
+    (Plotly is loaded lazily, a moment after the page)."""
+    wait_idle(page)
     page.locator(".js-plotly-plot").nth(charts - 1).wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(pause_ms)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser import ARTIFACTS, TIMEOUT_MS, app_server, chromium, new_tab, settle as _settle
+from browser import ARTIFACTS, app_server, chromium, new_tab, settle as _settle, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -85,8 +85,7 @@ def test_statistics_robustness_and_train_pages_in_chromium(server, page):
     # Channel statistics: compute on a few images, the paper's figures appear
     page.goto(f"{server}/channel_stats")
     page.get_by_text("Compute statistics").first.wait_for()
-    page.wait_for_timeout(500)  # let the first script run finish before typing into the form
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    wait_idle(page)  # let the first script run finish before typing into the form
     count = page.get_by_role("spinbutton", name="Number of images")
     count.fill("16")
     count.press("Tab")
@@ -101,7 +100,7 @@ def test_statistics_robustness_and_train_pages_in_chromium(server, page):
     nav = page.locator('[data-testid="stSidebarNav"]')
     nav.get_by_role("link", name="Robustness").click()
     page.get_by_text("Why a CAS model needs adaptive attacks").first.wait_for()
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    wait_idle(page, 0)
     body = page.inner_text("body")
     assert "Traceback" not in body and "Soft-mask PGD" in body
     _screenshot(page, "robustness.png")
@@ -109,6 +108,6 @@ def test_statistics_robustness_and_train_pages_in_chromium(server, page):
     # Train: the form to start a run
     nav.get_by_role("link", name="Train").click()
     page.get_by_role("heading", name="Train").first.wait_for()
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    wait_idle(page, 0)
     assert "Traceback" not in page.inner_text("body")
     _screenshot(page, "train.png")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from browser import app_server, chromium, new_tab, settle as _settle  # noqa: E402
+from browser import app_server, chromium, new_tab, settle as _settle, wait_idle  # noqa: E402
 
 MAIN = str(ROOT / "app" / "main.py")
 
@@ -80,8 +80,7 @@ def tab(app_url):
 
 def _wait_idle(page) -> None:
     """Wait until the run that the last action started has finished."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached")
+    wait_idle(page, 300)
 
 
 def _wait_query(page, text: str) -> None:
