@@ -6,7 +6,6 @@ file in ``app/views/`` (not ``pages/``: Streamlit would also list that folder on
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 # PyTorch's CPU threads wait for work by spinning. When the CPU is busy with anything else (a training
@@ -14,14 +13,11 @@ from pathlib import Path
 # waiting costs nothing noticeable. This must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # so that `import cas` and `import app.common` work from any directory
-    sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from app.common import presentation  # noqa: E402
-from app.common.url_state import keep_widget_state  # noqa: E402
+from app.common import presentation
+from app.common.url_state import keep_widget_state
 
 VIEWS = Path(__file__).resolve().parent / "views"
 # (view file, title, icon, url path), in the navigation's order; DEFAULT_PAGE opens at the bare address.

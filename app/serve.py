@@ -23,18 +23,17 @@ except ModuleNotFoundError:  # Python 3.10: config files are not read here, so t
     tomllib = None
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see app/main.py)
+
+import pandas  # noqa: F401
+import plotly.graph_objects  # noqa: F401
+import torch  # noqa: F401
+from streamlit import net_util
+from streamlit.web import cli
+
+import cas  # noqa: F401
+from app.common import figures, lab  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import pandas  # noqa: E402,F401
-import plotly.graph_objects  # noqa: E402,F401
-import torch  # noqa: E402,F401
-from streamlit import net_util  # noqa: E402
-from streamlit.web import cli  # noqa: E402
-
-import cas  # noqa: E402,F401
-from app.common import figures, lab  # noqa: E402,F401
 
 
 # settings this launcher supplies unless the user sets them: serve this machine only, send nothing

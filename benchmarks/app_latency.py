@@ -12,19 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import cas  # noqa: E402
-from app.common import figures, images, lab  # noqa: E402
+import cas
+from app.common import figures, images, lab
 
 TARGET_S = 1.0
 

@@ -1,6 +1,6 @@
 """The app under load: several visitors in Chromium clicking through the Attack Lab at the same time.
 
-    python benchmarks/app_load.py [--sessions 4] [--clicks 5] [--attack pgd] [--steps N]
+    python -m benchmarks.app_load [--sessions 4] [--clicks 5] [--attack pgd] [--steps N]
 
 Starts the app (``python -m app.serve``, as ``scripts/app.sh`` does) on a free local port with the bundled
 models (or ``$CAS_PRETRAINED_DIR``), opens one browser session per visitor, each on its own test image,
@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, serve
 
 
 def percentile(values: list[float], q: float) -> float:

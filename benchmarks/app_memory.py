@@ -14,17 +14,16 @@ import argparse
 import gc
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
+
+from streamlit.testing.v1 import AppTest
+
+from app.common import cache
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from app.common import cache  # noqa: E402
 
 ATTACKS = ("pgd", "fgsm", "soft_mask_pgd", "cw")  # cycled, each on a new image
 

@@ -24,24 +24,21 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-import cas  # noqa: E402
-from app.common import lab  # noqa: E402
-from benchmarks.app_latency import one_update  # noqa: E402
-from cas import stats as cas_stats  # noqa: E402
-from cas import data as cdata  # noqa: E402
-from cas.cli import HelpFormatter  # noqa: E402
-from cas.evaluate import accuracy_vs_eps, evaluate  # noqa: E402
-from cas.precision import all_cores, fast_bf16, threads  # noqa: E402
+import cas
+from app.common import lab
+from benchmarks.app_latency import one_update
+from cas import stats as cas_stats
+from cas import data as cdata
+from cas.cli import HelpFormatter
+from cas.evaluate import accuracy_vs_eps, evaluate
+from cas.precision import all_cores, fast_bf16, threads
 
 MODELS = ("std", "at", "at-cas")
 TARGETS = {"click median": 0.25, "Channel statistics": 3.0, "ε-curve": 6.0, "cold start": 3.0}

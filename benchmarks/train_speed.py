@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cas import create_model
 from cas import data as cdata
+from cas.cli import HelpFormatter
 from cas.precision import fast_bf16
 from cas.train import TrainConfig, make_optimizer, train_step
 
@@ -94,8 +95,6 @@ def timed(fn, device):
     _sync(device)
     return n, time.perf_counter() - t
 
-
-from cas.cli import HelpFormatter  # noqa: E402
 
 
 def main():

@@ -13,18 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import cas  # noqa: E402
-from app.common import lab  # noqa: E402
-from app.views import lecture  # noqa: E402
-from cas import data as cas_data  # noqa: E402
+import cas
+from app.common import lab
+from app.views import lecture
+from cas import data as cas_data
 
 
 def screen(models: dict, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> np.ndarray:

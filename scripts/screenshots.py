@@ -1,7 +1,7 @@
 """The README tour's screenshots of the Attack Lab, Compare and Channel statistics, taken in Chromium on
 the bundled models (the Lecture's come from ``CAS_SCREENSHOTS=1 pytest tests/test_lecture_browser.py``).
 
-    python scripts/screenshots.py [--out docs/screenshots]
+    python -m scripts.screenshots [--out docs/screenshots]
 
 Starts the app as ``scripts/app.sh`` does (on a free local port), opens each page with the settings in
 its link, waits for every chart and saves a palette PNG (at most 450 KB each).
@@ -13,11 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from tests.browser import chromium, new_tab, save_png, serve, settle, wait_idle
 
-from browser import chromium, new_tab, save_png, serve, settle, wait_idle  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MAX_BYTES = 450_000
 

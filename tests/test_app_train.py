@@ -18,14 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from streamlit.testing.v1 import AppTest
+
+from app import jobs
+from cas.train import TrainConfig, cli_args, read_log
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from app import jobs  # noqa: E402
-from cas.train import TrainConfig, cli_args, read_log  # noqa: E402
 
 PAGE = str(ROOT / "app" / "views" / "train.py")
 DEADLINE = 180  # seconds; a generous limit for a busy machine, not a speed requirement

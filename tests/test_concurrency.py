@@ -4,20 +4,15 @@ it was."""
 from __future__ import annotations
 
 import random
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from app.common import lab, models  # noqa: E402
+from app.common import lab, models
 
 # (test-image index, attack) — a different image, attack and setting for every visitor
 JOBS = [

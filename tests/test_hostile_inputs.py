@@ -6,7 +6,6 @@ import io
 import json
 import pickle
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -16,15 +15,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cas
+from app.common import images
+from app.common.images import ImageInputError, prepare_upload
+from cas import CheckpointError, load_checkpoint, save_checkpoint
+from cas.checkpoint import CARD_KEY
 
-import cas  # noqa: E402
-from app.common import images  # noqa: E402
-from app.common.images import ImageInputError, prepare_upload  # noqa: E402
-from cas import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from cas.checkpoint import CARD_KEY  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,15 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import cas  # noqa: E402
-from app import jobs  # noqa: E402
-from cas import checkpoint, load_checkpoint  # noqa: E402
-from cas import train as trainer  # noqa: E402
-from cas.train import TrainConfig, read_log  # noqa: E402
+import cas
+from app import jobs
+from cas import checkpoint, load_checkpoint
+from cas import train as trainer
+from cas.train import TrainConfig, read_log
 
 DEADLINE = 180  # seconds; generous for a busy machine, not a speed requirement
 TINY = dict(method="at", cas=True, width=4, epochs=2, batch_size=16, lr=0.05, train_subset=512, val_size=32,

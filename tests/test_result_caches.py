@@ -2,15 +2,12 @@
 Robustness evaluation, which would otherwise be re-run, silently, on the next visit."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MAIN = str(ROOT / "app" / "main.py")
 

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 
+import streamlit
+from streamlit.testing.v1 import AppTest
+
+from app import jobs
+from app.common import models
+from cas.train import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import streamlit  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from app import jobs  # noqa: E402
-from app.common import models  # noqa: E402
-from cas.train import TrainConfig  # noqa: E402
 
 
 # -- exposure ------------------------------------------------------------------------------------------

@@ -7,17 +7,14 @@ the AppTest checks look at what the server sends along with a widget that comes 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from browser import app_server, chromium, new_tab, settle as _settle, wait_idle
 
-from browser import app_server, chromium, new_tab, settle as _settle, wait_idle  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MAIN = str(ROOT / "app" / "main.py")
 

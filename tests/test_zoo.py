@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,6 @@ from cas.stats import channel_statistics, paper_effects, role_of
 from cas.checkpoint import pretrained_dir, pretrained_index
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 ZOO = ("std", "at", "at-cas", "trades", "trades-cas", "mart", "mart-cas")
 INDEX = {e["name"]: e for e in pretrained_index(ROOT / "pretrained")}

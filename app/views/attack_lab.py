@@ -1,17 +1,12 @@
 """Attack Lab: one model, one image, one attack — and what it does to the channels inside the network."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from app.common import cache, images, lab, models, panels, pickers, presentation, url_state  # noqa: E402
+from app.common import cache, images, lab, models, panels, pickers, presentation, url_state
 
 P = "lab_"
 

@@ -1,21 +1,16 @@
 """Channel statistics: the paper's dataset-level figures, live, on the models you choose."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import streamlit as st
+import torch
 
-import cas  # noqa: E402
-from app.common import cache, images, models, presentation, url_state  # noqa: E402
-from cas import stats as cas_stats  # noqa: E402
-from cas.precision import all_cores, threads  # noqa: E402
+import cas
+from app.common import cache, images, models, presentation, url_state
+from cas import stats as cas_stats
+from cas.precision import all_cores, threads
 
 P = "stats_"
 HELP = {"mean_magnitude_nat": "Average |activation| of a channel, clean images",

@@ -2,19 +2,14 @@
 all hit by the adversarial image crafted on one of them (transfer)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import pandas as pd
+import streamlit as st
 
-import cas  # noqa: E402
-from app.common import cache, figures, images, lab, models, panels, pickers, presentation, url_state  # noqa: E402
+import cas
+from app.common import cache, figures, images, lab, models, panels, pickers, presentation, url_state
 
 P = "cmp_"
 MAX_MODELS = 4

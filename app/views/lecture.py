@@ -12,21 +12,16 @@ Everything that decides whether a step's claim holds is plain Python (:func:`cla
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlencode
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
+import numpy as np
+import streamlit as st
 
-import cas  # noqa: E402
-from app.common import cache, figures, images, lab, models, presentation, url_state  # noqa: E402
-from app.common.pickers import ImageChoice  # noqa: E402
+import cas
+from app.common import cache, figures, images, lab, models, presentation, url_state
+from app.common.pickers import ImageChoice
 
 P = "lec_"
 # The lecture's test image: an index of the CIFAR-10 test split, in the order of the copy the app loads

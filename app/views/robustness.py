@@ -2,22 +2,17 @@
 model needs adaptive attacks."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
 
-import cas  # noqa: E402
-from app.common import cache, images, models, presentation  # noqa: E402
-from cas.evaluate import COLUMNS, accuracy_vs_eps, evaluate  # noqa: E402
-from cas.precision import all_cores, threads  # noqa: E402
+import cas
+from app.common import cache, images, models, presentation
+from cas.evaluate import COLUMNS, accuracy_vs_eps, evaluate
+from cas.precision import all_cores, threads
 
 P = "rob_"
 ON_GPU = torch.cuda.is_available()

@@ -6,23 +6,18 @@ appears in every model picker of the app as soon as its first epoch is saved.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
+import plotly.graph_objects as go
+import streamlit as st
+import torch
 
-from app import jobs  # noqa: E402
-from app.common import figures, models  # noqa: E402
-from cas import data as cas_data  # noqa: E402
-from cas.attacks import AUTO_STEP, auto_step_size  # noqa: E402
-from cas.checkpoint import CheckpointError, pretrained_index, read_card, runs_dir  # noqa: E402
-from cas.train import TrainConfig  # noqa: E402
+from app import jobs
+from app.common import figures, models
+from cas import data as cas_data
+from cas.attacks import AUTO_STEP, auto_step_size
+from cas.checkpoint import CheckpointError, pretrained_index, read_card, runs_dir
+from cas.train import TrainConfig
 
 P = "train_"
 GPU = torch.cuda.is_available()
