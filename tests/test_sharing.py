@@ -1,0 +1,167 @@
+"""The server's shared results and its batch queue (app/common/sharing.py), driven from plain threads."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.common.sharing import BatchQueue, SharedResults, nbytes
+
+
+def _in_threads(n, fn):
+    out, errors = [None] * n, [None] * n
+    start = threading.Barrier(n)
+
+    def one(i):
+        start.wait()
+        try:
+            out[i] = fn(i)
+        except BaseException as err:  # noqa: BLE001 - collected for the assertions
+            errors[i] = err
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return out, errors
+
+
+def test_identical_requests_share_one_computation():
+    store, calls = SharedResults(10**6), []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.2)
+        return np.arange(10)
+
+    out, errors = _in_threads(8, lambda i: store.get(("step", 6), compute))
+    assert errors == [None] * 8 and len(calls) == 1
+    assert all(o is out[0] for o in out)
+    assert store.get(("step", 6), compute) is out[0] and len(calls) == 1
+    assert store.computations == 1 and store.hits >= 1
+
+
+def test_an_error_reaches_every_waiting_request_and_is_not_kept():
+    store, calls = SharedResults(10**6), []
+
+    def broken():
+        calls.append(1)
+        time.sleep(0.2)
+        raise ValueError("the model gives NaN")
+
+    _, errors = _in_threads(5, lambda i: store.get("k", broken))
+    assert len(calls) == 1 and all(isinstance(e, ValueError) for e in errors)
+    assert "k" not in store
+    assert store.get("k", lambda: 3) == 3  # a later request computes again
+
+
+class _Left(BaseException):
+    """What Streamlit raises in a script whose visitor left (not an Exception)."""
+
+
+def test_a_computation_abandoned_by_its_visitor_is_taken_over():
+    store, started = SharedResults(10**6), threading.Event()
+
+    def abandoned():
+        started.set()
+        time.sleep(0.2)
+        raise _Left()
+
+    result = {}
+
+    def waiter():
+        started.wait(5)
+        result["v"] = store.get("k", lambda: "computed by the waiter")
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    with pytest.raises(_Left):
+        store.get("k", abandoned)
+    t.join(10)
+    assert result == {"v": "computed by the waiter"}
+
+
+def test_bounded_by_bytes_least_recently_used_first():
+    store = SharedResults(3 * 8000 + 100)
+    for k in "abc":
+        store.get(k, lambda: np.zeros(1000))  # 8,000 bytes each
+    store.get("a", lambda: None)  # a is used again: b is now the oldest
+    store.get("d", lambda: np.zeros(1000))
+    assert "b" not in store and all(k in store for k in "acd")
+    assert store.bytes <= store.max_bytes
+    big = store.get("huge", lambda: np.zeros(10**5))
+    assert big.shape == (10**5,) and "huge" not in store  # returned, never kept past the bound
+
+
+def test_nbytes_counts_arrays_inside_containers():
+    assert nbytes(np.zeros(100, dtype=np.float32)) == 400
+    assert nbytes({"a": [np.zeros(10), np.zeros(10)]}) >= 160
+
+
+def test_requests_waiting_together_run_as_one_batch():
+    seen = []
+
+    def run_batch(group, requests):
+        seen.append((group, list(requests)))
+        time.sleep(0.3)
+        return [r * 10 for r in requests]
+
+    queue = BatchQueue(run_batch)
+    first = queue.submit("m", 0)
+    time.sleep(0.05)  # the first batch (one request) is running now
+    out, errors = _in_threads(6, lambda i: queue.run("m", i + 1, timeout=10))
+    assert errors == [None] * 6 and out == [10 * (i + 1) for i in range(6)]
+    assert first.future.result(5) == 0
+    assert [len(r) for _, r in seen] == [1, 6], seen  # the six waited for the running batch, then ran together
+
+
+def test_groups_never_mix():
+    seen = []
+
+    def run_batch(group, requests):
+        seen.append((group, sorted(requests)))
+        time.sleep(0.1)
+        return requests
+
+    queue = BatchQueue(run_batch)
+    out, errors = _in_threads(8, lambda i: queue.run(i % 2, i, timeout=10))
+    assert errors == [None] * 8 and out == list(range(8))
+    assert all(all(r % 2 == g for r in reqs) for g, reqs in seen)
+
+
+def test_a_failing_request_gets_its_error_and_the_others_their_results():
+    def run_batch(group, requests):
+        time.sleep(0.1)
+        if -1 in requests:
+            raise ValueError("bad request")
+        return [r + 1 for r in requests]
+
+    queue = BatchQueue(run_batch)
+    queue.submit("m", 100)
+    time.sleep(0.02)
+    out, errors = _in_threads(4, lambda i: queue.run("m", -1 if i == 2 else i, timeout=10))
+    assert isinstance(errors[2], ValueError)
+    assert [out[i] for i in (0, 1, 3)] == [1, 2, 4] and [errors[i] for i in (0, 1, 3)] == [None] * 3
+
+
+def test_waiting_visitors_are_told_how_many_others_and_how_long():
+    release = threading.Event()
+
+    def run_batch(group, requests):
+        release.wait(5)
+        return requests
+
+    queue = BatchQueue(run_batch)
+    tickets = [queue.submit("m", i) for i in range(4)]
+    time.sleep(0.05)
+    assert queue.others(tickets[-1]) == 3
+    assert queue.expected_seconds(tickets[-1]) is None  # nothing timed yet
+    release.set()
+    assert [t.future.result(5) for t in tickets] == [0, 1, 2, 3]
+    t = queue.submit("m", 9)
+    assert t.future.result(5) == 9
+    assert queue.expected_seconds(t) is not None
