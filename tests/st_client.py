@@ -123,7 +123,7 @@ class StreamlitClient:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    def _http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
               timeout: float | None = None) -> tuple[int, bytes]:
         """A blocking HTTP request to this client's server, with its cookies; keeps the cookies the
         answer sets. Returns (status, body)."""
@@ -145,7 +145,7 @@ class StreamlitClient:
     async def connect(self) -> None:
         """Fetch the cookies the server (or a balancer in front of it) hands out, then open the
         websocket with them, as a browser does after loading the page."""
-        status, _ = await asyncio.to_thread(self._http, "GET", "/_stcore/health")
+        status, _ = await asyncio.to_thread(self.request, "GET", "/_stcore/health")
         if status != 200:
             raise ConnectionError(f"{self.base_url}/_stcore/health answered {status}")
         parts = urlsplit(self.base_url)
@@ -314,4 +314,4 @@ class StreamlitClient:
         if XSRF_COOKIE in self.cookies:
             headers["X-Xsrftoken"] = self.cookies[XSRF_COOKIE]
         path = urlsplit(url).path if "://" in url else url
-        return self._http("PUT", path, body, headers)
+        return self.request("PUT", path, body, headers)
