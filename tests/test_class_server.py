@@ -64,19 +64,23 @@ def drawn(visit: Visit) -> tuple[list[str], list]:
     return texts, [chart.get("data") for chart in visit.charts]
 
 
-async def one_visitor(url: str, k: int, timeout: float = VISIT_TIMEOUT) -> dict:
-    """Visitor ``k``'s whole visit in one session; returns its visits and what the session knows of itself."""
-    async with StreamlitClient(url, timeout=timeout) as c:
+async def one_visitor(url: str, k: int, servers: dict[str, str] | None = None) -> dict:
+    """Visitor ``k``'s whole visit in one session; returns its visits, its cookies and (``servers``: name ->
+    URL of each server behind a balancer) the names of the servers that hold its session at the end,
+    asked while its websocket is still open."""
+    async with StreamlitClient(url, timeout=VISIT_TIMEOUT) as c:
         lecture = await c.visit(*LECTURE)
         lab = await c.visit(LAB_PAGE, lab_query(IMAGES[k]))
         await c.set_widget("lab_src", string_value="Upload a photo")
         upload = await c.upload("up_lab_image", f"visitor{k}.png", photo(k), "image/png")
-        return {"lecture": lecture, "lab": lab, "upload": upload, "session_id": c.session_id,
-                "cookies": dict(c.cookies)}
+        held = {name for name, u in (servers or {}).items()
+                if await asyncio.to_thread(holds_session, u, c.session_id)}
+        return {"lecture": lecture, "lab": lab, "upload": upload, "cookies": dict(c.cookies), "held": held,
+                "session_id": c.session_id}
 
 
-async def everyone_at_once(url: str, n: int = len(IMAGES)) -> list[dict]:
-    return list(await asyncio.gather(*(one_visitor(url, k) for k in range(n))))
+async def everyone_at_once(url: str, n: int = len(IMAGES), servers: dict[str, str] | None = None) -> list[dict]:
+    return list(await asyncio.gather(*(one_visitor(url, k, servers) for k in range(n))))
 
 
 async def one_by_one(url: str, n: int = len(IMAGES)) -> list[dict]:
@@ -158,6 +162,14 @@ def balancer(app1: str, app2: str, tmp: Path):
         shutil.copy(log, ARTIFACTS / "haproxy.log")
 
 
+def uploads_by_server(log: Path) -> dict[str, set[str]]:
+    """From the balancer's log: session id -> the servers that its uploads went to."""
+    out: dict[str, set[str]] = {}
+    for m in re.finditer(r" cas_servers/(\S+) .*\"PUT /_stcore/upload_file/([^/\s]+)/", log.read_text()):
+        out.setdefault(m.group(2), set()).add(m.group(1))
+    return out
+
+
 def holds_session(server: str, session_id: str) -> bool:
     """Whether ``server`` itself holds ``session_id``: its upload endpoint takes a file only for a session
     it holds (and answers 400 for any other). The probe's file is deleted again."""
@@ -179,17 +191,18 @@ def test_balancer_keeps_each_visitor_on_one_server(app_env, alone, tmp_path):
     with app(app_env, tmp_path, "class_app1.log", ports[0]) as url1, \
             app(app_env, tmp_path, "class_app2.log", ports[1]) as url2, \
             balancer(f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", tmp_path) as front:
-        together = asyncio.run(everyone_at_once(front))
         servers = {"app1": url1, "app2": url2}
-        where = {}
-        for k, v in enumerate(together):
-            name = v["cookies"].get(AFFINITY_COOKIE)
-            assert name in servers, f"visitor {k} got no affinity cookie: {v['cookies']}"
-            held = {n for n, u in servers.items() if holds_session(u, v["session_id"])}
-            # the session (its websocket) lives on the server the cookie names, and only there; the upload
-            # went there too (a server takes an upload only for a session it holds, and the photo's result
-            # was drawn), so the whole visit stayed on one server
-            assert held == {name}, f"visitor {k}: cookie says {name}, session held by {held or 'no server'}"
-            where[k] = name
+        together = asyncio.run(everyone_at_once(front, servers=servers))
+    uploads = uploads_by_server(tmp_path / "haproxy.log")
+    where = {}
+    for k, v in enumerate(together):
+        name = v["cookies"].get(AFFINITY_COOKIE)
+        assert name in servers, f"visitor {k} got no affinity cookie: {v['cookies']}"
+        # the session (its websocket) lives on the server the cookie names, and only there; its upload went
+        # there too (the balancer's log says so, the server took it: a server takes an upload only for a
+        # session it holds, and the photo's result was drawn, see check_same_as_alone)
+        assert v["held"] == {name}, f"visitor {k}: cookie says {name}, session held by {v['held'] or 'no server'}"
+        assert uploads[v["session_id"]] == {name}, f"visitor {k}'s upload went to {uploads[v['session_id']]}"
+        where[k] = name
     assert set(where.values()) == set(servers), f"one server got every visitor: {where}"
     check_same_as_alone(together, alone)
