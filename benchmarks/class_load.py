@@ -28,7 +28,15 @@ done), at the end, and the most seen (sampled every 0.5 s). Errors: visits that 
 drew an exception or did not finish, and tracebacks in the server's log.
 
 Bounded: every visit has ``--visit-timeout``, the whole run ``--time-limit`` (rows that no longer fit are
-skipped and listed); every client talks only to the server on 127.0.0.1, which is stopped at the end.
+skipped and listed; a row's server start, up to 90 s, comes on top); every client talks only to the
+server on 127.0.0.1, which is stopped at the end.
+
+Why plain asyncio and not Locust: Locust drives HTTP requests from gevent greenlets and has no Streamlit
+client; one would still write this protocol client, on a websocket library patched for gevent, and give
+up reusing it in the pytest suite (``tests/test_class_server.py``). Its strength, a steady request rate
+with live statistics, is not what a class does: here everyone arrives at the same moment and each visit
+is one long server run, whose time ``script_finished`` marks. One event loop holds hundreds of idle
+websockets at no cost, so the clients do not compete with the server for the two cores.
 """
 from __future__ import annotations
 
