@@ -35,8 +35,8 @@ Why plain asyncio and not Locust: Locust drives HTTP requests from gevent greenl
 client; one would still write this protocol client, on a websocket library patched for gevent, and give
 up reusing it in the pytest suite (``tests/test_class_server.py``). Its strength, a steady request rate
 with live statistics, is not what a class does: here everyone arrives at the same moment and each visit
-is one long server run, whose time ``script_finished`` marks. One event loop holds hundreds of idle
-websockets at no cost, so the clients do not compete with the server for the two cores.
+is one long server run, whose time ``script_finished`` marks. One event loop in one process holds all
+the websockets; its share of the CPU (reading the server's messages) is small next to the server's.
 """
 from __future__ import annotations
 
