@@ -3,7 +3,7 @@ through a load balancer in front of two servers (sticky sessions, uploads includ
 
 Each visitor, in one session (one websocket, as one browser tab): the lecture's step 6 (the same for
 everyone), then the Attack Lab on its own test image (a short PGD), then "Upload a photo" and its own
-photo. Asserts correctness, not speed: the run takes about a minute on a 2-core machine.
+photo. Asserts correctness, not speed (four server starts and a few short attacks).
 """
 from __future__ import annotations
 
