@@ -48,15 +48,24 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 
 def serve(env: dict, log: Path):
     """The app's server on a free local port with ``env`` added to the environment; yields the URL once
     the server answers its health check, and stops the server (by its pid) afterwards."""
-    port = _free_port()
+    with serve_process(env, log) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_process(env: dict, log: Path, port: int | None = None, args: tuple[str, ...] = ()):
+    """:func:`serve` on ``port`` (default: a free one) with extra Streamlit ``args``; yields
+    ``(url, process)``, the process being the server itself (for its pid and memory)."""
+    port = port or _free_port()
     cmd = [sys.executable, "-m", "app.serve", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+           *args]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc, log)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:
