@@ -18,9 +18,15 @@ Bai et al. (ICLR 2021) evaluated their CAS models with ``_pgd_whitebox`` and ``_
   ignores);
 * PGD loss: ``CE(final, y) + beta * mean over CAS heads of CE(aux, y)``, each CE averaged over
   the batch, the auxiliary mean taken over heads (sum divided by the number of heads), beta = 2;
-* CW loss: per head ``-relu(z_y - max_{j != y} z_j)`` (the margin clipped at 0, i.e. confidence
-  0: a head that already misclassifies contributes no gradient), summed over the batch; final head
-  + beta * (mean over the CAS heads), beta = 2;
+* CW loss: per head ``-relu(sum_i z_{i,y_i} - sum_i max_{j != y_i} z_{i,j})``: the true and the best
+  wrong logits are each summed over the *batch* before the relu, so the clip at 0 acts on the batch's
+  total margin, not per image. While the batch as a whole is still mostly classified correctly (the
+  usual case on a robust model) the relu never acts and every image, even one already misclassified,
+  is pushed along its unclipped margin ``z_y - max_{j != y} z_j``; a head's gradient vanishes for the
+  whole batch only once its summed margin is negative. Final head + beta * (mean over the CAS heads),
+  beta = 2. This makes the result depend on the batch: :func:`authors_cw` applies the clip to
+  consecutive groups of ``AUTHORS_BATCH`` (200, their test batch size) images of what it is given,
+  so the evaluator's own batching changes nothing as long as its batches are multiples of 200;
 * result: the *last iterate* is what they classify and count (no best point is kept), judged by
   the real model (argmax masks) on the final logits.
 
@@ -45,6 +51,7 @@ from .attacks import AttackSettings
 # their exact schedule (argparse defaults of the evaluation script, called with beta = 2)
 AUTHORS_SCHEDULE = {"eps": 0.031, "steps": 20, "step_size": 0.003, "random_start": True, "aux_weight": 2.0}
 AUTHORS_SETTINGS = AttackSettings(**AUTHORS_SCHEDULE)
+AUTHORS_BATCH = 200  # their evaluation's test batch size (``--test-batch-size``), which the CW loss depends on
 
 
 def _resolve(settings: AttackSettings | None, kw: dict) -> AttackSettings:
@@ -73,12 +80,14 @@ def _ce_loss(logits, y):
     return F.cross_entropy(logits, y)  # batch mean, as nn.CrossEntropyLoss()
 
 
-def _cw_loss(logits, y):
+def _cw_loss(logits, y, batch: int = AUTHORS_BATCH):
+    """``-relu(sum of z_y - max_{j != y} z_j over a batch)`` summed over the batches of ``batch``
+    images: their code sums the true and the best wrong logits over the batch *before* the relu."""
     own = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.clone()
     others.scatter_(1, y[:, None], float("-inf"))
-    wrong = others.max(1).values
-    return -F.relu(own - wrong).sum()  # batch sum, confidence 0
+    per_image = own - others.max(1).values
+    return -F.relu(torch.stack([c.sum() for c in per_image.split(batch)])).sum()
 
 
 def _authors_loop(model, x, y, s: AttackSettings, head_loss, progress=None):
@@ -117,12 +126,16 @@ def authors_pgd(model, x, y, settings: AttackSettings | None = None, progress=No
     return _authors_loop(model, x, y, _resolve(settings, kw), _ce_loss, progress)
 
 
-def authors_cw(model, x, y, settings: AttackSettings | None = None, progress=None, **kw):
+def authors_cw(model, x, y, settings: AttackSettings | None = None, progress=None, batch: int = AUTHORS_BATCH,
+               **kw):
     """The CAS authors' CW-Linf evaluation (``_cw_whitebox`` with beta 2): what the paper's CW
     numbers were measured with. The same schedule as :func:`authors_pgd` on the loss
-    ``-relu(z_y - max_{j!=y} z_j)`` of the final head + aux_weight x its mean over the CAS heads,
-    last iterate returned."""
-    return _authors_loop(model, x, y, _resolve(settings, kw), _cw_loss, progress)
+    ``-relu(sum over a batch of z_y - max_{j!=y} z_j)`` of the final head + aux_weight x its mean
+    over the CAS heads (groups of ``AUTHORS_BATCH`` images, see the module text), last iterate
+    returned."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive whole number of images, got {batch!r}")
+    return _authors_loop(model, x, y, _resolve(settings, kw), lambda z, t: _cw_loss(z, t, batch), progress)
 
 
 # registry data: one entry per attack, the fields of cas.attacks.AttackSpec (knobs: the iterative ones)
@@ -139,4 +152,4 @@ PROTOCOLS: dict[str, dict] = {
         "card_key": "authors_cw", "column": "authors' CW-Linf", "preset": dict(AUTHORS_SCHEDULE)},
 }
 
-__all__ = ["AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "PROTOCOLS", "authors_cw", "authors_pgd"]
+__all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "PROTOCOLS", "authors_cw", "authors_pgd"]

@@ -27,7 +27,7 @@ def batch():
     return torch.rand(6, 3, 32, 32, generator=g), torch.randint(0, 10, (6,), generator=g)
 
 
-def reference(model, X, y, kind, seed, eps=0.031, steps=20, step=0.003, beta=2.0):
+def reference(model, X, y, kind, seed, eps=0.031, steps=20, step=0.003, beta=2.0, chunk=None):
     """Written from the protocol's description, not from cas.protocols."""
     gen = torch.Generator().manual_seed(seed)
     X_pgd = X.clone() + torch.empty(X.shape).uniform_(-eps, eps, generator=gen)
@@ -38,13 +38,17 @@ def reference(model, X, y, kind, seed, eps=0.031, steps=20, step=0.003, beta=2.0
             loss = F.cross_entropy(out, y)
             extra_loss = sum(F.cross_entropy(o, y) for o in extra) / len(extra)
         else:
-            def cw(o):
-                correct = o[torch.arange(len(y)), y]
+            def cw_batches(o):  # their loader's batches, each clipped on its own
+                c = chunk or len(y)
+                return sum(cw_on(o[i:i + c], y[i:i + c]) for i in range(0, len(y), c))
+
+            def cw_on(o, y):
+                correct = o[torch.arange(len(y)), y].sum()
                 top2 = o.argsort(1)[:, -2:]
                 wrong_idx = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-                return -F.relu(correct - o[torch.arange(len(y)), wrong_idx]).sum()
-            loss = cw(out)
-            extra_loss = sum(cw(o) for o in extra) / len(extra)
+                return -F.relu(correct - o[torch.arange(len(y)), wrong_idx].sum())
+            loss = cw_batches(out)
+            extra_loss = sum(cw_batches(o) for o in extra) / len(extra)
         loss = loss + beta * extra_loss
         loss.backward()
         X_pgd = X_pgd.detach() + step * X_pgd.grad.sign()
@@ -92,3 +96,13 @@ def test_plain_model_and_refusals(batch):
         authors_pgd(plain, x, y, target=1)
     with pytest.raises(ValueError):
         authors_cw(plain, x, y, norm="l2", eps=0.5)
+
+
+def test_cw_clips_the_summed_margin_of_each_batch(cas_model, batch):
+    """Their clip acts on a batch's summed margin: batches of 3 differ from one batch of 6."""
+    x, y = batch
+    three = authors_cw(cas_model, x, y, batch=3)
+    assert torch.equal(three, reference(cas_model, x, y, "cw", 0, chunk=3))
+    assert torch.equal(authors_cw(cas_model, x, y), reference(cas_model, x, y, "cw", 0))
+    with pytest.raises(ValueError):
+        authors_cw(cas_model, x, y, batch=0)
