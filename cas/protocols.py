@@ -138,18 +138,22 @@ def authors_cw(model, x, y, settings: AttackSettings | None = None, progress=Non
     return _authors_loop(model, x, y, _resolve(settings, kw), lambda z, t: _cw_loss(z, t, batch), progress)
 
 
-# registry data: one entry per attack, the fields of cas.attacks.AttackSpec (knobs: the iterative ones)
+# registry data: one entry per attack, in the fields of cas.attacks.AttackSpec (knobs: the iterative ones
+# without the target). ``gradient`` is False because these take one budget for all images (no per-image
+# eps curves, no bf16 path); ``strength`` is None: a last-iterate attack is not ranked against PGD.
 PROTOCOLS: dict[str, dict] = {
     "authors_pgd": {
         "fn": authors_pgd, "label": "Authors' PGD-20 (paper protocol)",
         "description": "the CAS authors' evaluation: PGD-20 of 0.003 within 0.031 on final + 2 x mean "
                        "auxiliary cross-entropy, last iterate (what the paper's PGD numbers used)",
-        "card_key": "authors_pgd20", "column": "authors' PGD-20", "preset": dict(AUTHORS_SCHEDULE)},
+        "card_key": "authors_pgd20", "column": "authors' PGD-20", "preset": dict(AUTHORS_SCHEDULE),
+        "untargeted_only": True, "gradient": False, "strength": None},
     "authors_cw": {
         "fn": authors_cw, "label": "Authors' CW-Linf (paper protocol)",
         "description": "the CAS authors' evaluation: the same schedule on the clipped margin loss of the "
                        "final + 2 x mean auxiliary heads, last iterate (what the paper's CW numbers used)",
-        "card_key": "authors_cw", "column": "authors' CW-Linf", "preset": dict(AUTHORS_SCHEDULE)},
+        "card_key": "authors_cw", "column": "authors' CW-Linf", "preset": dict(AUTHORS_SCHEDULE),
+        "untargeted_only": True, "gradient": False, "strength": None},
 }
 
 __all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "PROTOCOLS", "authors_cw", "authors_pgd"]
