@@ -515,6 +515,41 @@ def to_text(indicators: list[Indicator], title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv=None):
+    """``python -m cas.diagnose MODEL [--attack pgd] [--n 200] [--surrogate at] [--markdown]``."""
+    import argparse
+    import json
+
+    from . import data, load_model
+    from .cli import HelpFormatter
+
+    ap = argparse.ArgumentParser(prog="python -m cas.diagnose", formatter_class=HelpFormatter,
+                                 description="Indicators of attack failure for one model and attack, on the "
+                                             "first N images of the fixed test subset.")
+    ap.add_argument("model", help="a bundled model name (at-cas) or a checkpoint path")
+    ap.add_argument("--attack", default="pgd", help=f"one of {', '.join([*ATTACKS, *PROTOCOLS])}")
+    ap.add_argument("--n", type=int, default=200, help="images")
+    ap.add_argument("--surrogate", default=None, help="model to transfer from (e.g. at for at-cas)")
+    ap.add_argument("--indicators", default=",".join(ALL), help="comma-separated")
+    ap.add_argument("--markdown", action="store_true", help="a markdown table instead of text")
+    ap.add_argument("--json", default=None, help="also write the indicators as JSON to this file")
+    a = ap.parse_args(argv)
+    model = load_model(a.model)
+    surrogate = load_model(a.surrogate) if a.surrogate else None
+    x8, y = data.test_subset(a.n)
+    res = diagnose(model, x8.float() / 255, y, a.attack, surrogate=surrogate,
+                   indicators=tuple(k for k in a.indicators.split(",") if k))
+    title = f"{a.model}, {a.attack}, {a.n} images"
+    print(to_markdown(res, title) if a.markdown else to_text(res, title))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(as_dicts(res), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
+
+
 __all__ = [
     "ALL",
     "DEFAULT_SUBSETS",
@@ -525,6 +560,7 @@ __all__ = [
     "as_dicts",
     "diagnose",
     "fired",
+    "main",
     "to_markdown",
     "to_text",
 ]

@@ -190,3 +190,16 @@ def test_unknown_names_are_refused(images):
         diagnose(Linear(), images, torch.zeros(20, dtype=torch.long), "nope")
     with pytest.raises(ValueError):
         diagnose(Linear(), images, torch.zeros(20, dtype=torch.long), "pgd", indicators=("nope",))
+
+
+def test_command_line_on_a_bundled_model(cifar_test, capsys, tmp_path):
+    from cas.diagnose import main
+
+    out = tmp_path / "ind.json"
+    main(["at", "--n", "8", "--attack", "pgd", "--indicators", "silent_success,zero_gradients,nondeterministic",
+          "--markdown", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "| Silent success |" in text and "Non-deterministic forward" in text
+    import json
+
+    assert [d["key"] for d in json.loads(out.read_text())] == ["silent_success", "zero_gradients", "nondeterministic"]
