@@ -42,7 +42,9 @@ The checks (``ALL``, in this order):
     AutoAttack's flag: the same input twice gives different logits (first 16 images).
 
 Cost: the watched run is the attack itself plus one real-model forward per queried row whose
-forward was not the real model's (soft-mask queries); the extra checks run on the subsets above.
+forward was not the real model's (soft-mask queries), unless the attack's next call is the real
+model on exactly those rows (as the library's PGD loop does to keep its best point); the extra checks
+run on the subsets above.
 Each indicator records its seconds. The thresholds are in ``THRESHOLDS``.
 
 The model is never changed: no mode switch, no hooks, no writes. Call ``model.eval()`` first.
@@ -84,6 +86,9 @@ THRESHOLDS = {
     "logit_tolerance": 1e-5,  # nondeterministic: largest logit difference tolerated (relative)
 }
 _TOL = 1e-5  # budget and range tolerance of a queried point (float rounding)
+# bf16 logits are off by far less than this (logit units): a row whose bf16 margin is further below zero
+# is certainly not adversarial; the others are judged again in fp32
+JUDGE_TOLERANCE = 0.5
 
 
 @dataclass
@@ -150,6 +155,7 @@ class QueryRecorder:
         self.rows = 0
         self.unmapped = 0
         self.extra_forwards = 0
+        self._pending: torch.Tensor | None = None  # a non-real query waiting to be judged
 
     def __getattr__(self, name):  # attributes the attack reads (num_classes, has_cas, ...)
         return getattr(object.__getattribute__(self, "_model"), name)
@@ -202,20 +208,43 @@ class QueryRecorder:
             return
         with torch.no_grad():
             q = x.detach().float()
+            pending, self._pending = self.__dict__.get("_pending"), None
+            if pending is not None and not (logits is not None and pending.shape == q.shape
+                                            and torch.equal(pending, q)):
+                self._judge(pending, None)  # not judged by the real model right after: judge it here
+            if logits is None:  # a forward other than the real model's: judged when the next call comes
+                self._pending = q.clone()
+                return
+            self._judge(q, logits)
+
+    def flush(self):
+        """Judge the last query if it is still waiting (call once the attack has returned)."""
+        pending, self._pending = self.__dict__.get("_pending"), None
+        if pending is not None:
+            with torch.no_grad():
+                self._judge(pending, None)
+
+    def _judge(self, q, logits):
+        with torch.no_grad():
             self.rows += q.shape[0]
             idx, ok = self._map(q)
             ok &= (q.flatten(1).amin(1) >= -_TOL) & (q.flatten(1).amax(1) <= 1 + _TOL)
             self.unmapped += int((~ok).sum())
             if not bool(ok.any()):
                 return
-            if logits is None or logits.dtype != torch.float32:
+            idx, q = idx[ok], q[ok]
+            if logits is None:
                 with torch.autocast(q.device.type, enabled=False):
-                    logits = self._model(q[ok])
-                self.extra_forwards += int(ok.sum())
+                    m = margin(self._model(q).float(), self.y[idx])
+                self.extra_forwards += len(idx)
             else:
-                logits = logits.detach()[ok]
-            idx = idx[ok]
-            m = margin(logits.float(), self.y[idx])
+                m = margin(logits.detach()[ok].float(), self.y[idx])
+                if logits.dtype != torch.float32:  # bf16: rows near or past the boundary are judged in fp32
+                    near = m > -JUDGE_TOLERANCE
+                    if near.any():
+                        with torch.autocast(q.device.type, enabled=False):
+                            m[near] = margin(self._model(q[near]).float(), self.y[idx[near]])
+                        self.extra_forwards += int(near.sum())
             self.visited[idx[m > 0]] = True
             self.trace.append((idx.cpu(), m.cpu()))
 
@@ -453,6 +482,7 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     eps = float(s.eps.max()) if isinstance(s.eps, torch.Tensor) else float(s.eps)
     rec = QueryRecorder(model, x, y, eps)
     x_adv = _run(fn, rec, x, y, s)
+    rec.flush()
     fooled_ret = _fooled(model, x_adv, y)
     attack_seconds = round(time.time() - t0, 2)
     if "silent_success" in want:

@@ -173,14 +173,15 @@ def test_cas_model_every_indicator_and_formatting(images):
     torch.manual_seed(0)
     surrogate = create_model("resnet18", width=4, cas=False).eval()
     for attack in ("authors_pgd", "soft_mask_pgd", "joint_pgd"):
-        res = diagnose(model, x, y, attack, AttackSettings(steps=3) if attack != "authors_pgd" else None,
+        res = diagnose(model, x, y, attack, AttackSettings(steps=3, amp=False) if attack != "authors_pgd" else None,
                        surrogate=surrogate, subsets={"square_queries": 20, "unbounded": 2})
         assert [i.key for i in res] == list(ALL)
         assert isinstance(fired(res), list) and len(as_dicts(res)) == len(ALL)
         md, txt = to_markdown(res, title=attack), to_text(res)
         assert "Silent success" in md and "Unbounded" in txt
-        if attack == "soft_mask_pgd":  # the soft-mask forwards were judged by the real model
+        if attack == "soft_mask_pgd":  # every soft-mask forward was followed by the real model's on its rows
             assert one(res, "silent_success").details["queried_rows"] > 0
+            assert one(res, "silent_success").details["extra_forwards"] == 0
     assert not model.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
@@ -203,3 +204,18 @@ def test_command_line_on_a_bundled_model(cifar_test, capsys, tmp_path):
     import json
 
     assert [d["key"] for d in json.loads(out.read_text())] == ["silent_success", "zero_gradients", "nondeterministic"]
+
+
+def test_queries_the_real_model_never_sees_are_judged(images):
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=4).eval()
+    x = images[:4]
+    y = labels(model, x)
+    rec = QueryRecorder(model, x, y, eps=8 / 255)
+    rec.forward_aux(x, mask="soft")
+    rec.forward_aux(x, mask="soft")  # the first one is judged now
+    assert rec.extra_forwards == 4
+    rec.flush()
+    assert rec.extra_forwards == 8 and rec.rows == 8
+    rec(x)  # the real model: judged from its own logits
+    assert rec.extra_forwards == 8 and rec.rows == 12
