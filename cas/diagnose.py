@@ -41,6 +41,9 @@ The checks (``ALL``, in this order):
 ``nondeterministic``
     AutoAttack's flag: the same input twice gives different logits (first 16 images).
 
+``CHEAP`` names the checks that run no second attack (all but ``unbounded``, ``transfer`` and
+``square``): their cost is close to the attack's own.
+
 Cost: the watched run is the attack itself plus one real-model forward per queried row whose
 forward was not the real model's (soft-mask queries), unless the attack's next call is the real
 model on exactly those rows (as the library's PGD loop does to keep its best point); the extra checks
@@ -64,6 +67,8 @@ from .protocols import PROTOCOLS
 
 ALL = ("silent_success", "incomplete", "unbounded", "zero_gradients", "unstable", "transfer", "square",
        "nondeterministic")
+# the checks that cost little beyond the watched run itself (no second attack): for every attack of an evaluation
+CHEAP = ("silent_success", "incomplete", "zero_gradients", "unstable", "nondeterministic")
 NAMES = {
     "silent_success": "Silent success",
     "incomplete": "Incomplete optimisation",
@@ -326,7 +331,7 @@ def _unbounded(fn, model, x, y, s, fooled_ret, k):
     if not len(idx):
         return Indicator("unbounded", NAMES["unbounded"], None, None, "% of checked images",
                          "Not checked: the attack succeeded on every image.", 0)
-    big = replace(s, eps=1.0, step_size=None, until_fooled=False)
+    big = replace(s, eps=1.0, step_size=None, until_fooled=True)
     xa = _run(fn, model, x[idx], y[idx], big)
     robust = ~_fooled(model, xa, y[idx])
     r = _count(robust)
@@ -454,8 +459,9 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     """Run ``attack`` (a registry name such as ``"pgd"``, ``"joint_pgd"``, ``"authors_pgd"``, or a
     function ``fn(model, x, y, settings, progress=None)``) on images ``x`` (float in [0, 1]) with
     labels ``y``, watched, and return the indicators named in ``indicators`` (see the module text),
-    in the order of ``ALL``. ``settings``: the attack's settings (default: its evaluation preset, the
-    authors' schedule for the protocol attacks). ``surrogate``: a model to transfer from (for a CAS
+    in the order of ``ALL``. ``settings``: the attack's settings (default: its evaluation preset with
+    ``until_fooled``, exactly the evaluator's run, so its accuracy is the evaluation's; the authors'
+    schedule for the protocol attacks, which always run to the end). ``surrogate``: a model to transfer from (for a CAS
     model, the baseline of the same training method). ``subsets`` overrides ``DEFAULT_SUBSETS``.
     ``progress(key)`` is called before each check."""
     unknown = [k for k in indicators if k not in ALL]
@@ -463,7 +469,7 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
         raise ValueError(f"unknown indicator(s) {', '.join(map(str, unknown))}; choose from {', '.join(ALL)}")
     sub = {**DEFAULT_SUBSETS, **(subsets or {})}
     label, fn, preset, name = _resolve_attack(attack, model)
-    s = (settings or AttackSettings(**preset)).validated()
+    s = (settings or AttackSettings(**{"until_fooled": True, **preset})).validated()
     x, y = x.detach(), y.to(x.device)
     n = len(y)
     want = set(indicators)
@@ -582,6 +588,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "ALL",
+    "CHEAP",
     "DEFAULT_SUBSETS",
     "NAMES",
     "THRESHOLDS",
