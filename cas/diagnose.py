@@ -415,7 +415,7 @@ def _transfer(sfn, model, surrogate, x, y, s, fooled_ret):
                      len(idx), details={"images": idx[hit].tolist()})
 
 
-def _square(model, x, y, s, fooled_ret, k, queries, is_square):
+def _square(model, x, y, s, fooled_ret, k, queries, is_square, cache):
     if is_square:
         return Indicator("square", NAMES["square"], None, None, "% of checked images",
                          "Not checked: the attack is Square itself.", 0)
@@ -424,9 +424,14 @@ def _square(model, x, y, s, fooled_ret, k, queries, is_square):
         return Indicator("square", NAMES["square"], None, None, "% of checked images",
                          "Not checked: the attack succeeded on every image.", 0)
     eps = float(s.eps) if not isinstance(s.eps, torch.Tensor) else float(s.eps.min())
-    xs = run_attack("square", model, x[idx], y[idx], AttackSettings(eps=eps, queries=queries, seed=s.seed,
+    known = cache.setdefault(("square", eps, queries, s.seed), {}) if cache is not None else {}
+    todo = [i for i in idx.tolist() if i not in known]
+    if todo:
+        t = torch.tensor(todo, device=x.device)
+        xs = run_attack("square", model, x[t], y[t], AttackSettings(eps=eps, queries=queries, seed=s.seed,
                                                                      amp=False))
-    hit = _fooled(model, xs, y[idx])
+        known.update(zip(todo, _fooled(model, xs, y[t]).tolist()))
+    hit = torch.tensor([known[i] for i in idx.tolist()], dtype=torch.bool, device=x.device)
     c = _count(hit)
     fired = c > 0
     sentence = (f"The gradient-free Square attack ({queries} queries) breaks {c} of {len(idx)} images the attack "
@@ -455,7 +460,7 @@ def _deterministic(model, x, k):
 def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "pgd",
              settings: AttackSettings | None = None, surrogate=None, indicators=ALL,
              subsets: dict | None = None, seed: int = 0,
-             progress: Callable[[str], None] | None = None) -> list[Indicator]:
+             progress: Callable[[str], None] | None = None, cache: dict | None = None) -> list[Indicator]:
     """Run ``attack`` (a registry name such as ``"pgd"``, ``"joint_pgd"``, ``"authors_pgd"``, or a
     function ``fn(model, x, y, settings, progress=None)``) on images ``x`` (float in [0, 1]) with
     labels ``y``, watched, and return the indicators named in ``indicators`` (see the module text),
@@ -463,7 +468,9 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     ``until_fooled``, exactly the evaluator's run, so its accuracy is the evaluation's; the authors'
     schedule for the protocol attacks, which always run to the end). ``surrogate``: a model to transfer from (for a CAS
     model, the baseline of the same training method). ``subsets`` overrides ``DEFAULT_SUBSETS``.
-    ``progress(key)`` is called before each check."""
+    ``progress(key)`` is called before each check. ``cache``: a dict to share between calls on the *same
+    model and images* (e.g. one per model in an evaluation of several attacks): Square's verdict on an
+    image is then computed once, whichever attack failed on it."""
     unknown = [k for k in indicators if k not in ALL]
     if unknown:
         raise ValueError(f"unknown indicator(s) {', '.join(map(str, unknown))}; choose from {', '.join(ALL)}")
@@ -507,7 +514,7 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
               model, surrogate, x, y, s, fooled_ret)
     if "square" in want:
         timed("square", _square, model, x, y, s, fooled_ret, sub["square"], sub["square_queries"],
-              name == "square")
+              name == "square", cache)
     if "nondeterministic" in want:
         timed("nondeterministic", _deterministic, model, x, sub["deterministic"])
     for ind in out.values():

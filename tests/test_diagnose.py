@@ -157,6 +157,13 @@ def test_transfer_and_square_beat_a_gradient_free_of_signal_model(images):
     res = diagnose(target, images, y, "pgd", s, surrogate=base, indicators=("transfer", "square"),
                    subsets={"square_queries": 200})
     assert one(res, "transfer").fired and one(res, "square").fired
+    cache = {}
+    first = diagnose(target, images, y, "pgd", s, indicators=("square",), subsets={"square_queries": 200},
+                     cache=cache)
+    again = diagnose(target, images, y, "pgd", s, indicators=("square",), subsets={"square_queries": 200},
+                     cache=cache)
+    assert one(again, "square").value == one(first, "square").value == one(res, "square").value
+    assert one(again, "square").seconds < one(first, "square").seconds
     y0 = torch.zeros(20, dtype=torch.long)
     res = diagnose(Constant(), images, y0, "pgd", s, surrogate=base, indicators=("transfer", "square"),
                    subsets={"square_queries": 200})
