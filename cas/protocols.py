@@ -1,0 +1,159 @@
+"""The CAS authors' own evaluation attacks: what the paper's numbers were measured with.
+
+Bai et al. (ICLR 2021) evaluated their CAS models with ``_pgd_whitebox`` and ``_cw_whitebox`` in
+``Trades/pgd_attack_cifar10_cas.py`` of their public code (bymavis/CAS_ICLR2021), called with
+``beta = 2``. Both are re-written here from a reading of that file, with our calling convention
+``fn(model, x, y, settings=None, progress=None, **kw) -> x_adv``. Read exactly, their protocol is:
+
+* schedule: Linf, eps 0.031, 20 steps of 0.003 (their defaults; note 0.031 < 8/255 and
+  20 x 0.003 = 0.06, so the corners of the budget are barely reached);
+* start: ``x + U(-eps, eps)``, *not* clipped to [0, 1] before the first gradient (the first
+  gradient is taken at a point that may lie outside the image range; every later point is
+  projected to the ball and clipped to [0, 1]);
+* masks: the model runs in eval mode, where each CAS block multiplies its features by the row of
+  its own auxiliary head's argmax (the label the code passes in is ignored in eval mode): our
+  ``mask="pred"``, the real model's forward;
+* update: ``x <- clip01(x + clip_eps(x + step * sign(grad) - x0))``, the sign of the gradient of
+  the *batch* loss (mean cross-entropy, so every image's gradient is scaled by 1/N, which the sign
+  ignores);
+* PGD loss: ``CE(final, y) + beta * mean over CAS heads of CE(aux, y)``, each CE averaged over
+  the batch, the auxiliary mean taken over heads (sum divided by the number of heads), beta = 2;
+* CW loss: per head ``-relu(sum_i z_{i,y_i} - sum_i max_{j != y_i} z_{i,j})``: the true and the best
+  wrong logits are each summed over the *batch* before the relu, so the clip at 0 acts on the batch's
+  total margin, not per image. While the batch as a whole is still mostly classified correctly (the
+  usual case on a robust model) the relu never acts and every image, even one already misclassified,
+  is pushed along its unclipped margin ``z_y - max_{j != y} z_j``; a head's gradient vanishes for the
+  whole batch only once its summed margin is negative. Final head + beta * (mean over the CAS heads),
+  beta = 2. This makes the result depend on the batch: :func:`authors_cw` applies the clip to
+  consecutive groups of ``AUTHORS_BATCH`` (200, their test batch size) images of what it is given,
+  so the evaluator's own batching changes nothing as long as its batches are multiples of 200;
+* result: the *last iterate* is what they classify and count (no best point is kept), judged by
+  the real model (argmax masks) on the final logits.
+
+There are no restarts, no early stop and no targeted variant. The computation is fp32 throughout
+(``settings.amp`` is ignored: these functions reproduce a protocol, not a fast attack), and like
+every attack here they never change the model's mode: call ``model.eval()`` first, as their
+evaluation did. On a model without CAS heads the auxiliary term is absent (their code would
+divide by zero): the attack is PGD on the final cross-entropy (or margin) alone.
+
+``PROTOCOLS`` holds what the attack registry needs for each function (label, description,
+evaluation preset, card key and column), so registering them is a loop over that dict.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import AttackSettings
+
+# their exact schedule (argparse defaults of the evaluation script, called with beta = 2)
+AUTHORS_SCHEDULE = {"eps": 0.031, "steps": 20, "step_size": 0.003, "random_start": True, "aux_weight": 2.0}
+AUTHORS_SETTINGS = AttackSettings(**AUTHORS_SCHEDULE)
+AUTHORS_BATCH = 200  # their evaluation's test batch size (``--test-batch-size``), which the CW loss depends on
+
+
+def _resolve(settings: AttackSettings | None, kw: dict) -> AttackSettings:
+    s = settings or AUTHORS_SETTINGS
+    if kw:
+        s = replace(s, **kw)
+    s = s.validated()
+    if s.norm != "linf":
+        raise ValueError("the authors' protocol is an Linf attack")
+    if s.target is not None:
+        raise ValueError("the authors' protocol is untargeted; leave the target empty")
+    if isinstance(s.eps, torch.Tensor) or isinstance(s.step_size, torch.Tensor):
+        raise TypeError("the authors' protocol takes one budget for all images")
+    return s
+
+
+def _heads(model, x):
+    """(final logits, [auxiliary logits]) of the real model (argmax masks, as in eval mode)."""
+    if hasattr(model, "forward_aux"):
+        logits, aux = model.forward_aux(x, mask="pred")
+        return logits, list(aux)
+    return model(x), []
+
+
+def _ce_loss(logits, y):
+    return F.cross_entropy(logits, y)  # batch mean, as nn.CrossEntropyLoss()
+
+
+def _cw_loss(logits, y, batch: int = AUTHORS_BATCH):
+    """``-relu(sum of z_y - max_{j != y} z_j over a batch)`` summed over the batches of ``batch``
+    images: their code sums the true and the best wrong logits over the batch *before* the relu."""
+    own = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], float("-inf"))
+    per_image = own - others.max(1).values
+    return -F.relu(torch.stack([c.sum() for c in per_image.split(batch)])).sum()
+
+
+def _authors_loop(model, x, y, s: AttackSettings, head_loss, progress=None):
+    x = x.detach().float()
+    y = y.to(x.device)
+    gen = torch.Generator(device=x.device)
+    if s.seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(s.seed))
+    eps, step = float(s.eps), float(s.step_size)
+    x_adv = x.clone()
+    if s.random_start:  # not clipped to [0, 1] before the first step, as in their code
+        x_adv = x_adv + torch.empty_like(x).uniform_(-eps, eps, generator=gen)
+    for i in range(s.steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits, aux = _heads(model, x_adv)
+            loss = head_loss(logits.float(), y)
+            if aux:
+                loss = loss + s.aux_weight * (sum(head_loss(a.float(), y) for a in aux) / len(aux))
+            (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            x_adv = x_adv.detach() + step * grad.sign()
+            x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+        if progress:
+            progress(i + 1, s.steps)
+    return x_adv.detach()
+
+
+def authors_pgd(model, x, y, settings: AttackSettings | None = None, progress=None, **kw):
+    """The CAS authors' PGD-20 evaluation (``_pgd_whitebox`` with beta 2): what the paper's PGD
+    numbers were measured with. Final CE + aux_weight x mean auxiliary CE, argmax masks, signed
+    steps, last iterate returned. ``settings`` default to their schedule (eps 0.031, 20 steps of
+    0.003, uniform random start unclipped, aux_weight 2); ``seed`` seeds the random start."""
+    return _authors_loop(model, x, y, _resolve(settings, kw), _ce_loss, progress)
+
+
+def authors_cw(model, x, y, settings: AttackSettings | None = None, progress=None, batch: int = AUTHORS_BATCH,
+               **kw):
+    """The CAS authors' CW-Linf evaluation (``_cw_whitebox`` with beta 2): what the paper's CW
+    numbers were measured with. The same schedule as :func:`authors_pgd` on the loss
+    ``-relu(sum over a batch of z_y - max_{j!=y} z_j)`` of the final head + aux_weight x its mean
+    over the CAS heads (groups of ``AUTHORS_BATCH`` images, see the module text), last iterate
+    returned."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive whole number of images, got {batch!r}")
+    return _authors_loop(model, x, y, _resolve(settings, kw), lambda z, t: _cw_loss(z, t, batch), progress)
+
+
+# registry data: one entry per attack, in the fields of cas.attacks.AttackSpec (knobs: the iterative ones
+# without the target). ``gradient`` is False because these take one budget for all images (no per-image
+# eps curves, no bf16 path); ``strength`` is None: a last-iterate attack is not ranked against PGD.
+PROTOCOLS: dict[str, dict] = {
+    "authors_pgd": {
+        "fn": authors_pgd, "label": "Authors' PGD-20 (paper protocol)",
+        "description": "the CAS authors' evaluation: PGD-20 of 0.003 within 0.031 on final + 2 x mean "
+                       "auxiliary cross-entropy, last iterate (what the paper's PGD numbers used)",
+        "card_key": "authors_pgd20", "column": "authors' PGD-20", "preset": dict(AUTHORS_SCHEDULE),
+        "untargeted_only": True, "gradient": False, "strength": None},
+    "authors_cw": {
+        "fn": authors_cw, "label": "Authors' CW-Linf (paper protocol)",
+        "description": "the CAS authors' evaluation: the same schedule on the clipped margin loss of the "
+                       "final + 2 x mean auxiliary heads, last iterate (what the paper's CW numbers used)",
+        "card_key": "authors_cw", "column": "authors' CW-Linf", "preset": dict(AUTHORS_SCHEDULE),
+        "untargeted_only": True, "gradient": False, "strength": None},
+}
+
+__all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "PROTOCOLS", "authors_cw", "authors_pgd"]
