@@ -35,8 +35,8 @@ import torch
 
 import cas
 from app.common import figures, image_attack, images
-from cas import stats as cas_stats
 from cas import data as cdata
+from cas import stats as cas_stats
 from cas.cli import HelpFormatter
 from cas.evaluate import accuracy_vs_eps, evaluate
 from cas.precision import all_cores, fast_bf16, threads

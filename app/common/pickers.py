@@ -21,7 +21,7 @@ import streamlit as st
 import cas
 from cas import data as cas_data
 
-from . import images, image_attack, models
+from . import image_attack, images, models
 from .attack_text import text_of
 from .url_state import (Param, boolean, dump_bool, dump_number, dump_optional, float_in, int_in, one_of,
                         optional, widget_key)

@@ -8,7 +8,8 @@ import pandas as pd
 import streamlit as st
 
 import cas
-from app.common import compute, figures, image_attack, images, models, panels, pickers, presentation, url_state
+from app.common import (compute, figures, image_attack, images, models, panels, pickers, presentation,
+                        url_state)
 from app.common.pages import prefix
 
 P = prefix("compare")

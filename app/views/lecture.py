@@ -237,9 +237,8 @@ def step_results(step: Step, loaded: dict, image: ImageChoice) -> dict[str, imag
     """The runs ``step`` shows and its claim looks at, by run name (computed once per session)."""
     display = panels.progress_bar()
     out = {}
-    for run in RUNS:
+    for run, (model, choice) in RUNS.items():
         if run in step.needs or run == step.run:
-            model, choice = RUNS[run]
             m = loaded[model]
             out[run] = compute.attack_image(compute.image_request(m.key, image.x, image.label, choice),
                                             m.model, image.x, title=image.title, display=display)
