@@ -63,14 +63,15 @@ def run_attacks(loaded: dict, image: pickers.ImageChoice, choice: image_attack.A
     """Every model's result and a note about how it was attacked, and the transfer's crafted result
     (None in white-box mode, ``source`` None). The page stops with the library's reason for refused settings."""
     display = panels.progress_bar()
+    source_key = loaded[source].key if source else None
 
-    def attack(m, c, crafted=None):
-        request = compute.image_request(m.key, image.x, image.label, c, crafted_on=source_key if crafted is not None else None)
-        return compute.attack_image(request, m.model, image.x, x_adv=crafted.x_adv if crafted else None,
+    def attack(m, c, crafted=None):  # crafted: the source's result, applied to model m (transfer)
+        transfer = crafted is not None
+        request = compute.image_request(m.key, image.x, image.label, c, crafted_on=source_key if transfer else None)
+        return compute.attack_image(request, m.model, image.x, x_adv=crafted.x_adv if transfer else None,
                                     title=image.title, display=display)
 
     results, notes, crafted = {}, {}, None
-    source_key = loaded[source].key if source else None
     try:
         if source is None:
             for name, m in loaded.items():
