@@ -19,8 +19,8 @@ when) it starts computing, and gets back ``(update(fraction, text), close())``
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
