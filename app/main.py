@@ -1,7 +1,8 @@
 """CAS Lab, the Streamlit app: ``streamlit run app/main.py``.
 
-This entry script only sets up the page and the navigation; each page is a function, ``page()``, in its
-file in ``app/views/`` (not ``pages/``: Streamlit would also list that folder on its own).
+This entry script only sets up the page and the navigation (the pages are listed in
+:mod:`app.common.pages`); each page is a function, ``page()``, in its file in ``app/views/`` (not
+``pages/``: Streamlit would also list that folder on its own).
 """
 from __future__ import annotations
 
@@ -17,30 +18,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import streamlit as st
 
 from app.common import presentation
+from app.common.pages import DEFAULT_PAGE, PAGES, PREFIXES
 from app.common.url_state import keep_widget_state
 
 VIEWS = Path(__file__).resolve().parent / "views"
-# (view file, title, icon, url path), in the navigation's order; DEFAULT_PAGE opens at the bare address.
-# Each file holds its page as a function, page(), which it runs when Streamlit runs the file (so AppTest
-# can switch pages by file).
-PAGE_LIST = [
-    ("lecture.py", "Lecture", ":material/school:", "lecture"),
-    ("attack_lab.py", "Attack Lab", ":material/target:", "attack_lab"),
-    ("compare.py", "Compare", ":material/compare:", "compare"),
-    ("channel_stats.py", "Channel statistics", ":material/bar_chart:", "channel_stats"),
-    ("robustness.py", "Robustness", ":material/shield:", "robustness"),
-    ("train.py", "Train", ":material/model_training:", "train"),
-]
-
-DEFAULT_PAGE = "attack_lab"
 
 present = presentation.start()  # ?present=1: presentation mode (sidebar folded, large text and charts)
 st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layout="wide",
                    initial_sidebar_state="collapsed" if present else "auto")
-keep_widget_state(("lab_", "cmp_", "stats_", "rob_", "train_", "lec_"))  # settings survive a visit to another page
+keep_widget_state(PREFIXES)  # settings survive a visit to another page
 
-pages = [st.Page(VIEWS / file, title=title, icon=icon, url_path=url, default=url == DEFAULT_PAGE)
-         for file, title, icon, url in PAGE_LIST]
+pages = [st.Page(VIEWS / p.file, title=p.title, icon=p.icon, url_path=p.url, default=p.url == DEFAULT_PAGE)
+         for p in PAGES]
 
 with st.sidebar:
     st.markdown("### :material/neurology: CAS Lab\n"

@@ -31,7 +31,7 @@ from streamlit import net_util
 from streamlit.web import cli
 
 import cas  # noqa: F401
-from app.common import figures, lab  # noqa: F401
+from app.common import figures, image_attack  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 

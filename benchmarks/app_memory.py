@@ -6,7 +6,7 @@ One AppTest session of the real app (``app/main.py``, the bundled models or ``$C
 a new image and a new attack on every run, so every run computes and keeps a new result, as a visitor
 clicking through the gallery would. It prints the process's resident memory (RSS) after a warm-up and
 then every 20 attacks, the number of results the session keeps, and the growth over the run: once the
-session's result store is full (``app.common.cache.STORES``), memory must stay flat.
+session's result store is full (``app.common.compute.STORES``), memory must stay flat.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see a
 
 from streamlit.testing.v1 import AppTest
 
-from app.common import cache
+from app.common import compute
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
         if i == a.warmup or (i > a.warmup and i % 20 == 0) or i == a.attacks:
             now = time.perf_counter()
             rss = measure()
-            kept = len(at.session_state[cache.store_key("lab")])
+            kept = len(at.session_state[compute.store_key("lab")])
             steps_done = i - (rows[-1][0] if rows else 0)
             rows.append((i, rss))
             print(f"{i:>8} {rss:>8.0f} {kept:>13} {(now - t_last) / steps_done:>9.2f}", flush=True)
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     (w, rss_w), (n, rss_n) = rows[0], rows[-1]
     half = next(r for r in rows if r[0] >= (w + n) // 2)
     print(f"computed {at.session_state['_lab_computations']} results; the session keeps "
-          f"at most {cache.STORES['lab']}")
+          f"at most {compute.STORES['lab']}")
     print(f"growth from attack {w} to {n}: {rss_n - rss_w:+.1f} MiB "
           f"({(rss_n - rss_w) * 1024 / (n - w):+.1f} KiB per attack); "
           f"second half ({half[0]} to {n}): {rss_n - half[1]:+.1f} MiB")

@@ -1,6 +1,6 @@
 """The app's speed on the CPU, the fp32 path and the fast path side by side, in one run.
 
-    python benchmarks/app_speed.py [--runs 20] [--no-cold-start]
+    python -m benchmarks.app_speed [--runs 20] [--no-cold-start]
 
 * **fp32 path** (what the app did before): fp32 everywhere, every piece of work on the process's
   default threads, NCHW models, the accuracy-vs-ε curve as one evaluation per ε.
@@ -11,7 +11,8 @@
 
 Figures, on the bundled models (``std``, ``at``, ``at-cas``):
 1. click latency: the Attack Lab's whole update after a click (PGD-20 on one test image, the channel
-   analysis and every figure), ``at-cas``; median and p90;
+   analysis, every figure and its serialisation), ``at-cas``; median and p90, and the median of each
+   part (attack, analysis + figures, serialisation);
 2. Channel statistics: 32 test images x 3 models, PGD-10 (the page's defaults);
 3. the accuracy-vs-ε curve: 32 images, ε in {0, 2, 4, 8, 16}/255, PGD-10 on each model and soft-mask
    PGD-10 on ``at-cas`` (the Robustness page's defaults);
@@ -29,13 +30,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
 
+import numpy as np
 import torch
 
 import cas
-from app.common import lab
-from benchmarks.app_latency import one_update
-from cas import stats as cas_stats
+from app.common import figures, image_attack, images
 from cas import data as cdata
+from cas import stats as cas_stats
 from cas.cli import HelpFormatter
 from cas.evaluate import accuracy_vs_eps, evaluate
 from cas.precision import all_cores, fast_bf16, threads
@@ -49,12 +50,12 @@ EPS = (0, 2, 4, 8, 16)
 def fp32_path():
     """Today's fp32 path: no bf16, default threads for single images, NCHW models."""
     os.environ["CAS_FP32"] = "1"
-    saved, lab.SINGLE_IMAGE_THREADS = lab.SINGLE_IMAGE_THREADS, None
+    saved, image_attack.SINGLE_IMAGE_THREADS = image_attack.SINGLE_IMAGE_THREADS, None
     try:
         yield
     finally:
         del os.environ["CAS_FP32"]
-        lab.SINGLE_IMAGE_THREADS = saved
+        image_attack.SINGLE_IMAGE_THREADS = saved
 
 
 def load(name: str, fast: bool):
@@ -64,11 +65,37 @@ def load(name: str, fast: bool):
     return model
 
 
-def click(model, x_all, y_all, runs: int) -> tuple[float, float]:
-    choice = lab.AttackChoice(attack="pgd", steps=20)
-    one_update(model, x_all[0], int(y_all[0]), choice)  # warm-up
-    totals = sorted(one_update(model, x_all[i], int(y_all[i]), choice)["total"] for i in range(1, runs + 1))
-    return statistics.median(totals), totals[min(len(totals) - 1, round(0.9 * (len(totals) - 1)))]
+def one_update(model, x: np.ndarray, label: int, choice: image_attack.AttackChoice) -> dict:
+    """Everything the Attack Lab computes after a click, with the time of each part (seconds)."""
+    t0 = time.perf_counter()
+    result = image_attack.attack_image(model, x, choice, label)
+    t1 = time.perf_counter()
+    aux = [(m.name, m.aux_probs) for m in result.modules if m.aux_probs is not None]
+    figs = [figures.probability_figure(result.probs, aux)]
+    for view in result.modules:
+        figs.append(figures.channel_figure(view, image_attack.channel_order(view, "natural")))
+        for stage in (view.before, view.after):
+            image_attack.module_summary(stage[0], 0.01), image_attack.module_summary(stage[1], 0.01)
+    images.png_bytes(result.x_adv), images.npy_bytes(result.x_adv)
+    image_attack.channel_table(result).to_csv(index=False)
+    t2 = time.perf_counter()
+    for f in figs:  # what Streamlit sends to the browser
+        f.to_json()
+    t3 = time.perf_counter()
+    return {"attack": t1 - t0, "figures": t2 - t1, "serialise": t3 - t2, "total": t3 - t0}
+
+
+def click(model, x_all, y_all, runs: int) -> dict[str, float]:
+    """The click's median and p90 over ``runs`` test images, and each part's median."""
+    choice = image_attack.AttackChoice(attack="pgd", steps=20)
+    one_update(model, x_all[0], int(y_all[0]), choice)  # warm-up (first calls allocate)
+    rows = [one_update(model, x_all[i], int(y_all[i]), choice) for i in range(1, runs + 1)]
+    totals = sorted(r["total"] for r in rows)
+    out = {"click median": statistics.median(totals),
+           "click p90": totals[min(len(totals) - 1, round(0.9 * (len(totals) - 1)))]}
+    out.update({f"click: {part}": statistics.median(r[part] for r in rows)
+                for part in ("attack", "figures", "serialise")})
+    return out
 
 
 def channel_stats(models, x, y, fast: bool) -> float:
@@ -127,8 +154,7 @@ def main() -> None:
         ctx = contextlib.nullcontext() if fast else fp32_path()
         with ctx:
             models = {n: load(n, fast) for n in MODELS}
-            med, p90 = click(models["at-cas"], x_all, y_all, a.runs)
-            row = {"click median": med, "click p90": p90,
+            row = {**click(models["at-cas"], x_all, y_all, a.runs),
                    "Channel statistics": channel_stats(models, x, y, fast),
                    "ε-curve": eps_curve(models, x, y, fast)}
         if a.cold_start:

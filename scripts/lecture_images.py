@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import cas
-from app.common import lab
+from app.common import image_attack
 from app.views import lecture
 from cas import data as cas_data
 
@@ -58,9 +58,9 @@ def check(models: dict, x: np.ndarray, label: int) -> float | None:
         for seed in (0, 1, 2):
             results = {}
             for run, (name, choice) in lecture.RUNS.items():
-                if choice.attack != lab.NONE:
-                    choice = lab.AttackChoice(choice.attack, **{**dict(choice.values), "seed": seed})
-                results[run] = lab.attack_image(models[name], x, choice, label)
+                if choice.attack != image_attack.NONE:
+                    choice = image_attack.AttackChoice(choice.attack, **{**dict(choice.values), "seed": seed})
+                results[run] = image_attack.attack_image(models[name], x, choice, label)
             failed = [i for i in range(1, len(lecture.STEPS) + 1) if not lecture.claim(i, results)[0]]
             if failed:
                 print(f"  step {failed[0]} fails (seed {seed}{', fp32' if fp32 else ''})", file=sys.stderr)

@@ -47,3 +47,35 @@ def standin_pretrained(tmp_path_factory):
     from standin import make_standins
 
     return make_standins(tmp_path_factory.mktemp("standin"))
+
+
+@pytest.fixture
+def models_dir(standin_pretrained, monkeypatch, tmp_path):
+    """Point the app at the stand-in models (and at an empty runs folder)."""
+    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(standin_pretrained))
+    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
+    return standin_pretrained
+
+
+TRAINER_DEADLINE = 180  # seconds to wait for a training run; generous for a busy machine, not a speed requirement
+
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(condition, what, run=None, interval=0.1)``: poll ``condition`` until it returns something
+    true and return that; after :data:`TRAINER_DEADLINE` fail, with training run ``run``'s output."""
+    import time
+
+    def wait(condition, what: str, run: str | None = None, interval: float = 0.1):
+        from app import jobs
+
+        deadline = time.monotonic() + TRAINER_DEADLINE
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(interval)
+        tail = jobs.output_tail(run) if run else ""
+        pytest.fail(f"timed out waiting for {what}" + (f"; trainer output:\n{tail}" if tail else ""))
+
+    return wait

@@ -20,14 +20,6 @@ MAIN = str(ROOT / "app" / "main.py")
 TIMEOUT = 120
 
 
-@pytest.fixture
-def models_dir(standin_pretrained, monkeypatch, tmp_path):
-    """Point the app at the stand-in models (and at an empty runs folder)."""
-    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(standin_pretrained))
-    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
-    return standin_pretrained
-
-
 def make_app(**query) -> AppTest:
     at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
     for k, v in query.items():
@@ -353,15 +345,15 @@ def test_missing_cifar_offers_download_and_uploads(models_dir, monkeypatch):
 
 
 def test_exports_are_exact():
-    from app.common import images, lab
+    from app.common import image_attack, images
 
     x = np.random.default_rng(1).random((3, 32, 32), dtype=np.float32)
     assert np.array_equal(np.load(io.BytesIO(images.npy_bytes(x))), x)
     im = np.asarray(Image.open(io.BytesIO(images.png_bytes(x))))
     assert im.shape == (32, 32, 3) and np.abs(im / 255 - x.transpose(1, 2, 0)).max() <= 0.5 / 255 + 1e-6
-    view = lab.PointView("layer4_1", np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 4)), None, False)
-    r = lab.LabResult(x, x, 0, True, lab.AttackChoice("none"), np.eye(2, 10), [view], 0.0)
-    table = lab.channel_table(r)
+    view = image_attack.PointView("layer4_1", np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 4)), None, False)
+    r = image_attack.LabResult(x, x, 0, True, image_attack.AttackChoice("none"), np.eye(2, 10), [view], 0.0)
+    table = image_attack.channel_table(r)
     assert list(table.columns)[:3] == ["module", "channel", "natural_before_mask"] and len(table) == 4
 
 

@@ -26,7 +26,6 @@ from cas.train import TrainConfig, cli_args, read_log
 ROOT = Path(__file__).resolve().parent.parent
 
 PAGE = str(ROOT / "app" / "views" / "train.py")
-DEADLINE = 180  # seconds; a generous limit for a busy machine, not a speed requirement
 TINY = {"width": 4, "train_subset": 256, "batch_size": 16, "steps": 1, "val_size": 64, "eval_steps": 1}
 
 
@@ -62,18 +61,6 @@ def runs(tmp_path, monkeypatch):
 def training_runs(runs, cifar_test):
     """``runs``, for tests that train (skipped when CIFAR-10 is not available)."""
     return runs
-
-
-def wait_for(condition, what: str, run: str | None = None):
-    """Poll ``condition`` until it returns something true; fail with the trainer's output after the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = jobs.output_tail(run) if run else ""
-    pytest.fail(f"timed out waiting for {what}" + (f"; trainer output:\n{tail}" if tail else ""))
 
 
 def texts(elements) -> str:
@@ -199,7 +186,7 @@ def test_page_refuses_bad_and_taken_names(runs):
     assert "taken" in texts(at.markdown)  # the existing run is listed and shown
 
 
-def test_page_starts_stops_and_resumes_a_run(training_runs):
+def test_page_starts_stops_and_resumes_a_run(training_runs, wait_for):
     import cas
 
     at = page()

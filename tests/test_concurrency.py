@@ -12,19 +12,19 @@ import pytest
 import torch
 
 
-from app.common import lab, models
+from app.common import image_attack, models
 
 # (test-image index, attack) — a different image, attack and setting for every visitor
 JOBS = [
-    (0, lab.AttackChoice("pgd", eps=8.0, steps=5, seed=1)),
-    (1, lab.AttackChoice("fgsm", eps=4.0)),
-    (2, lab.AttackChoice("cw", eps=8.0, steps=4, seed=2)),
-    (3, lab.AttackChoice("pgd_l2", l2eps=0.5, steps=4, seed=3)),
-    (4, lab.AttackChoice("square", eps=8.0, queries=60, seed=4)),
-    (5, lab.AttackChoice("joint_pgd", eps=6.0, steps=4, seed=5)),
-    (6, lab.AttackChoice("soft_mask_pgd", eps=8.0, steps=4, rand=False)),
-    (7, lab.AttackChoice("pgd", eps=8.0, steps=4, target=3, seed=6)),
-    (8, lab.AttackChoice("square", eps=6.0, queries=80, seed=7)),
+    (0, image_attack.AttackChoice("pgd", eps=8.0, steps=5, seed=1)),
+    (1, image_attack.AttackChoice("fgsm", eps=4.0)),
+    (2, image_attack.AttackChoice("cw", eps=8.0, steps=4, seed=2)),
+    (3, image_attack.AttackChoice("pgd_l2", l2eps=0.5, steps=4, seed=3)),
+    (4, image_attack.AttackChoice("square", eps=8.0, queries=60, seed=4)),
+    (5, image_attack.AttackChoice("joint_pgd", eps=6.0, steps=4, seed=5)),
+    (6, image_attack.AttackChoice("soft_mask_pgd", eps=8.0, steps=4, rand=False)),
+    (7, image_attack.AttackChoice("pgd", eps=8.0, steps=4, target=3, seed=6)),
+    (8, image_attack.AttackChoice("square", eps=6.0, queries=80, seed=7)),
 ]
 
 
@@ -41,12 +41,12 @@ def _run(model, cifar_test, job):
     index, choice = job
     x, y = cifar_test
     reports = []
-    result = lab.attack_image(model, x[index].numpy(), choice, int(y[index]),
+    result = image_attack.attack_image(model, x[index].numpy(), choice, int(y[index]),
                               progress=lambda done, total: reports.append((done, total)))
     return result, reports
 
 
-def _arrays(result: lab.LabResult) -> list[np.ndarray]:
+def _arrays(result: image_attack.LabResult) -> list[np.ndarray]:
     out = [result.x_adv, result.probs]
     for m in result.modules:
         out += [m.before, m.mask, m.after] + ([] if m.aux_probs is None else [m.aux_probs])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from cas import checkpoint, load_checkpoint
 from cas import train as trainer
 from cas.train import TrainConfig, read_log
 
-DEADLINE = 180  # seconds; generous for a busy machine, not a speed requirement
 TINY = dict(method="at", cas=True, width=4, epochs=2, batch_size=16, lr=0.05, train_subset=512, val_size=32,
             steps=1, eval_steps=1, eval_batch_size=32)
 
@@ -39,16 +37,6 @@ def runs(tmp_path, monkeypatch):
                 proc.wait(timeout=30)
 
 
-def wait_for(condition, what: str, name: str):
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}; trainer output:\n{jobs.output_tail(name)}")
-
-
 def no_temporary_files(folder: Path) -> bool:
     return not [f.name for f in folder.iterdir() if f.name.endswith(".tmp")]
 
@@ -56,12 +44,12 @@ def no_temporary_files(folder: Path) -> bool:
 # -- a trainer killed mid-epoch ----------------------------------------------------------------------------
 
 @pytest.mark.slow  # a trainer process of its own: about 15 s on a busy 2-core machine, most of it start-up
-def test_sigkill_mid_epoch_then_resume_after_a_server_restart(runs, cifar_test):
+def test_sigkill_mid_epoch_then_resume_after_a_server_restart(runs, cifar_test, wait_for):
     cfg = TrainConfig(**TINY)
     job = jobs.start("killed", cfg)
     out = runs / "killed"
     proc = jobs._children[job["pid"]]
-    wait_for(lambda: len(read_log(out / "log.jsonl")) >= 1, "the first epoch", "killed")
+    wait_for(lambda: len(read_log(out / "log.jsonl")) >= 1, "the first epoch", "killed", interval=0.02)
     os.killpg(job["pid"], signal.SIGKILL)  # no chance to clean up: in the second epoch's batches
     proc.wait(timeout=30)
     assert len(read_log(out / "log.jsonl")) < cfg.epochs, "the run finished before it could be killed"

@@ -53,10 +53,10 @@ def test_the_story_in_plain_terms(results):
 
 
 def test_channel_chart_threshold_line_signed_mask_and_top_k(results):
-    from app.common import figures, lab
+    from app.common import figures, image_attack
 
     view = results["cas_pgd"].modules[-1]
-    order = lab.channel_order(view, "natural")
+    order = image_attack.channel_order(view, "natural")
     fig = figures.channel_figure(view, order, True, threshold=10.0)
     lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
     assert len(lines) == 2 * 2  # clean and adversarial, before and after the mask (not on the mask itself)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,34 +15,27 @@ def _fill_stores(lab_results: int) -> None:
     """A tiny app: one evaluation-like result, then ``lab_results`` Attack Lab results."""
     import streamlit as st
 
-    from app.common import cache
+    from app.common import compute
 
-    cache.cached(("eval", "model"), lambda: "evaluation", store="robustness")
-    cache.cached(("stats", "model"), lambda: "statistics", store="stats")
+    compute.cached(("eval", "model"), lambda: "evaluation", store="robustness")
+    compute.cached(("stats", "model"), lambda: "statistics", store="stats")
     for i in range(lab_results):
-        cache.cached(("attack", i), lambda i=i: f"attack {i}")
-    st.session_state["again"] = cache.cached(("eval", "model"), lambda: "re-run", store="robustness")
+        compute.cached(("attack", i), lambda i=i: f"attack {i}")
+    st.session_state["again"] = compute.cached(("eval", "model"), lambda: "re-run", store="robustness")
 
 
 def test_each_store_has_its_own_budget():
-    from app.common import cache
+    from app.common import compute
 
-    n = cache.STORES["lab"] + 30
+    n = compute.STORES["lab"] + 30
     at = AppTest.from_function(_fill_stores, args=(n,), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["again"] == "evaluation"
-    assert len(at.session_state["_lab_results"]) == cache.STORES["lab"]  # the oldest attacks went
+    assert len(at.session_state["_lab_results"]) == compute.STORES["lab"]  # the oldest attacks went
     assert ("attack", n - 1) in at.session_state["_lab_results"]
     assert list(at.session_state["_stats_results"].values()) == ["statistics"]
     assert list(at.session_state["_robustness_results"].values()) == ["evaluation"]
     assert at.session_state["_lab_computations"] == n + 2
-
-
-@pytest.fixture
-def models_dir(standin_pretrained, monkeypatch, tmp_path):
-    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(standin_pretrained))
-    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
-    return standin_pretrained
 
 
 def test_an_evaluation_survives_many_attack_lab_results(models_dir):

@@ -19,13 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "app" / "main.py")
 
 
-@pytest.fixture
-def models_dir(standin_pretrained, monkeypatch, tmp_path):
-    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(standin_pretrained))
-    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
-    return standin_pretrained
-
-
 def _clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 

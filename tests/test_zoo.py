@@ -132,12 +132,12 @@ def test_the_launcher_warms_up_the_first_view_once(monkeypatch, tmp_path):
     """``python -m app.serve`` computes the first view (model, images, first image) while the server
     starts; the first visitor then reuses it instead of computing it again."""
     from app import serve
-    from app.common import lab, models
+    from app.common import image_attack, models
 
     monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
     calls = []
-    real = lab.first_view_index
-    monkeypatch.setattr(lab, "first_view_index", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = image_attack.first_view_index
+    monkeypatch.setattr(image_attack, "first_view_index", lambda *a, **k: calls.append(1) or real(*a, **k))
     models._first_image.clear()
     serve.warm_up()
     assert calls == [1]  # the warm-up computed it

@@ -115,7 +115,7 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
 def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
                    height: int | None = None, threshold: float | None = None,
                    top_k: int | None = None) -> go.Figure:
-    """Per-channel activations at one CAS point (a :class:`app.common.lab.PointView`).
+    """Per-channel activations at one CAS point (a :class:`app.common.image_attack.PointView`).
 
     For a CAS module: three aligned panels, one above the other — the block's output before the mask,
     the mask itself and what passes on after the mask — each with the natural (blue) and adversarial
@@ -177,3 +177,94 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
              else f"channels ({k}), in the chosen order")
     layout["xaxis"] = dict(anchor=f"y{_axis(n)}", title=dict(text=which))
     return _figure(data, layout)
+
+
+def column_channel_figure(view, order: np.ndarray, show_adversarial: bool = True, threshold: float | None = None,
+                          top_k: int | None = None) -> go.Figure:
+    """:func:`channel_figure` for one of Compare's narrow columns: taller, without a legend (a caption
+    below says what the colours are)."""
+    fig = channel_figure(view, order, show_adversarial, height=560, threshold=threshold, top_k=top_k)
+    fig.update_layout(showlegend=False, margin=dict(t=40))
+    return fig
+
+
+def lecture_channel_figure(view, order: np.ndarray, show_adversarial: bool = True, height: int | None = None,
+                           threshold: float | None = None, narrow: bool = False) -> go.Figure:
+    """:func:`channel_figure` for the Lecture; ``narrow``: half the page's width, so the legend gets a
+    smaller font and more room above the panels."""
+    fig = channel_figure(view, order, show_adversarial, height=height, threshold=threshold)
+    if narrow:
+        fig.update_layout(legend=dict(font=dict(size=13)), margin=dict(t=150 if presentation() else 120))
+    return fig
+
+
+def big_fonts(fig: go.Figure, height: int = 420) -> go.Figure:
+    """``fig`` with larger fonts (and at least ``height`` pixels) in presentation mode; as it is otherwise."""
+    if presentation():
+        size = BIG_FONT["size"]
+        fig.update_layout(font_size=size, title_font_size=size, legend_font_size=LEGEND_FONT["size"],
+                          height=max(height, fig.layout.height or 0))
+        fig.update_xaxes(tickfont_size=size, title_font_size=size)
+        fig.update_yaxes(tickfont_size=size, title_font_size=size)
+    return fig
+
+
+# -- the Train page ------------------------------------------------------------------------------------
+
+def training_curves_figure(records: list[dict], height: int = 330) -> go.Figure:
+    """Loss (left) and accuracies (right) per epoch: train, held-out clean, held-out robust."""
+    epochs = [r["epoch"] for r in records]
+    layout = dict(height=height, margin=dict(l=10, r=10, t=75, b=10), font=FONT, hovermode="x unified",
+                  legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
+                  xaxis=dict(domain=[0, 0.42], title=dict(text="epoch"), dtick=1 if len(epochs) < 15 else None),
+                  yaxis=dict(anchor="x", title=dict(text="loss")),
+                  xaxis2=dict(domain=[0.55, 1], anchor="y2", title=dict(text="epoch"),
+                              dtick=1 if len(epochs) < 15 else None),
+                  yaxis2=dict(anchor="x2", range=[0, 100], ticksuffix="%", title=dict(text="accuracy")),
+                  annotations=[
+                      dict(text="Training loss", x=0.21, y=1.0, xref="paper", yref="paper", xanchor="center",
+                           yanchor="bottom", showarrow=False, font=TITLE_FONT),
+                      dict(text="Accuracy", x=0.775, y=1.0, xref="paper", yref="paper", xanchor="center",
+                           yanchor="bottom", showarrow=False, font=TITLE_FONT)])
+    data = [dict(type="scatter", mode="lines+markers", x=epochs, y=[r.get("loss") for r in records],
+                 name="loss", line=dict(color="#555"), xaxis="x", yaxis="y")]
+    series = [("train_acc", "train (attacked training images)", "#999", "dash"),
+              ("heldout_clean", "held-out clean", NATURAL, "solid"),
+              ("heldout_robust", "held-out under attack", ADVERSARIAL, "solid")]
+    for key, label, colour, dash in series:
+        if any(key in r for r in records):
+            data.append(dict(type="scatter", mode="lines+markers", x=epochs, y=[r.get(key) for r in records],
+                             name=label, line=dict(color=colour, dash=dash), xaxis="x2", yaxis="y2",
+                             hovertemplate="%{y:.1f}%"))
+    return go.Figure(data=data, layout=layout)
+
+
+# -- many images: channel statistics and robustness ----------------------------------------------------
+
+def stats_figures(point, stage: str, threshold: float, label: str) -> tuple[go.Figure, go.Figure]:
+    """The Channel statistics page's pair for one CAS point (a :class:`cas.stats.PointStats`) and stage:
+    each channel's average magnitude (the paper's Figure 1) and how often it fires (its uniformity figure)."""
+    from cas import stats as cas_stats
+
+    return (big_fonts(cas_stats.magnitude_figure(point, stage, threshold, f"Magnitude, {label}")),
+            big_fonts(cas_stats.frequency_figure(point, stage, threshold, f"Frequency, {label}")))
+
+
+def ladder_figure(columns: list[str], accuracies: dict[str, list[float]]) -> go.Figure:
+    """Grouped bars: each model's accuracy (%) under each of ``columns`` (model -> one value per column)."""
+    fig = go.Figure()
+    for name, values in accuracies.items():
+        fig.add_bar(name=name, x=columns, y=values)
+    fig.update_layout(height=320, yaxis_title="accuracy (%)", margin=dict(l=10, r=10, t=30, b=10), barmode="group")
+    return big_fonts(fig)
+
+
+def eps_curve_figure(curves: list[tuple[str, list[float], list[float], bool]]) -> go.Figure:
+    """Accuracy (%) against ε (/255): one line per (legend name, ε values, accuracies, dashed)."""
+    fig = go.Figure()
+    for name, eps, accs, dashed in curves:
+        fig.add_scatter(x=list(eps), y=accs, mode="lines+markers", name=name,
+                        line=dict(dash="dash" if dashed else "solid"))
+    fig.update_layout(height=380, xaxis_title="ε (/255)", yaxis_title="accuracy (%)",
+                      margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 100])
+    return big_fonts(fig)

@@ -6,13 +6,23 @@ import streamlit as st
 
 import cas
 
-from . import figures, images, lab, presentation
+from . import figures, image_attack, images, presentation
+
+
+def progress_bar(where=st):
+    """The pages' progress display for :mod:`app.common.compute`: ``display(text)`` opens a bar,
+    returns ``(update(fraction, text), close())``."""
+    def display(text: str):
+        bar = where.progress(0.0, text=f"{text}…")
+        return (lambda fraction, text: bar.progress(min(1.0, fraction), text=text)), bar.empty
+    return display
+
 
 def _pct(p: float) -> str:
     return f"{100 * p:.0f}%"
 
 
-def verdict(result: lab.LabResult, where=st) -> None:
+def verdict(result: image_attack.LabResult, where=st) -> None:
     """The outcome in one sentence: predictions and whether the attack succeeded."""
     p, c = result.probs, cas.CLASSES
     truth = (f"The image shows **{c[result.label]}**." if result.label_known
@@ -44,7 +54,7 @@ def verdict(result: lab.LabResult, where=st) -> None:
                       icon=":material/shield:")
 
 
-def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
+def image_row(result: image_attack.LabResult, where=st, size: int = 192) -> None:
     """Clean image, amplified perturbation and adversarial image, enlarged with crisp pixels,
     with the perturbation's norms. In presentation mode: at least 384 pixels, two images per row."""
     size = presentation.image_size(size)
@@ -65,7 +75,7 @@ def image_row(result: lab.LabResult, where=st, size: int = 192) -> None:
         cols[1].markdown(f"L∞ = **{result.linf255:.2f}/255** · L2 = **{result.l2:.3f}** ({budget})")
 
 
-def probability_chart(result: lab.LabResult, where=st, key: str | None = None, height: int = 340,
+def probability_chart(result: image_attack.LabResult, where=st, key: str | None = None, height: int = 340,
                       aux_heads: bool = True) -> None:
     """Class probabilities of the final head and (``aux_heads``) of every auxiliary CAS head."""
     aux = [(m.name, m.aux_probs) for m in result.modules if m.aux_probs is not None and aux_heads]
@@ -77,7 +87,7 @@ def probability_chart(result: lab.LabResult, where=st, key: str | None = None, h
                       "picks the mask, so an attack that fools them also changes which channels pass.")
 
 
-def channel_caption(view: lab.PointView, sort: str, threshold: float, attacked: bool) -> str:
+def channel_caption(view: image_attack.PointView, sort: str, threshold: float, attacked: bool) -> str:
     """Plain-language explanation of the channel chart (for a projected lecture)."""
     k = view.before.shape[1]
     order = {"natural": "from the channel the clean image switches on most, to the least",
@@ -102,14 +112,14 @@ def channel_caption(view: lab.PointView, sort: str, threshold: float, attacked: 
     return text
 
 
-def summary_metrics(view: lab.PointView, threshold: float, attacked: bool, where=st) -> None:
+def summary_metrics(view: image_attack.PointView, threshold: float, attacked: bool, where=st) -> None:
     """Total activation, channels switched on and uniformity, before (and after) the mask, with the
     change from the clean to the adversarial image."""
     k = view.before.shape[1]
     stages = [("before the mask", view.before)] + ([("after the mask", view.after)] if view.is_cas else [])
     for stage, values in stages:
-        nat = lab.module_summary(values[0], threshold / 100)
-        adv = lab.module_summary(values[1], threshold / 100)
+        nat = image_attack.module_summary(values[0], threshold / 100)
+        adv = image_attack.module_summary(values[1], threshold / 100)
         cols = where.columns(3)
         show = adv if attacked else nat
         def delta(key, fmt, show=show, nat=nat):
@@ -127,14 +137,14 @@ def summary_metrics(view: lab.PointView, threshold: float, attacked: bool, where
                             "equally, 0 = a single channel.")
 
 
-def channel_charts(result: lab.LabResult, sort: str, threshold: float, where=st, key: str = "ch",
+def channel_charts(result: image_attack.LabResult, sort: str, threshold: float, where=st, key: str = "ch",
                    height: int | None = None, metrics: bool = True) -> None:
     """One tab per CAS module: the channel chart, its summary figures and its caption."""
     views = result.modules
     tabs = where.tabs([f"{'CAS module' if v.is_cas else 'Last block'} {v.name}" for v in views])
     for tab, view in zip(tabs, views):
         with tab:
-            fig = figures.channel_figure(view, lab.channel_order(view, sort), result.attacked, height=height,
+            fig = figures.channel_figure(view, image_attack.channel_order(view, sort), result.attacked, height=height,
                                          threshold=threshold)
             st.plotly_chart(fig, key=f"{key}_{view.name}", config={"displayModeBar": False})
             if metrics:

@@ -63,15 +63,7 @@ def keep_in_url() -> None:
         del st.query_params[KEY]
 
 
-def big_fonts(fig, height: int = 420):
-    """``fig`` with larger fonts (and at least ``height`` pixels) in presentation mode; as it is otherwise."""
-    if is_on():
-        size = figures.BIG_FONT["size"]
-        fig.update_layout(font_size=size, title_font_size=size, legend_font_size=figures.LEGEND_FONT["size"],
-                          height=max(height, fig.layout.height or 0))
-        fig.update_xaxes(tickfont_size=size, title_font_size=size)
-        fig.update_yaxes(tickfont_size=size, title_font_size=size)
-    return fig
+big_fonts = figures.big_fonts  # larger fonts in presentation mode (figures ask is_on, below)
 
 
 def image_size(normal: int) -> int:

@@ -15,15 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-
 import numpy as np
 import streamlit as st
 
 import cas
-from app.common import cache, figures, images, lab, models, presentation, url_state
-from app.common.pickers import ImageChoice
+from app.common import compute, figures, image_attack, images, models, panels, presentation, url_state
+from app.common.pages import prefix
+from app.common.pickers import ImageChoice, button_key
 
-P = "lec_"
+P = prefix("lecture")
 # The lecture's test image: an index of the CIFAR-10 test split, in the order of the copy the app loads
 # (the offline image-folder copy, sorted by class); IMAGE_CLASS is its label, checked on the page.
 # Chosen by scripts/lecture_images.py: of the first 400 test images of the fixed shuffle, 115 passed a
@@ -47,15 +47,15 @@ PGD = cas.ATTACKS["pgd"]
 SOFT = cas.ATTACKS["soft_mask_pgd"]
 
 
-def _choice(spec) -> lab.AttackChoice:
+def _choice(spec) -> image_attack.AttackChoice:
     """The attack as the evaluator runs it (its registry preset: 20 steps of 2/255), ε = 8/255, seed 0."""
     preset = spec.preset
-    return lab.AttackChoice(spec.name, eps=8.0, steps=preset["steps"], step=preset["step_size"] * 255)
+    return image_attack.AttackChoice(spec.name, eps=8.0, steps=preset["steps"], step=preset["step_size"] * 255)
 
 
 # run name -> (bundled model, attack)
 RUNS = {
-    "std_clean": ("std", lab.AttackChoice(lab.NONE)),
+    "std_clean": ("std", image_attack.AttackChoice(image_attack.NONE)),
     "std_pgd": ("std", _choice(PGD)),
     "at_pgd": ("at", _choice(PGD)),
     "cas_pgd": ("at-cas", _choice(PGD)),
@@ -112,14 +112,14 @@ STEPS = [
 
 # -- the claims (no Streamlit) ---------------------------------------------------------------------------
 
-def figures_of(result: lab.LabResult, threshold: float = THRESHOLD) -> dict:
+def figures_of(result: image_attack.LabResult, threshold: float = THRESHOLD) -> dict:
     """Summary figures of the last CAS point (or last block): total activation and channels switched on,
     clean (``nat``) and adversarial (``adv``), before and after the mask."""
     view = result.modules[-1]
     out = {}
     for stage, values in (("before", view.before), ("after", view.after)):
         for i, who in enumerate(("nat", "adv")):
-            s = lab.module_summary(values[i], threshold / 100)
+            s = image_attack.module_summary(values[i], threshold / 100)
             out[f"total_{stage}_{who}"] = s["total"]
             out[f"active_{stage}_{who}"] = s["active"]
     out["channels"] = view.before.shape[1]
@@ -127,7 +127,7 @@ def figures_of(result: lab.LabResult, threshold: float = THRESHOLD) -> dict:
     return out
 
 
-def claim(step: int, results: dict[str, lab.LabResult], threshold: float = THRESHOLD) -> tuple[bool, str]:
+def claim(step: int, results: dict[str, image_attack.LabResult], threshold: float = THRESHOLD) -> tuple[bool, str]:
     """Step ``step``'s claim (1-based): whether it holds, and the sentence the page shows. ``results``:
     run name -> result, at least the step's :attr:`Step.needs`."""
     c = cas.CLASSES
@@ -168,9 +168,9 @@ def claim(step: int, results: dict[str, lab.LabResult], threshold: float = THRES
             f"({100 * r.probs[1, r.pred_adv]:.0f}%): the attack succeeded.")
 
 
-def run_all(loaded: dict, x: np.ndarray, label: int) -> dict[str, lab.LabResult]:
+def run_all(loaded: dict, x: np.ndarray, label: int) -> dict[str, image_attack.LabResult]:
     """Every run of :data:`RUNS` on one image, without Streamlit (``loaded``: model name -> model)."""
-    return {name: lab.attack_image(loaded[model], x, choice, label) for name, (model, choice) in RUNS.items()}
+    return {name: image_attack.attack_image(loaded[model], x, choice, label) for name, (model, choice) in RUNS.items()}
 
 
 def colours(x: np.ndarray) -> np.ndarray:
@@ -198,7 +198,64 @@ def _go(step: int) -> None:
     st.session_state[P + "step"] = step
 
 
-def _images(result: lab.LabResult) -> None:
+def navigation(step: int) -> None:
+    """Title, progress through the steps, Back and Next."""
+    n = len(STEPS)
+    st.title(":material/school: Lecture: adversarial examples and CAS")
+    st.progress(step / n, text=f"Step {step} of {n}: **{STEPS[step - 1].title}**")
+    back, _, forward = st.columns([1, 3, 1])
+    back.button("Back", icon=":material/arrow_back:", key=button_key(P, "back"), disabled=step == 1,
+                on_click=_go, args=(step - 1,), width="stretch")
+    forward.button("Next", icon=":material/arrow_forward:", key=button_key(P, "next"), disabled=step == n,
+                   on_click=_go, args=(step + 1,), width="stretch", type="primary")
+
+
+def lecture_image() -> ImageChoice:
+    """The lecture's test image in this CIFAR-10 copy; the page stops with a message if it is missing."""
+    x_all, y_all = images.cifar_test_or_stop()
+    index = find_image(x_all, y_all)
+    if index is None:
+        st.error(f"The lecture's test image (a {IMAGE_CLASS}) is not in this CIFAR-10 copy's test split.")
+        st.stop()
+    return ImageChoice(x_all[index], int(y_all[index]), f"CIFAR-10 test image #{index} ({IMAGE_CLASS})",
+                       f"cifar{index}")
+
+
+def bundled_models() -> dict[str, models.LoadedModel]:
+    """The bundled models the runs need, by name; the page stops with a message if one is missing."""
+    available = {m["name"]: m for m in models.list_available()}
+    needed = {model for model, _ in RUNS.values()}
+    missing = sorted(needed - set(available))
+    if missing:
+        st.info(f"The lecture runs on the bundled models; missing here: {', '.join(missing)}. "
+                + models.NO_MODELS_MESSAGE)
+        st.stop()
+    return {name: models.load_from_path(available[name]["path"], name=name) for name in needed}
+
+
+def step_results(step: Step, loaded: dict, image: ImageChoice) -> dict[str, image_attack.LabResult]:
+    """The runs ``step`` shows and its claim looks at, by run name (computed once per session)."""
+    display = panels.progress_bar()
+    out = {}
+    for run, (model, choice) in RUNS.items():
+        if run in step.needs or run == step.run:
+            m = loaded[model]
+            out[run] = compute.attack_image(compute.image_request(m.key, image.x, image.label, choice),
+                                            m.model, image.x, title=image.title, display=display)
+    return out
+
+
+def claim_box(step: int, results: dict[str, image_attack.LabResult]) -> None:
+    """The step's model and attack, and its claim: green when it holds on this run."""
+    model, choice = RUNS[STEPS[step - 1].run]
+    holds, sentence = claim(step, results)
+    st.subheader(f"`{model}` · {choice.describe()}")
+    box = st.success if holds else st.warning
+    box(sentence + ("" if holds else " (On this run the step's claim does not hold.)"),
+        icon=":material/check_circle:" if holds else ":material/help:")
+
+
+def image_strip(result: image_attack.LabResult) -> None:
     """Clean image, perturbation and adversarial image; two per row in presentation mode (at 384 px)."""
     size = presentation.image_size(192)
     shown = [(result.x_nat, "Clean image (32×32, enlarged)")]
@@ -213,103 +270,76 @@ def _images(result: lab.LabResult) -> None:
             col.image(images.upscale(x, size), caption=caption, width=size)
 
 
-def _channels(result: lab.LabResult, key: str, height: int | None = None, narrow: bool = False) -> None:
-    """The channel chart of the last CAS point (or block); ``narrow``: half the width, so the legend gets a
-    smaller font and more room above the panels."""
+def channel_chart(result: image_attack.LabResult, key: str, height: int | None = None, narrow: bool = False) -> None:
+    """The channel chart of the last CAS point (or block), in the clean image's order."""
     view = result.modules[-1]
-    fig = figures.channel_figure(view, lab.channel_order(view, "natural"), result.attacked, height=height,
-                                 threshold=THRESHOLD)
-    if narrow:
-        fig.update_layout(legend=dict(font=dict(size=13)), margin=dict(t=150 if presentation.is_on() else 120))
+    fig = figures.lecture_channel_figure(view, image_attack.channel_order(view, "natural"), result.attacked,
+                                         height=height, threshold=THRESHOLD, narrow=narrow)
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+
+
+def step_view(step: int, result: image_attack.LabResult) -> None:
+    """One step's images and channel chart, with what the colours and lines mean."""
+    image_strip(result)
+    channel_chart(result, key=f"lec_ch_{step}")
+    caption = (f"Blue: clean image; red: adversarial image. Channels sorted by the clean image's activation. "
+               f"Dotted lines: {THRESHOLD:g}% of each image's strongest channel; a channel above its line "
+               "counts as switched on.")
+    if RUNS[STEPS[step - 1].run][0] == "at-cas":
+        caption += " " + figures.MASK_SENTENCE
+    st.caption(caption)
+
+
+def plain_vs_soft(results: dict[str, image_attack.LabResult]) -> None:
+    """The last step: plain and soft-mask PGD on the same CAS model, side by side."""
+    left, right = st.columns(2)
+    for col, run in ((left, "cas_pgd"), (right, "cas_soft")):
+        r = results[run]
+        model, choice = RUNS[run]
+        with col:
+            verdict = "fooled" if r.success else "not fooled"
+            st.markdown(f"**{choice.describe()}** — `{model}` says **{cas.CLASSES[r.pred_adv]}** "
+                        f"({verdict}); its CAS head guesses "
+                        f"**{cas.CLASSES[int(r.modules[-1].aux_probs[1].argmax())]}**.")
+            st.image(images.upscale(r.x_adv, presentation.image_size(192)), width=presentation.image_size(192),
+                     caption="Adversarial image")
+            channel_chart(r, key=f"lec_ch_{run}", height=640, narrow=True)
+    st.caption("Left: plain PGD leaves the CAS head's guess, and so the mask, unchanged; the mask still "
+               "silences the channels. Right: soft-mask PGD flips the head's guess, so another class's row "
+               "becomes the mask and lets the attack's channels through. " + figures.MASK_SENTENCE)
+
+
+def step_links(step: int) -> None:
+    """A link to this step (for a slide) and the list of all steps."""
+    st.divider()
+    mode = {presentation.KEY: "1"} if presentation.is_on() else {}
+    base = (getattr(st.context, "url", None) or "").split("?")[0]
+    st.markdown("**Link to this step** (for a slide):")
+    st.code(base + "?" + urlencode({"step": str(step), **mode}), language=None)
+    with st.expander("All steps"):
+        for i, other in enumerate(STEPS, start=1):
+            link = urlencode({"step": i, **mode})
+            st.markdown(f"{i}. [{other.title}](?{link})" + (" — *you are here*" if i == step else ""))
 
 
 def page() -> None:
     """The Lecture page: one step of the story, its live view, its claim, Back and Next."""
-    n = len(STEPS)
-    PARAMS = [url_state.Param(P + "step", "step", 1, url_state.int_in(1, n))]
-    for message in url_state.load_from_url("lecture", PARAMS):
+    page_params = [url_state.Param(P + "step", "step", 1, url_state.int_in(1, len(STEPS)))]
+    for message in url_state.load_from_url("lecture", page_params):
         st.warning(f"A setting in the link was ignored: {message}.")
     step = st.session_state[P + "step"]
-    s = STEPS[step - 1]
-
-    st.title(":material/school: Lecture: adversarial examples and CAS")
-    st.progress(step / n, text=f"Step {step} of {n}: **{s.title}**")
-    back, _, forward = st.columns([1, 3, 1])
-    back.button("Back", icon=":material/arrow_back:", key="btn_lec_back", disabled=step == 1,
-                on_click=_go, args=(step - 1,), width="stretch")
-    forward.button("Next", icon=":material/arrow_forward:", key="btn_lec_next", disabled=step == n,
-                   on_click=_go, args=(step + 1,), width="stretch", type="primary")
-    url_state.write_to_url(PARAMS, extra_names=(presentation.KEY,))
-
-    st.markdown(s.text)
-
-    x_all, y_all = images.cifar_test_or_stop()
-    index = find_image(x_all, y_all)
-    if index is None:
-        st.error(f"The lecture's test image (a {IMAGE_CLASS}) is not in this CIFAR-10 copy's test split.")
-        st.stop()
-    available = {m["name"]: m for m in models.list_available()}
-    missing = sorted({model for model, _ in RUNS.values()} - set(available))
-    if missing:
-        st.info(f"The lecture runs on the bundled models; missing here: {', '.join(missing)}. "
-                + models.NO_MODELS_MESSAGE)
-        st.stop()
-    image = ImageChoice(x_all[index], int(y_all[index]), f"CIFAR-10 test image #{index} ({IMAGE_CLASS})",
-                        f"cifar{index}")
-    loaded = {name: models.load_from_path(available[name]["path"], name=name)
-              for name in {model for model, _ in RUNS.values()}}
-
-    def result(run: str) -> lab.LabResult:
-        model, choice = RUNS[run]
-        return cache.attack_image(loaded[model].key, loaded[model].model, image, choice)
-
-    results = {run: result(run) for run in RUNS if run in s.needs or run == s.run}
-    holds, sentence = claim(step, results)
-
-    model, choice = RUNS[s.run]
-    st.subheader(f"`{model}` · {choice.describe()}")
-    box = st.success if holds else st.warning
-    box(sentence + ("" if holds else " (On this run the step's claim does not hold.)"),
-        icon=":material/check_circle:" if holds else ":material/help:")
-
-    shown = results[s.run]
-    if step == n:  # plain vs soft-mask PGD on the same model, side by side
-        left, right = st.columns(2)
-        for col, run in ((left, "cas_pgd"), (right, "cas_soft")):
-            r = results[run]
-            with col:
-                verdict = "fooled" if r.success else "not fooled"
-                st.markdown(f"**{RUNS[run][1].describe()}** — `{model}` says **{cas.CLASSES[r.pred_adv]}** "
-                            f"({verdict}); its CAS head guesses "
-                            f"**{cas.CLASSES[int(r.modules[-1].aux_probs[1].argmax())]}**.")
-                st.image(images.upscale(r.x_adv, presentation.image_size(192)), width=presentation.image_size(192),
-                         caption="Adversarial image")
-                _channels(r, key=f"lec_ch_{run}", height=640, narrow=True)
-        st.caption("Left: plain PGD leaves the CAS head's guess, and so the mask, unchanged; the mask still "
-                   "silences the channels. Right: soft-mask PGD flips the head's guess, so another class's row "
-                   "becomes the mask and lets the attack's channels through. " + figures.MASK_SENTENCE)
+    navigation(step)
+    url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
+    st.markdown(STEPS[step - 1].text)
+    image = lecture_image()
+    loaded = bundled_models()
+    results = step_results(STEPS[step - 1], loaded, image)
+    claim_box(step, results)
+    if step == len(STEPS):  # plain vs soft-mask PGD on the same model, side by side
+        plain_vs_soft(results)
     else:
-        _images(shown)
-        _channels(shown, key=f"lec_ch_{step}")
-        caption = (f"Blue: clean image; red: adversarial image. Channels sorted by the clean image's activation. "
-                   f"Dotted lines: {THRESHOLD:g}% of each image's strongest channel; a channel above its line "
-                   "counts as switched on.")
-        if RUNS[s.run][0] == "at-cas":
-            caption += " " + figures.MASK_SENTENCE
-        st.caption(caption)
-
-    st.divider()
-    query = {"step": str(step)}
-    if presentation.is_on():
-        query[presentation.KEY] = "1"
-    base = (getattr(st.context, "url", None) or "").split("?")[0]
-    st.markdown("**Link to this step** (for a slide):")
-    st.code(base + ("?" + urlencode(query) if query else ""), language=None)
-    with st.expander("All steps"):
-        for i, other in enumerate(STEPS, start=1):
-            link = urlencode({"step": i, **({presentation.KEY: "1"} if presentation.is_on() else {})})
-            st.markdown(f"{i}. [{other.title}](?{link})" + (" — *you are here*" if i == step else ""))
+        step_view(step, results[STEPS[step - 1].run])
+    step_links(step)
 
 
 if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)

@@ -2,19 +2,16 @@
 model needs adaptive attacks."""
 from __future__ import annotations
 
-
-
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 import cas
-from app.common import cache, images, models, presentation
-from cas.evaluate import COLUMNS, accuracy_vs_eps, evaluate
-from cas.precision import all_cores, threads
+from app.common import compute, figures, images, models, panels
+from app.common.pages import prefix
+from cas.evaluate import COLUMNS
 
-P = "rob_"
+P = prefix("robustness")
 ON_GPU = torch.cuda.is_available()
 # As tabulated by a later paper (EWAS: Zhang, Ren, He, Zhou and Liu, Future Generation Computer Systems,
 # 2023) for ResNet-18 on CIFAR-10, Linf 8/255; not measured here.
@@ -63,6 +60,74 @@ def column_name(key: str, steps: int | None = None) -> str:
     return name
 
 
+# -- data shaping (no Streamlit) ------------------------------------------------------------------------
+
+def card_table(available: list[dict]) -> pd.DataFrame:
+    """The measured accuracies of the available models, from their cards: model, CAS, method, then one
+    column per attack anyone measured (None where a model was not measured); the AutoAttack column says
+    which AutoAttack ran when every card agrees."""
+    rows = []
+    for m in available:
+        acc = m["card"].get("accuracy") or {}
+        held = m["card"].get("heldout") or {}
+        row = {"model": m["name"], "CAS": "yes" if m["card"].get("cas") else "no",
+               "method": m["card"].get("method", "?")}
+        row.update({label: acc.get(k) for k, label in COLUMNS.items()})
+        if not acc and held:
+            row["clean"] = held.get("heldout_clean")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    measured = [c for c in table.columns[3:] if table[c].notna().any()]  # columns nobody measured go
+    table = table[list(table.columns[:3]) + measured]
+    versions = {str((m["card"].get("evaluation") or {}).get("autoattack")) for m in available
+                if "autoattack" in (m["card"].get("accuracy") or {})}
+    if len(versions) == 1 and versions.pop().startswith("APGD-CE + APGD-T"):  # what ran, in the name
+        table = table.rename(columns={COLUMNS["autoattack"]: f"{COLUMNS['autoattack']} (APGD-CE + APGD-T)"})
+    return table
+
+
+def card_notes(available: list[dict]) -> dict:
+    """What the card table's captions say: ``errors`` (the cards' positive standard errors, in points)
+    and ``notes`` (one line per distinct evaluation setup of the bundled models)."""
+    errors = [e for m in available for e in (m.get("stderr") or m["card"].get("stderr")
+                                              or (m["card"].get("evaluation") or {}).get("stderr") or {}).values()
+              if isinstance(e, (int, float)) and e > 0]
+    notes = sorted({f"{ev.get('n')} test images (AutoAttack: {ev.get('counts', {}).get('autoattack')}); "
+                    f"AutoAttack column: {ev['autoattack']}"
+                    for m in available if isinstance(ev := m["card"].get("evaluation"), dict)
+                    and ev.get("autoattack")})
+    return {"errors": errors, "notes": notes}
+
+
+def literature_table() -> pd.DataFrame:
+    """The literature's accuracies (:data:`PAPER`) with the methods' references."""
+    table = PAPER.copy()
+    table.insert(1, "method", [REFERENCES[m.replace("+CAS", "")]
+                               + (f" + {REFERENCES['+CAS']}" if m.endswith("+CAS") else "")
+                               for m in PAPER["model"]])
+    return table
+
+
+def evaluation_table(results: dict, steps: int) -> pd.DataFrame:
+    """Fresh evaluations as one table: a row per model, a column per accuracy (named for the steps that ran)."""
+    keys = list(dict.fromkeys(k for r in results.values() for k in r.accuracy))
+    return pd.DataFrame([{"model": name, **{column_name(k, steps): r.accuracy.get(k) for k in keys}}
+                         for name, r in results.items()])
+
+
+def ladder(results: dict, steps: int) -> tuple[list[str], dict[str, list[float]]]:
+    """The CAS models' accuracies under stronger and stronger attacks on the same images: (column names,
+    model -> accuracies); empty when no CAS model was evaluated."""
+    cas_models = {name: r for name, r in results.items() if "soft_mask_pgd20" in r.accuracy}
+    if not cas_models:
+        return [], {}
+    first = next(iter(cas_models.values())).accuracy
+    keys = [k for k in ("clean", "pgd20", "joint_pgd20", "soft_mask_pgd20") if k in first]
+    return [column_name(k, steps) for k in keys], {name: [r.accuracy[k] for k in keys] for name, r in cas_models.items()}
+
+
+# -- the page's sections ---------------------------------------------------------------------------------
+
 def report_buttons(results: dict, cards: dict, eps: float) -> None:
     """One download per evaluated model: the self-contained HTML report of ``python -m cas.evaluate
     --report`` (card, table with standard errors, flags, the number to trust)."""
@@ -77,65 +142,37 @@ def report_buttons(results: dict, cards: dict, eps: float) -> None:
                  "standard error of each figure, the sanity flags in plain words and which number to trust.")
 
 
-def page() -> None:
-    """The Robustness page: measured and reported accuracies, fresh evaluations, the ε-curve."""
-    st.title(":material/shield: Robustness")
-    st.caption("How often does each model stay right under attack (ε = 8/255 unless said otherwise)? "
-               "Accuracies in percent; higher is more robust.")
-
-    available = models.list_available()
-    names = [m["name"] for m in available]
-
+def cards_section(available: list[dict]) -> None:
+    """The measured accuracies of the available models, from their cards."""
     st.subheader("Measured accuracies of the available models")
-    if available:
-        rows = []
-        for m in available:
-            acc = m["card"].get("accuracy") or {}
-            held = m["card"].get("heldout") or {}
-            row = {"model": m["name"], "CAS": "yes" if m["card"].get("cas") else "no",
-                   "method": m["card"].get("method", "?")}
-            row.update({label: acc.get(k) for k, label in COLUMNS.items()})
-            if not acc and held:
-                row["clean"] = held.get("heldout_clean")
-            rows.append(row)
-        table = pd.DataFrame(rows)
-        measured = [c for c in table.columns[3:] if table[c].notna().any()]  # columns nobody measured go
-        table = table[list(table.columns[:3]) + measured]
-        versions = {str((m["card"].get("evaluation") or {}).get("autoattack")) for m in available
-                    if "autoattack" in (m["card"].get("accuracy") or {})}
-        if len(versions) == 1 and versions.pop().startswith("APGD-CE + APGD-T"):  # what ran, in the name
-            table = table.rename(columns={COLUMNS["autoattack"]: f"{COLUMNS['autoattack']} (APGD-CE + APGD-T)"})
-        st.dataframe(shown(table, 3), hide_index=True, width="stretch", column_config=right_aligned(table, 3))
-        errors = [e for m in available for e in (m.get("stderr") or m["card"].get("stderr")
-                                                  or (m["card"].get("evaluation") or {}).get("stderr") or {}).values()
-                  if isinstance(e, (int, float)) and e > 0]
-        noise = (f" One standard error is {min(errors):.1f} to {max(errors):.1f} points (about 1.5 on 1,000 "
-                 "images, 2.1 on 500)." if errors else "")
-        st.caption("From each model's card, in percent." + noise + " Empty cells: not measured (the "
-                   "CAS-adaptive attacks exist only for CAS models; otherwise run `python -m cas.evaluate MODEL "
-                   "--write-card`, or a fresh evaluation below). The attacks ran with their evaluation presets "
-                   "(PGD-20: 20 steps of 2/255; CW-Linf: 30 steps), ε = 8/255. *adaptive PGD-20 (lower)*: the "
-                   "lower of joint and soft-mask PGD-20. " + WORST_CASE)
-        notes = sorted({f"{ev.get('n')} test images (AutoAttack: {ev.get('counts', {}).get('autoattack')}); "
-                        f"AutoAttack column: {ev['autoattack']}"
-                        for m in available if isinstance(ev := m["card"].get("evaluation"), dict)
-                        and ev.get("autoattack")})
-        for note in notes:
-            st.caption(f"Bundled models: {note}.")
-    else:
+    if not available:
         st.info(models.NO_MODELS_MESSAGE)
+        return
+    table = card_table(available)
+    st.dataframe(shown(table, 3), hide_index=True, width="stretch", column_config=right_aligned(table, 3))
+    found = card_notes(available)
+    errors = found["errors"]
+    noise = (f" One standard error is {min(errors):.1f} to {max(errors):.1f} points (about 1.5 on 1,000 "
+             "images, 2.1 on 500)." if errors else "")
+    st.caption("From each model's card, in percent." + noise + " Empty cells: not measured (the "
+               "CAS-adaptive attacks exist only for CAS models; otherwise run `python -m cas.evaluate MODEL "
+               "--write-card`, or a fresh evaluation below). The attacks ran with their evaluation presets "
+               "(PGD-20: 20 steps of 2/255; CW-Linf: 30 steps), ε = 8/255. *adaptive PGD-20 (lower)*: the "
+               "lower of joint and soft-mask PGD-20. " + WORST_CASE)
+    for note in found["notes"]:
+        st.caption(f"Bundled models: {note}.")
 
+
+def literature_section() -> None:
     with st.expander("Reported in the literature (ResNet-18, not measured here)"):
-        table = PAPER.copy()
-        table.insert(1, "method", [REFERENCES[m.replace("+CAS", "")] + (f" + {REFERENCES['+CAS']}"
-                                                                          if m.endswith("+CAS") else "")
-                                   for m in PAPER["model"]])
-        st.dataframe(table, hide_index=True, width="stretch")
+        st.dataframe(literature_table(), hide_index=True, width="stretch")
         st.caption(f"Numbers as tabulated by {REFERENCES['table']}, ResNet-18, CIFAR-10, L∞ ε = 8/255; whether "
                    "re-run or copied from the CAS paper (Bai et al., ICLR 2021) is not stated. The CAS rows use "
                    "the authors' joint attack, never a soft-mask one. Note that for every CAS row CW is higher "
                    "than PGD-20, a warning sign of gradient masking.")
 
+
+def explainer() -> None:
     st.subheader("Why a CAS model needs adaptive attacks")
     st.markdown(
         "A CAS module picks its channel mask from its own guess of the class — an **argmax**. Gradients "
@@ -149,15 +186,15 @@ def page() -> None:
         "- **Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows *for the gradient "
         "only*; the real model judges every step. It sees how the mask would switch, and is the honest test.")
 
-    if not available:
-        st.stop()
-    images.cifar_test_or_stop()
+
+def load(available: list[dict], name: str) -> models.LoadedModel:
+    """The available model called ``name``."""
+    entry = next(m for m in available if m["name"] == name)
+    return models.load_from_path(entry["path"], name=name)
 
 
-    def _load(name):
-        return models.load_from_path(available[names.index(name)]["path"], name=name)
-
-
+def evaluation_form(names: list[str]) -> None:
+    """The fresh evaluation's settings; a press keeps them in session state (``rob_evaluated``)."""
     st.subheader("Run a fresh evaluation")
     with st.form(P + "eval"):
         chosen = st.multiselect("Models", names, default=names[:3], key=P + "models")
@@ -174,58 +211,41 @@ def page() -> None:
                                  format_func=lambda a: cas.ATTACKS[a].label, key=P + "attacks",
                                  help="CAS-adaptive attacks are skipped for models without CAS. AutoAttack is slow "
                                       "on a CPU (minutes for a few dozen images).")
-        run_eval = st.form_submit_button("Evaluate", type="primary")
+        if st.form_submit_button("Evaluate", type="primary"):
+            st.session_state[P + "evaluated"] = (tuple(chosen), int(n), int(steps), float(eps), tuple(attacks))
 
-    if run_eval:
-        st.session_state[P + "evaluated"] = (tuple(chosen), int(n), int(steps), float(eps), tuple(attacks))
-    done = st.session_state.get(P + "evaluated")
-    if done:
-        chosen, n, steps, eps, attacks = done
-        xs, ys = images.shuffled_subset(n)
-        overrides = {a: {"steps": steps} for a, s in cas.ATTACKS.items() if s.knob("steps")}
-        overrides["square"] = {"queries": 1000}
-        slow_limits = {a: min(n, images.MAX_SLOW_ATTACK_IMAGES) for a in attacks if not cas.ATTACKS[a].interactive}
-        results = {}
-        for name in chosen:
-            if name not in names:
-                continue
-            loaded = _load(name)
-            key = ("eval", loaded.key, n, steps, eps, attacks)
 
-            def run(loaded=loaded, name=name):
-                bar = st.progress(0.0, text=f"{name}…")
-                try:
-                    with threads(all_cores()):
-                        return evaluate(loaded.model, xs, ys, list(attacks), eps=eps / 255, batch_size=64,
-                                        device="cpu", overrides=overrides, limits=slow_limits,
-                                        progress=lambda k, d, t: bar.progress(d / t, text=f"{name}: {k}, {d} of {t} images"))
-                finally:
-                    bar.empty()
-            results[name] = cache.cached(key, run, store="robustness")
-        keys = list(dict.fromkeys(k for r in results.values() for k in r.accuracy))
-        table = pd.DataFrame([{"model": name, **{column_name(k, steps): r.accuracy.get(k) for k in keys}}
-                              for name, r in results.items()])
-        st.dataframe(shown(table), hide_index=True, width="stretch", column_config=right_aligned(table))
-        worst_se = max((e for r in results.values() for e in r.stderr.values()), default=0.0)
-        st.caption(f"{n} test images, ε = {eps:g}/255, in percent (one standard error up to {worst_se:.1f} "
-                   f"points: differences smaller than about twice that are noise); every step-based attack "
-                   f"ran {steps} steps (as the column names say). Empty cells: the attack does not apply to "
-                   "that model (CAS-adaptive attacks on a model without CAS). " + WORST_CASE)
-        for name, r in results.items():
-            for flag in r.flags:
-                st.warning(f"**{name}**: {flag}")
-        report_buttons(results, {name: _load(name).card for name in results}, eps)
-        cas_models = {name: r for name, r in results.items() if "soft_mask_pgd20" in r.accuracy}
-        if cas_models:
-            st.markdown("**Attack by attack on the CAS models** — the same images, stronger and stronger tests:")
-            fig = go.Figure()
-            keys = [k for k in ("clean", "pgd20", "joint_pgd20", "soft_mask_pgd20") if k in next(iter(cas_models.values())).accuracy]
-            for name, r in cas_models.items():
-                fig.add_bar(name=name, x=[column_name(k, steps) for k in keys], y=[r.accuracy[k] for k in keys])
-            fig.update_layout(height=320, yaxis_title="accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
-                              barmode="group")
-            st.plotly_chart(presentation.big_fonts(fig), width="stretch", key=P + "ladder")
+def evaluation_section(available: list[dict], done: tuple) -> None:
+    """The fresh evaluation's table, flags, reports and (for CAS models) the attack ladder."""
+    chosen, n, steps, eps, attacks = done
+    names = [m["name"] for m in available]
+    results, cards = {}, {}
+    for name in chosen:
+        if name not in names:
+            continue
+        loaded = load(available, name)
+        request = compute.EvalRequest(loaded.key, n, steps, eps, attacks)
+        results[name] = compute.evaluation(request, loaded.model, name, display=panels.progress_bar())
+        cards[name] = loaded.card
+    table = evaluation_table(results, steps)
+    st.dataframe(shown(table), hide_index=True, width="stretch", column_config=right_aligned(table))
+    worst_se = max((e for r in results.values() for e in r.stderr.values()), default=0.0)
+    st.caption(f"{n} test images, ε = {eps:g}/255, in percent (one standard error up to {worst_se:.1f} "
+               f"points: differences smaller than about twice that are noise); every step-based attack "
+               f"ran {steps} steps (as the column names say). Empty cells: the attack does not apply to "
+               "that model (CAS-adaptive attacks on a model without CAS). " + WORST_CASE)
+    for name, r in results.items():
+        for flag in r.flags:
+            st.warning(f"**{name}**: {flag}")
+    report_buttons(results, cards, eps)
+    columns, accuracies = ladder(results, steps)
+    if accuracies:
+        st.markdown("**Attack by attack on the CAS models** — the same images, stronger and stronger tests:")
+        st.plotly_chart(figures.ladder_figure(columns, accuracies), width="stretch", key=P + "ladder")
 
+
+def curve_form(names: list[str]) -> None:
+    """The ε-curve's settings; a press keeps them in session state (``rob_curve_done``)."""
     st.subheader("Accuracy vs ε")
     with st.form(P + "curve"):
         curve_models = st.multiselect("Models", names, default=names[:3], key=P + "cmodels")
@@ -233,42 +253,51 @@ def page() -> None:
         cn = c1.number_input("Test images", 8, images.MAX_REQUEST_IMAGES, 500 if ON_GPU else 32, step=8,
                              key=P + "cn")
         csteps = c2.slider("PGD steps", 1, 50, 10, key=P + "csteps")
-        eps_list = st.multiselect("ε values (/255)", [0, 1, 2, 4, 6, 8, 12, 16], default=[0, 2, 4, 8, 16], key=P + "eps_list")
-        run_curve = st.form_submit_button("Draw the curve")
-    if run_curve:
-        st.session_state[P + "curve_done"] = (tuple(curve_models), int(cn), int(csteps), tuple(sorted(eps_list)))
+        eps_list = st.multiselect("ε values (/255)", [0, 1, 2, 4, 6, 8, 12, 16], default=[0, 2, 4, 8, 16],
+                                  key=P + "eps_list")
+        if st.form_submit_button("Draw the curve"):
+            st.session_state[P + "curve_done"] = (tuple(curve_models), int(cn), int(csteps), tuple(sorted(eps_list)))
+
+
+def curve_section(available: list[dict], curve: tuple) -> None:
+    """Accuracy against ε for each chosen model: plain PGD, and soft-mask PGD for CAS models."""
+    curve_models, cn, csteps, eps_list = curve
+    names = [m["name"] for m in available]
+    lines = []
+    for name in curve_models:
+        if name not in names:
+            continue
+        loaded = load(available, name)
+        for atk in compute.curve_attacks(loaded.model):
+            request = compute.CurveRequest(loaded.key, cn, csteps, eps_list, atk)
+            accs = compute.eps_curve(request, loaded.model, name, display=panels.progress_bar())
+            lines.append((f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}", eps_list, accs,
+                          atk == "pgd" and loaded.model.has_cas))
+    st.plotly_chart(figures.eps_curve_figure(lines), width="stretch", key=P + "curve_fig")
+    st.caption("Accuracy falls as the attacker may change each pixel more. For CAS models the dashed line is "
+               "plain PGD and the solid one soft-mask PGD: where they part, plain PGD is being fooled.")
+
+
+def page() -> None:
+    """The Robustness page: measured and reported accuracies, fresh evaluations, the ε-curve."""
+    st.title(":material/shield: Robustness")
+    st.caption("How often does each model stay right under attack (ε = 8/255 unless said otherwise)? "
+               "Accuracies in percent; higher is more robust.")
+    available = models.list_available()
+    names = [m["name"] for m in available]
+    cards_section(available)
+    literature_section()
+    explainer()
+    if not available:
+        st.stop()
+    images.cifar_test_or_stop()
+    evaluation_form(names)
+    if done := st.session_state.get(P + "evaluated"):
+        evaluation_section(available, done)
+    curve_form(names)
     curve = st.session_state.get(P + "curve_done")
     if curve and curve[3]:
-        curve_models, cn, csteps, eps_list = curve
-        xs, ys = images.shuffled_subset(cn)
-        fig = go.Figure()
-        for name in curve_models:
-            if name not in names:
-                continue
-            loaded = _load(name)
-            attacks = list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(loaded.model).name]))
-            for atk in attacks:
-                key = ("curve", loaded.key, cn, csteps, eps_list, atk)
-
-                def run(loaded=loaded, atk=atk, name=name):
-                    label = cas.ATTACKS[atk].label
-                    bar = st.progress(0.0, text=f"{name}, {label}…")
-                    try:  # every ε in one batched job, each image-ε pair with its own budget
-                        with threads(all_cores()):
-                            return accuracy_vs_eps(
-                                loaded.model, xs, ys, atk, [e / 255 for e in eps_list], steps=csteps,
-                                progress=lambda d, t: bar.progress(d / t, text=f"{name}, {label}: {d} of {t} image-ε pairs"))
-                    finally:
-                        bar.empty()
-                accs = cache.cached(key, run, store="robustness")
-                fig.add_scatter(x=list(eps_list), y=accs, mode="lines+markers",
-                                name=f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}",
-                                line=dict(dash="dash" if atk == "pgd" and loaded.model.has_cas else "solid"))
-        fig.update_layout(height=380, xaxis_title="ε (/255)", yaxis_title="accuracy (%)",
-                          margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 100])
-        st.plotly_chart(presentation.big_fonts(fig), width="stretch", key=P + "curve_fig")
-        st.caption("Accuracy falls as the attacker may change each pixel more. For CAS models the dashed line is "
-                   "plain PGD and the solid one soft-mask PGD: where they part, plain PGD is being fooled.")
+        curve_section(available, curve)
 
 
 if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)

@@ -6,20 +6,18 @@ appears in every model picker of the app as soon as its first epoch is saved.
 """
 from __future__ import annotations
 
-
-
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from app import jobs
 from app.common import figures, models
+from app.common.pages import prefix
 from cas import data as cas_data
 from cas.attacks import AUTO_STEP, auto_step_size
 from cas.checkpoint import CheckpointError, pretrained_index, read_card, runs_dir
 from cas.train import TrainConfig
 
-P = "train_"
+P = prefix("train")
 GPU = torch.cuda.is_available()
 
 # Preselected settings. Without a GPU: a small run that finishes in a few minutes on a CPU; with one:
@@ -141,34 +139,6 @@ def resume_clicked(name: str) -> None:
 
 # -- one run -------------------------------------------------------------------------------------------
 
-def curves_figure(records: list[dict], height: int = 330) -> go.Figure:
-    """Loss (left) and accuracies (right) per epoch: train, held-out clean, held-out robust."""
-    epochs = [r["epoch"] for r in records]
-    layout = dict(height=height, margin=dict(l=10, r=10, t=75, b=10), font=figures.FONT, hovermode="x unified",
-                  legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
-                  xaxis=dict(domain=[0, 0.42], title=dict(text="epoch"), dtick=1 if len(epochs) < 15 else None),
-                  yaxis=dict(anchor="x", title=dict(text="loss")),
-                  xaxis2=dict(domain=[0.55, 1], anchor="y2", title=dict(text="epoch"),
-                              dtick=1 if len(epochs) < 15 else None),
-                  yaxis2=dict(anchor="x2", range=[0, 100], ticksuffix="%", title=dict(text="accuracy")),
-                  annotations=[
-                      dict(text="Training loss", x=0.21, y=1.0, xref="paper", yref="paper", xanchor="center",
-                           yanchor="bottom", showarrow=False, font=figures.TITLE_FONT),
-                      dict(text="Accuracy", x=0.775, y=1.0, xref="paper", yref="paper", xanchor="center",
-                           yanchor="bottom", showarrow=False, font=figures.TITLE_FONT)])
-    data = [dict(type="scatter", mode="lines+markers", x=epochs, y=[r.get("loss") for r in records],
-                 name="loss", line=dict(color="#555"), xaxis="x", yaxis="y")]
-    series = [("train_acc", "train (attacked training images)", "#999", "dash"),
-              ("heldout_clean", "held-out clean", figures.NATURAL, "solid"),
-              ("heldout_robust", "held-out under attack", figures.ADVERSARIAL, "solid")]
-    for key, label, colour, dash in series:
-        if any(key in r for r in records):
-            data.append(dict(type="scatter", mode="lines+markers", x=epochs, y=[r.get(key) for r in records],
-                             name=label, line=dict(color=colour, dash=dash), xaxis="x2", yaxis="y2",
-                             hovertemplate="%{y:.1f}%"))
-    return go.Figure(data=data, layout=layout)
-
-
 def progress(info: jobs.RunInfo) -> None:
     """Progress bar (epochs done / planned) and, while running, an estimate of the time left."""
     total = info.total_epochs or max(info.done, 1)
@@ -229,7 +199,7 @@ def run_panel(name: str) -> None:
         st.error("The training process ended without finishing. Its last output:", icon=":material/error:")
         st.code(jobs.output_tail(name) or "(it printed nothing)", language=None)
     if info.records:
-        st.plotly_chart(curves_figure(info.records), key=f"train_curves_{name}", config={"displayModeBar": False})
+        st.plotly_chart(figures.training_curves_figure(info.records), key=f"train_curves_{name}", config={"displayModeBar": False})
         last = info.records[-1]
         st.caption(f"Last epoch ({last['epoch']}): loss {last.get('loss', '?')}, train accuracy "
                    f"{last.get('train_acc', '?')}%, held-out clean {last.get('heldout_clean', '?')}%, "
@@ -274,13 +244,8 @@ def runs_section(running_before: tuple[str, ...]) -> None:
 
 # -- the page ------------------------------------------------------------------------------------------
 
-
-def page() -> None:
-    """The Train page: new runs as background jobs, and the runs' progress."""
-    st.title(":material/model_training: Train")
-    st.caption("Train your own CIFAR-10 model, with or without CAS, and watch it learn. Training runs in the "
-               "background: you can leave or reload this page, and the finished model appears in every model "
-               "picker of the app.")
+def explainer() -> None:
+    """What adversarial training does, and what the curves' numbers mean."""
     with st.expander("What adversarial training does, and what the numbers mean", icon=":material/help:"):
         st.markdown(
             "**Adversarial training** shows the network attacked images while it learns: for every batch, an "
@@ -297,11 +262,9 @@ def page() -> None:
             "honest attack against their masks). The epoch where this is highest is kept as the best "
             "checkpoint.")
 
-    for key, value in PRESET.items():
-        st.session_state.setdefault(P + key, value)
-    st.session_state.setdefault(P + "name", free_name())
 
-    st.subheader("New run")
+def preset_note() -> None:
+    """Which preset is preselected, and why."""
     if GPU:
         st.info("A GPU is available, so the full recipe is preselected: ResNet-18 at width 32, all 50,000 "
                 "training images, PGD-10, 40 epochs, batch 512, learning rate 0.2.", icon=":material/memory:")
@@ -310,8 +273,12 @@ def page() -> None:
                 f"ResNet-18 at width {SMALL['width']}, {SMALL['train_subset']:,} training images, {SMALL['epochs']} "
                 f"epochs, {SMALL['steps']} PGD steps. Its accuracies stay low (it sees few images, briefly); it "
                 "shows how training works. The bundled models were trained on a CPU like this one with "
-                "`python scripts/build_zoo.py` (fast adversarial training, about 15 minutes per model).", icon=":material/memory:")
+                "`python scripts/build_zoo.py` (fast adversarial training, about 15 minutes per model).",
+                icon=":material/memory:")
 
+
+def settings_widgets() -> None:
+    """The new run's settings, in three columns (their values live in session state)."""
     c1, c2, c3 = st.columns(3)
     with c1:
         st.text_input("Run name", key=P + "name", max_chars=jobs.NAME_MAX,
@@ -333,11 +300,13 @@ def page() -> None:
         st.number_input("Attack budget ε (/255)", 0.0, 32.0, step=0.5, key=P + "epsilon",
                         help="Each pixel may change by at most this much (8/255 in the paper).")
         st.number_input("PGD steps per training batch", 1, 20, key=P + "steps")
-        st.number_input("Validation images (held out of the training set) checked each epoch", 0, 10_000, step=100, key=P + "val_size")
+        st.number_input("Validation images (held out of the training set) checked each epoch", 0, 10_000,
+                        step=100, key=P + "val_size")
         st.number_input("PGD steps of that check", 1, 50, key=P + "eval_steps")
 
-    s = settings()
-    name = st.session_state[P + "name"].strip()
+
+def settings_notes(s: dict) -> None:
+    """The step size the attack will use, and warnings for settings that make little sense or take hours."""
     step = auto_step_size(float(s["epsilon"]), int(s["steps"]))
     st.caption(f"PGD step size: {step:.3g}/255 ({AUTO_STEP}). "
                + ("Standard training uses no attack; ε and the steps only matter for the held-out check."
@@ -349,6 +318,9 @@ def page() -> None:
     if not GPU and (s["arch"] == "wrn34_10" or images > 10_000 or int(s["width"]) > 32):
         st.warning("Without a GPU these settings take a long time (hours). The preselected small run takes minutes.")
 
+
+def start_buttons(name: str, s: dict) -> None:
+    """What stops a new run, Start, and Resume for a stopped run of the same name."""
     found = problems(name, s)
     for message in found:
         st.error(message)
@@ -360,6 +332,23 @@ def page() -> None:
         b2.button(f"Resume '{name}'", key="btn_train_resume_existing", icon=":material/play_circle:",
                   on_click=resume_clicked, args=(name,))
 
+
+def page() -> None:
+    """The Train page: new runs as background jobs, and the runs' progress."""
+    st.title(":material/model_training: Train")
+    st.caption("Train your own CIFAR-10 model, with or without CAS, and watch it learn. Training runs in the "
+               "background: you can leave or reload this page, and the finished model appears in every model "
+               "picker of the app.")
+    explainer()
+    for key, value in PRESET.items():
+        st.session_state.setdefault(P + key, value)
+    st.session_state.setdefault(P + "name", free_name())
+    st.subheader("New run")
+    preset_note()
+    settings_widgets()
+    s = settings()
+    settings_notes(s)
+    start_buttons(st.session_state[P + "name"].strip(), s)
     st.subheader("Runs")
     running = tuple(r.name for r in jobs.list_runs() if r.status == "running")
     st.fragment(run_every=2 if running else None)(runs_section)(running)

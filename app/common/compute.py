@@ -1,0 +1,242 @@
+"""Compute what a page shows: the one door through which every page gets its heavy results — one
+image's attack and its channels (:func:`attack_image`), the channel statistics of a model on many
+images (:func:`channel_statistics`), fresh evaluations (:func:`evaluation`) and accuracy-vs-ε curves
+(:func:`eps_curve`).
+
+Each function takes a plain, hashable request (a frozen dataclass naming the model by its key, which
+identifies the exact weights, the image by its digest, and the attack and its settings) followed by
+the objects it names (the loaded model, the pixels), and returns a plain result (numpy arrays,
+dataclasses of numbers). The request is the result's key: the same request never computes twice.
+
+Results are kept per browser session, so that changing a chart option never re-runs an attack. Each
+kind of result has its own store and budget (:data:`STORES`), so that many quick Attack Lab results
+never push out a Channel statistics run or a Robustness evaluation that took minutes.
+
+Progress is shown at the edge: a function given ``display`` calls ``display(text)`` when (and only
+when) it starts computing, and gets back ``(update(fraction, text), close())``
+(:func:`app.common.panels.progress_bar` is the pages' one).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+import cas
+from cas import stats as cas_stats
+from cas.evaluate import accuracy_vs_eps, evaluate
+from cas.precision import all_cores, threads
+
+from . import image_attack, images
+from .image_attack import AttackChoice, LabResult
+
+Update = Callable[[float, str], None]
+Display = Callable[[str], tuple[Update, Callable[[], None]]]
+
+# store -> how many results it keeps (the least recently used go first; None: all, for the session).
+STORES = {
+    "lab": 64,           # Attack Lab, Compare and Lecture: one image's attack each, tens of kB
+    "stats": 8,          # Channel statistics: one model on hundreds of images each
+    "robustness": None,  # Robustness evaluations and curves: minutes of work each, small results
+}
+COUNTER = "_lab_computations"  # session-state key counting the computations of every store (tests read it)
+
+
+def store_key(store: str) -> str:
+    """The session-state key holding ``store``'s results (``"_lab_results"`` for the Attack Lab's)."""
+    return f"_{store}_results"
+
+
+def cached(key, compute: Callable[[], object], store: str = "lab"):
+    """Return the result stored under ``key`` in this session's ``store`` (one of :data:`STORES`),
+    computing it on first use. ``st.session_state[COUNTER]`` counts the computations."""
+    limit = STORES[store]
+    results = st.session_state.setdefault(store_key(store), OrderedDict())
+    if key in results:
+        results.move_to_end(key)
+        return results[key]
+    value = compute()
+    st.session_state[COUNTER] = st.session_state.get(COUNTER, 0) + 1
+    results[key] = value
+    while limit is not None and len(results) > limit:
+        results.popitem(last=False)
+    return value
+
+
+def _run(display: Display | None, text: str, work: Callable[[Update], object]):
+    """``work(update)`` with a progress display opened on ``text`` (and closed after), or none."""
+    if display is None:
+        return work(lambda fraction, text: None)
+    update, close = display(text)
+    try:
+        return work(update)
+    finally:
+        close()
+
+
+# -- one image -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image's attack: ``model`` (the model's key: its checkpoint and weights), ``image`` (the
+    image's digest), its real class ``label`` (None: attack the model's own clean prediction), the
+    attack ``choice``; ``crafted_on``: the key of the model whose adversarial image is applied instead
+    of an attack (transfer), or None."""
+
+    model: str
+    image: str
+    label: int | None
+    choice: AttackChoice
+    crafted_on: str | None = None
+
+
+def image_request(model_key: str, x: np.ndarray, label: int | None, choice: AttackChoice,
+                  crafted_on: str | None = None) -> ImageRequest:
+    """The request for attacking image ``x`` (uint8 (3, 32, 32)) on the model with key ``model_key``."""
+    return ImageRequest(model_key, images.digest(x), label, choice, crafted_on)
+
+
+def attack_image(request: ImageRequest, model, x: np.ndarray, x_adv: np.ndarray | None = None,
+                 title: str = "the image", display: Display | None = None) -> LabResult:
+    """:func:`app.common.image_attack.attack_image` for ``request`` (``model`` and ``x`` are what it
+    names; ``x_adv``: the transferred adversarial image when ``request.crafted_on`` is set). ``title``
+    names the image in the progress text. Raises ``ValueError`` for settings the library refuses."""
+    choice = request.choice
+    text = f"{image_attack.attack_label(choice.attack)} on {title}"
+
+    def work(update: Update) -> LabResult:
+        return image_attack.attack_image(
+            model, x, choice, request.label, x_adv=x_adv,
+            progress=lambda done, total: update(done / max(total, 1), f"{text}: step {done} of {total}"))
+
+    return cached(request, lambda: _run(display, text, work))
+
+
+def own_choice(choice: AttackChoice, model) -> tuple[AttackChoice, str]:
+    """The attack ``choice`` for one model: a CAS-adaptive attack becomes its fallback on a model
+    without CAS (what it reduces to there), with a note saying so (else an empty note)."""
+    if choice.attack == image_attack.NONE:
+        return choice, ""
+    spec = cas.ATTACKS[choice.attack].for_model(model)
+    if spec.name != choice.attack:
+        return AttackChoice(spec.name, **dict(choice.values)), f"no CAS module here, so this is plain {spec.label}"
+    return choice, ""
+
+
+# -- many images ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """Channel statistics of ``model`` (its key) on the first ``n`` test images of class ``cls`` (or
+    "all") in the fixed shuffle, clean and under ``attack`` (ε = ``eps``/255, ``steps`` steps, the
+    automatic step size); ``attack`` is replaced by its fallback on a model without CAS."""
+
+    model: str
+    cls: str
+    n: int
+    attack: str
+    eps: float
+    steps: int
+
+
+def channel_statistics(request: StatsRequest, model, name: str,
+                       display: Display | None = None) -> cas_stats.ModelStats:
+    """:func:`cas.stats.channel_statistics` for ``request`` (``name``: the model's name in the results)."""
+    attack = cas.ATTACKS[request.attack].for_model(model).name
+    key = StatsRequest(request.model, request.cls, request.n, attack, request.eps, request.steps)
+
+    def compute() -> cas_stats.ModelStats:
+        xs, ys = images.shuffled_subset(key.n, key.cls)
+        settings = cas.AttackSettings(eps=key.eps / 255, steps=key.steps)  # automatic step size
+
+        def work(update: Update) -> cas_stats.ModelStats:
+            with threads(all_cores()):
+                return cas_stats.channel_statistics(
+                    model, xs, ys, attack, settings, batch_size=64, name=name,
+                    progress=lambda d, t: update(d / t, f"{name}: {d} of {t} images"))
+
+        return _run(display, f"{name}: attacking {len(ys)} images", work)
+
+    return cached((key, name), compute, store="stats")
+
+
+def stats_table(results: dict[str, cas_stats.ModelStats], threshold: float):
+    """The Channel statistics summary: one row per model, CAS point and stage (a DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame([r for s in results.values() for r in cas_stats.summary_rows(s, threshold)])
+
+
+def paper_claims(results: dict[str, cas_stats.ModelStats], cards: dict[str, dict], threshold: float) -> list[dict]:
+    """The paper's claims checked on these results (the first model of each role: standard, adversarially
+    trained, CAS), each with its verdict and evidence (:func:`cas.stats.paper_effects`)."""
+    roles = {}
+    for name, s in results.items():
+        roles.setdefault(cas_stats.role_of(cards[name]), s)
+    return cas_stats.paper_effects(roles, threshold)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """A fresh evaluation of ``model`` (its key) on the first ``n`` test images of the fixed shuffle:
+    clean and under each of ``attacks`` at ε = ``eps``/255, step-based attacks running ``steps`` steps."""
+
+    model: str
+    n: int
+    steps: int
+    eps: float
+    attacks: tuple[str, ...]
+
+
+def evaluation(request: EvalRequest, model, name: str, display: Display | None = None):
+    """:func:`cas.evaluate.evaluate` for ``request``: an ``EvalResult`` (accuracies, standard errors, flags).
+    The slow attacks (not offered one image at a time) run on at most
+    :data:`app.common.images.MAX_SLOW_ATTACK_IMAGES` images; Square gets 1,000 queries."""
+    r = request
+    overrides = {a: {"steps": r.steps} for a, s in cas.ATTACKS.items() if s.knob("steps")}
+    overrides["square"] = {"queries": 1000}
+    limits = {a: min(r.n, images.MAX_SLOW_ATTACK_IMAGES) for a in r.attacks if not cas.ATTACKS[a].interactive}
+
+    def work(update: Update):
+        xs, ys = images.shuffled_subset(r.n)
+        with threads(all_cores()):
+            return evaluate(model, xs, ys, list(r.attacks), eps=r.eps / 255, batch_size=64, device="cpu",
+                            overrides=overrides, limits=limits,
+                            progress=lambda k, d, t: update(d / t, f"{name}: {k}, {d} of {t} images"))
+
+    return cached(("eval", r), lambda: _run(display, name, work), store="robustness")
+
+
+@dataclass(frozen=True)
+class CurveRequest:
+    """Accuracy of ``model`` (its key) under ``attack`` (``steps`` steps) at each ε (/255) of
+    ``eps_values``, on the first ``n`` test images of the fixed shuffle."""
+
+    model: str
+    n: int
+    steps: int
+    eps_values: tuple[float, ...]
+    attack: str
+
+
+def eps_curve(request: CurveRequest, model, name: str, display: Display | None = None) -> list[float]:
+    """:func:`cas.evaluate.accuracy_vs_eps` for ``request``: one accuracy (%) per ε, every ε in one
+    batched job (each image-ε pair with its own budget)."""
+    r = request
+    label = cas.ATTACKS[r.attack].label
+
+    def work(update: Update) -> list[float]:
+        xs, ys = images.shuffled_subset(r.n)
+        with threads(all_cores()):
+            return accuracy_vs_eps(model, xs, ys, r.attack, [e / 255 for e in r.eps_values], steps=r.steps,
+                                   progress=lambda d, t: update(d / t, f"{name}, {label}: {d} of {t} image-ε pairs"))
+
+    return cached(("curve", r), lambda: _run(display, f"{name}, {label}", work), store="robustness")
+
+
+def curve_attacks(model) -> list[str]:
+    """The attacks of a model's ε-curve: plain PGD, and soft-mask PGD for a CAS model."""
+    return list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(model).name]))

@@ -1,0 +1,288 @@
+"""One image's attack and what it does to the model's channels: the request (:class:`AttackChoice`), the
+result (:class:`LabResult`, one :class:`PointView` per CAS point) and the channel summaries and tables
+the pages show. No Streamlit here, so the same code runs behind :mod:`app.common.compute`, in the tests
+and in ``benchmarks/app_speed.py``.
+
+:class:`AttackChoice` holds what the user picked (budgets in the units the page shows: /255 for Linf);
+:func:`attack_image` runs the attack and one forward of the natural and adversarial images together, and
+returns a :class:`LabResult` of plain numpy arrays (cheap to keep, safe to share).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+import cas
+from cas import analysis
+from cas import data as cas_data
+from cas.precision import all_cores, threads
+
+NONE = "none"  # the clean image only
+# Attacks offered in the interactive pages, in the registry's order (AutoAttack is too slow for them).
+LAB_ATTACKS = (NONE,) + tuple(name for name, spec in cas.ATTACKS.items() if spec.interactive)
+SORTS = ("natural", "mask", "index")
+# One image's attack is bound by the cost of waking threads, not by arithmetic: one intra-op thread is
+# faster, and leaves the other cores to other visitors. Batch work (many images) takes every core.
+SINGLE_IMAGE_THREADS = 1
+SORT_LABELS = {"natural": "natural activation (as in the paper)", "mask": "mask weight",
+               "index": "channel number"}
+
+
+def attack_label(name: str) -> str:
+    """Menu label of an attack name (``"none"`` included)."""
+    return "No attack (clean image only)" if name == NONE else cas.ATTACKS[name].label
+
+
+def attacks_for(model) -> list[str]:
+    """The attacks the pages offer for ``model`` (the CAS-adaptive ones only for CAS models)."""
+    return [a for a in LAB_ATTACKS if a == NONE or cas.ATTACKS[a].for_model(model).name == a]
+
+
+def blind_to_mask(name: str) -> bool:
+    """A gradient attack that never looks inside the CAS modules, so their argmax mask can mask it."""
+    spec = cas.ATTACKS.get(name)
+    return bool(spec and spec.gradient and not spec.needs_cas)
+
+
+@dataclass(frozen=True, init=False)
+class AttackChoice:
+    """An attack name plus the values of its settings: its spec's knobs (:class:`cas.attacks.Knob`),
+    in the units the pages show (/255 for Linf budgets; a step of None: automatic; a target of None:
+    untargeted). Settings the attack does not use are dropped; missing ones take their knob's default."""
+
+    attack: str
+    values: tuple
+
+    def __init__(self, attack: str = "pgd", **values):
+        spec = cas.ATTACKS.get(attack)
+        knobs = spec.knobs if spec else ()
+        object.__setattr__(self, "attack", attack)
+        object.__setattr__(self, "values", tuple((k.key, values.get(k.key, k.default)) for k in knobs))
+
+    @property
+    def spec(self):
+        return cas.ATTACKS.get(self.attack)
+
+    def get(self, key: str, default=None):
+        """The value of setting ``key`` (e.g. ``"eps"``), or ``default`` if this attack has none."""
+        return dict(self.values).get(key, default)
+
+    def key(self) -> tuple:
+        """A hashable summary of the attack and its settings (keys cached results)."""
+        return (self.attack, self.values)
+
+    def library_kwargs(self) -> dict:
+        """Keyword settings for ``cas.run_attack`` in the library's units. They are passed as keywords
+        (not as an ``AttackSettings``) so that they take precedence over each attack's own defaults."""
+        if self.spec is None:
+            return {}
+        return {k.field: k.to_library(v) for k, (_, v) in zip(self.spec.knobs, self.values)
+                if not (k.kind == "step" and v is None)}
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a readable message if the spec or the library would refuse these settings."""
+        if self.attack == NONE:
+            return
+        spec = self.spec
+        if spec is None or self.attack not in LAB_ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}")
+        for knob, (_, value) in zip(spec.knobs, self.values):
+            knob.check(value)
+        cas.AttackSettings(norm=spec.norm, **self.library_kwargs()).validated()
+        if spec.untargeted_only and self.get("target") is not None:
+            raise ValueError(f"the {spec.label} attack runs untargeted here: choose 'untargeted' as the target")
+
+    def budget(self) -> str:
+        """The budget as the pages write it: '8/255' (Linf) or '0.5 (L2)'."""
+        if self.spec is None:
+            return "none"
+        eps = self.values[0][1]  # every attack's first knob is its budget
+        return f"{eps:g} (L2)" if self.spec.norm == "l2" else f"{eps:g}/255"
+
+    def describe(self) -> str:
+        """Short text such as 'PGD, ε = 8/255, 20 steps'."""
+        if self.attack == NONE:
+            return "no attack"
+        text = f"{self.spec.label}, ε = {self.budget()}"
+        if self.get("steps") is not None:
+            text += f", {self.get('steps')} steps"
+        if self.get("queries") is not None:
+            text += f", {self.get('queries')} queries"
+        if self.get("target") is not None:
+            text += f", target {cas.CLASSES[self.get('target')]}"
+        return text
+
+
+@dataclass
+class PointView:
+    """Per-channel values at one CAS module (or the last block of a model without CAS).
+    Arrays of shape (2, K): row 0 the natural image, row 1 the adversarial one."""
+
+    name: str
+    before: np.ndarray
+    mask: np.ndarray
+    after: np.ndarray
+    aux_probs: np.ndarray | None  # (2, classes) probabilities of the module's auxiliary head
+    is_cas: bool
+
+
+@dataclass
+class LabResult:
+    """Everything the pages show about one attacked image (numpy arrays only)."""
+
+    x_nat: np.ndarray  # (3, 32, 32) float32 in [0, 1]
+    x_adv: np.ndarray
+    label: int  # the class the attack works against (true label, or the model's clean prediction)
+    label_known: bool  # True when ``label`` is the image's real class
+    choice: AttackChoice
+    probs: np.ndarray  # (2, classes): final head, natural and adversarial
+    modules: list[PointView]
+    seconds: float  # time spent in the attack itself
+
+    @property
+    def attacked(self) -> bool:
+        return self.choice.attack != NONE
+
+    @property
+    def pred_nat(self) -> int:
+        return int(self.probs[0].argmax())
+
+    @property
+    def pred_adv(self) -> int:
+        return int(self.probs[1].argmax())
+
+    @property
+    def delta(self) -> np.ndarray:
+        return self.x_adv - self.x_nat
+
+    @property
+    def linf255(self) -> float:
+        """Largest change of any pixel value, in /255."""
+        return float(np.abs(self.delta).max() * 255)
+
+    @property
+    def l2(self) -> float:
+        """Euclidean length of the perturbation (pixel values in [0, 1])."""
+        return float(np.sqrt((self.delta.astype(np.float64) ** 2).sum()))
+
+    @property
+    def success(self) -> bool:
+        """Untargeted: the adversarial prediction differs from ``label``; targeted: it is the target."""
+        if not self.attacked:
+            return False
+        t = self.choice.get("target")
+        return self.pred_adv == t if t is not None else self.pred_adv != self.label
+
+
+def _views(model, x_nat: torch.Tensor, x_adv: torch.Tensor):
+    """One forward of both images; the final probabilities and a PointView per CAS point."""
+    with torch.no_grad():
+        res = model.forward_details(torch.cat([x_nat, x_adv]), mask="pred")
+    probs = torch.softmax(res.logits.float(), dim=1).numpy()
+    modules = []
+    for d in res.details:
+        aux = None if d.aux_logits is None else torch.softmax(d.aux_logits.float(), dim=1).numpy()
+        modules.append(PointView(d.name, d.before.float().numpy(), d.mask.float().numpy(),
+                                  d.after.float().numpy(), aux, d.aux_logits is not None))
+    return probs, modules
+
+
+def predict(model, x: torch.Tensor) -> int:
+    """The model's class for one image (1, 3, 32, 32)."""
+    with torch.no_grad():
+        return int(model(x).argmax(1)[0])
+
+
+def attack_image(model, x_uint8: np.ndarray, choice: AttackChoice, label: int | None = None,
+            progress: Callable[[int, int], None] | None = None, x_adv: np.ndarray | None = None) -> LabResult:
+    """Attack one image and measure its channels.
+
+    ``x_uint8``: the image (3, 32, 32). ``label``: its real class, or None to attack the model's own
+    clean prediction. ``progress(done, total)`` is called during the attack. ``x_adv``: an adversarial
+    image made elsewhere (transfer from another model): then no attack runs here.
+    Raises ``ValueError`` for invalid settings (before any work is done)."""
+    choice.validate()
+    x = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(255).unsqueeze(0)
+    known = label is not None
+    with threads(SINGLE_IMAGE_THREADS):
+        y = torch.tensor([label if known else predict(model, x)])
+        start = time.perf_counter()
+        if x_adv is not None:
+            adv = torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).unsqueeze(0)
+        elif choice.attack == NONE:
+            adv = x.clone()
+        else:
+            adv = cas.run_attack(choice.attack, model, x, y, progress=progress, **choice.library_kwargs())
+        seconds = time.perf_counter() - start
+        probs, modules = _views(model, x, adv.float())
+    return LabResult(x[0].numpy(), adv[0].float().numpy(), int(y[0]), known, choice, probs, modules, seconds)
+
+
+def first_view_index(model, x_all: np.ndarray, y_all: np.ndarray, choice: AttackChoice = AttackChoice(),
+                     candidates: int = 32, min_confidence: float = 0.6) -> int | None:
+    """Test-set index of the first image, in the fixed shuffle, that ``model`` classifies correctly
+    with at least ``min_confidence`` and that ``choice`` (by default the Attack Lab's PGD) fools, so
+    that a first visit shows an attack that works. One batched attack screens ``candidates`` images;
+    the pick is confirmed with :func:`attack_image`, exactly as the page will run it. None if none qualifies."""
+    idx = cas_data.shuffled_indices(len(y_all))[:candidates].numpy()
+    x = torch.from_numpy(np.ascontiguousarray(x_all[idx])).float().div(255)
+    y = torch.from_numpy(np.asarray(y_all[idx], dtype=np.int64))
+    with threads(all_cores()), torch.no_grad():
+        p = torch.softmax(model(x).float(), dim=1)
+        good = (p.argmax(1) == y) & (p.gather(1, y[:, None])[:, 0] >= min_confidence)
+        if not good.any():
+            return None
+        adv = cas.run_attack(choice.attack, model, x[good], y[good], **choice.library_kwargs())
+        fooled = model(adv).argmax(1) != y[good]
+    for i in idx[good.numpy()][fooled.numpy()]:
+        if attack_image(model, x_all[i], choice, int(y_all[i])).success:
+            return int(i)
+    return None
+
+
+# -- channel summaries and tables --------------------------------------------------------------------
+
+def channel_order(view: PointView, sort: str) -> np.ndarray:
+    """Channel order for the charts: by the natural image's activation before the mask (largest first,
+    the paper's order), by the natural image's mask weight (largest first), or by channel number."""
+    if sort == "natural":
+        return np.argsort(-np.abs(view.before[0]), kind="stable")
+    if sort == "mask":
+        return np.argsort(-view.mask[0], kind="stable")
+    if sort == "index":
+        return np.arange(view.before.shape[1])
+    raise ValueError(f"sort must be one of {SORTS}")
+
+
+def module_summary(values: np.ndarray, threshold: float) -> dict[str, float]:
+    """Summary figures of one image's channel values (K,): ``total`` (sum of |activation|), ``active``
+    (channels above ``threshold`` x the largest one), ``share`` (the same as a fraction) and
+    ``uniformity`` (how evenly |activation| is spread over the channels: 1 = all equal, 0 = one
+    channel carries everything; the normalised entropy of cas.analysis)."""
+    v = torch.from_numpy(np.asarray(values, dtype=np.float32)).reshape(1, -1)
+    s = analysis.summary(v, threshold)
+    active = int(analysis.activated(v, threshold).sum())
+    return {"total": s["total_magnitude"], "active": active, "share": s["active_share"],
+            "uniformity": analysis.uniformity(v.abs()[0])}
+
+
+def channel_table(result: LabResult, model_label: str = "") -> pd.DataFrame:
+    """Every channel value of every CAS point as one table (for the CSV download)."""
+    rows = []
+    for m in result.modules:
+        k = m.before.shape[1]
+        frame = pd.DataFrame({
+            "module": m.name, "channel": np.arange(k),
+            "natural_before_mask": m.before[0], "adversarial_before_mask": m.before[1],
+            "natural_mask": m.mask[0], "adversarial_mask": m.mask[1],
+            "natural_after_mask": m.after[0], "adversarial_after_mask": m.after[1],
+        })
+        if model_label:
+            frame.insert(0, "model", model_label)
+        rows.append(frame)
+    return pd.concat(rows, ignore_index=True)

@@ -1,0 +1,103 @@
+"""The Robustness page: its tables as data (no Streamlit), and the page through Streamlit's AppTest on
+CPU stand-ins."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from app.views import robustness
+
+PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "robustness.py")
+
+CARDS = [
+    {"name": "plain", "card": {"cas": False, "method": "at", "accuracy": {"clean": 80.0, "pgd20": 45.5}}},
+    {"name": "masked", "card": {"cas": True, "method": "at", "accuracy": {"clean": 82.0, "soft_mask_pgd20": 30.0},
+                                "evaluation": {"n": 500, "autoattack": "APGD-CE + APGD-T (fast)",
+                                               "counts": {"autoattack": 100}, "stderr": {"clean": 1.7}}}},
+    {"name": "fresh", "card": {"cas": False, "method": "std", "heldout": {"heldout_clean": 70.0}}},
+]
+
+
+def test_card_table_keeps_measured_columns_only():
+    table = robustness.card_table(CARDS)
+    assert list(table["model"]) == ["plain", "masked", "fresh"]
+    assert list(table["CAS"]) == ["no", "yes", "no"]
+    measured = list(table.columns[3:])
+    assert measured == [robustness.COLUMNS[k] for k in robustness.COLUMNS if k in ("clean", "pgd20", "soft_mask_pgd20")]
+    assert table.set_index("model").loc["fresh", "clean"] == 70.0  # a fresh run: its held-out accuracy
+    assert robustness.shown(table, 3).set_index("model").loc["plain", robustness.COLUMNS["soft_mask_pgd20"]] == ""
+
+
+def test_card_notes_and_literature_table():
+    notes = robustness.card_notes(CARDS)
+    assert notes["errors"] == [1.7]
+    assert notes["notes"] == ["500 test images (AutoAttack: 100); AutoAttack column: APGD-CE + APGD-T (fast)"]
+    literature = robustness.literature_table()
+    assert list(literature.columns[:2]) == ["model", "method"]
+    assert literature.set_index("model").loc["TRADES+CAS", "method"] == "Zhang et al., ICML 2019 + Bai et al., ICLR 2021"
+
+
+def test_evaluation_table_and_ladder_name_the_steps_that_ran():
+    class Result:
+        def __init__(self, accuracy):
+            self.accuracy = accuracy
+
+    results = {"at": Result({"clean": 80.0, "pgd20": 40.0}),
+               "at-cas": Result({"clean": 82.0, "pgd20": 60.0, "soft_mask_pgd20": 30.0})}
+    table = robustness.evaluation_table(results, 5)
+    assert list(table.columns) == ["model", "clean", "PGD-5", robustness.column_name("soft_mask_pgd20", 5)]
+    columns, accuracies = robustness.ladder(results, 5)
+    assert columns == ["clean", "PGD-5", robustness.column_name("soft_mask_pgd20", 5)]
+    assert accuracies == {"at-cas": [82.0, 60.0, 30.0]}  # CAS models only
+    assert robustness.ladder({"at": results["at"]}, 5) == ([], {})
+
+def _clean(at):
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _text(at) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.warning, *at.subheader])
+
+
+def test_the_page_without_models_says_how_to_get_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    _clean(at)
+    assert "No bundled models are installed" in _text(at) and "Train" in _text(at)
+
+
+def test_robustness_table_fresh_evaluation_and_curve(models_dir):
+    at = AppTest.from_file(PAGE, default_timeout=600).run()
+    _clean(at)
+    cards = at.dataframe[0].value
+    assert list(cards["model"]) == ["std", "at", "at-cas"] and cards["clean"].notna().all()
+    assert "gradient masking" in _text(at) and "Soft-mask PGD" in _text(at)
+    at.multiselect(key="rob_models").set_value(["at", "at-cas"])
+    at.number_input(key="rob_n").set_value(16)
+    at.slider(key="rob_steps").set_value(2)
+    at.multiselect(key="rob_attacks").set_value(["fgsm", "pgd", "soft_mask_pgd"])
+    at.button[0].click().run()
+    _clean(at)
+    fresh = at.dataframe[2].value.replace("", float("nan"))  # shown as text, empty where nothing ran
+    fresh[fresh.columns[1:]] = fresh[fresh.columns[1:]].astype(float)
+    assert list(fresh["model"]) == ["at", "at-cas"]
+    at_cas = fresh.set_index("model").loc["at-cas"]
+    for col in ("clean", "FGSM", "PGD-2", "soft-mask PGD-2", "worst case"):  # the steps that ran: 2
+        assert 0 <= at_cas[col] <= 100 and (at_cas[col] * 16 / 100) % 1 < 1e-6  # a count out of 16
+    assert at_cas["worst case"] <= min(at_cas["clean"], at_cas["PGD-2"], at_cas["soft-mask PGD-2"])
+    assert fresh.set_index("model").loc["at"].isna()["soft-mask PGD-2"]  # not run on a plain model
+    reports = [b.proto.label for b in at.get("download_button")]
+    assert reports == ["Report: at (HTML)", "Report: at-cas (HTML)"]
+    at.multiselect(key="rob_cmodels").set_value(["at-cas"])
+    at.number_input(key="rob_cn").set_value(8)
+    at.slider(key="rob_csteps").set_value(1)
+    at.multiselect(key="rob_eps_list").set_value([0, 8])
+    at.button[1].click().run()
+    _clean(at)
+    curve = at.get("plotly_chart")[-1]
+    traces = json.loads(curve.proto.spec)["data"]
+    assert {t["name"] for t in traces} == {"at-cas — PGD", "at-cas — soft-mask PGD"}
+    assert all(t["x"] == [0, 8] and 0 <= min(t["y"]) <= max(t["y"]) <= 100 for t in traces)
