@@ -14,7 +14,7 @@ import torch
 from cas import AttackSettings, data, load_model, read_card, run_attack
 from cas.attacks import margin
 from cas.stats import channel_statistics, paper_effects, role_of
-from cas.checkpoint import pretrained_dir, pretrained_index
+from cas.checkpoint import pretrained_dir, pretrained_index, read_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_paper_channel_effects_on_the_real_models(test_images):
     stats = {}
     for name in ("std", "at", "at-cas"):
         model = load_model(name)
-        stats[role_of(read_card(ROOT / "pretrained" / INDEX[name]["file"]))] = channel_statistics(
+        stats[role_of(read_model_card(ROOT / "pretrained" / INDEX[name]["file"]))] = channel_statistics(
             model, x[:128], y[:128], "pgd", batch_size=128, name=name)
     effects = paper_effects(stats)
     report = "\n".join(f"  {'HOLDS' if e['holds'] else 'does not hold'}: {e['claim']} ({e['evidence']})"
