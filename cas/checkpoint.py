@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .cards import FORMAT_VERSION, ModelCard, git_commit  # noqa: F401 (importable from here as before)
 from .models import CASNet, create_model, list_models
+from .runs import BEST, RunFolder
 
 CARD_KEY = "cas_lab_card"
 _REPO = Path(__file__).resolve().parent.parent
@@ -261,7 +262,7 @@ def resolve(name_or_path, directory=None) -> Path:
     for entry in pretrained_index(directory):
         if entry.get("name") == str(name_or_path):
             return directory / entry["file"]
-    run = runs_dir() / str(name_or_path) / "best.safetensors"
+    run = RunFolder(runs_dir() / str(name_or_path)).best
     if run.exists():
         return run
     names = [e.get("name") for e in pretrained_index(directory)]
@@ -289,7 +290,7 @@ def available_models() -> list[dict]:
                     "description": e.get("description", ""), "card": card})
     r = runs_dir()
     if r.is_dir():
-        for f in sorted(r.glob("*/best.safetensors")):
+        for f in sorted(r.glob(f"*/{BEST}")):
             try:
                 card = read_card(f)
             except CheckpointError:
