@@ -26,13 +26,16 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from cas import runs
 from cas.checkpoint import atomic_write, runs_dir
+from cas.runs import RunFolder
 from cas.train import TrainConfig, cli_args, read_log
 
 ROOT = Path(__file__).resolve().parent.parent  # the trainer runs from the repository root
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 NAME_MAX = 64
-JOB_FILE, OUTPUT_FILE, LOG_FILE, STOP_FILE = "job.json", "train.out", "log.jsonl", "STOP"
+# the run folder's file names (cas.runs names every file of a run)
+JOB_FILE, OUTPUT_FILE, LOG_FILE, STOP_FILE = runs.JOB, runs.OUTPUT, runs.LOG, runs.STOP
 STATUSES = ("running", "finished", "stopped", "failed", "unknown")
 MAX_RUNNING = 2  # training jobs running at once (each uses every core it is given)
 LOCK_FILE = ".jobs.lock"
@@ -214,7 +217,7 @@ def run_config(name: str) -> TrainConfig | None:
     try:
         if job and isinstance(job.get("config"), dict):
             return TrainConfig.from_dict(job["config"])
-        return TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        return TrainConfig.from_dict(json.loads(RunFolder(out).config.read_text()))
     except (OSError, json.JSONDecodeError, TypeError, ValueError):
         return None
 
@@ -289,13 +292,13 @@ class RunInfo:
 
     @property
     def best_checkpoint(self) -> Path | None:
-        f = self.path / "best.safetensors"
+        f = RunFolder(self.path).best
         return f if f.exists() else None
 
     @property
     def can_resume(self) -> bool:
         """Stopped or failed, with a saved epoch to continue from and epochs left."""
-        return (self.status in ("stopped", "failed", "unknown") and (self.path / "state.pt").exists()
+        return (self.status in ("stopped", "failed", "unknown") and RunFolder(self.path).state.exists()
                 and (self.total_epochs is None or self.done < self.total_epochs))
 
 
@@ -309,7 +312,7 @@ def run_info(name: str) -> RunInfo:
 
 def _last_change(d: Path) -> float:
     times = []
-    for f in (JOB_FILE, LOG_FILE, "config.json", "best.safetensors"):
+    for f in runs.RUN_FILES:
         try:
             times.append((d / f).stat().st_mtime)
         except OSError:  # absent, or removed meanwhile
@@ -324,8 +327,7 @@ def list_runs() -> list[RunInfo]:
         return []
     found = []
     for d in root.iterdir():
-        if d.is_dir() and name_problem(d.name) is None and any(
-                (d / f).exists() for f in (JOB_FILE, LOG_FILE, "config.json", "best.safetensors")):
+        if d.is_dir() and name_problem(d.name) is None and RunFolder(d).is_run():
             found.append(d)
     found.sort(key=_last_change, reverse=True)
     return [run_info(d.name) for d in found]

@@ -6,10 +6,8 @@ attack). Loading never unpickles anything: safetensors holds tensors only, and t
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -17,10 +15,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .cards import FORMAT_VERSION, ModelCard, git_commit  # noqa: F401 (importable from here as before)
 from .models import CASNet, create_model, list_models
+from .runs import BEST, RunFolder
 
 CARD_KEY = "cas_lab_card"
-FORMAT_VERSION = 1
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -43,30 +42,10 @@ class CheckpointError(ValueError):
     """A checkpoint could not be used; the message says why and what to do."""
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def make_card(model: CASNet, **fields) -> dict:
-    """A model card for ``model``; ``fields`` (method, epsilon, epochs, accuracy, ...) are merged in."""
-    card = {
-        "format": FORMAT_VERSION,
-        "arch": model.arch,
-        "arch_kwargs": model.arch_kwargs,
-        "cas": model.has_cas,
-        "cas_points": model.cas_points,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git_commit": git_commit(),
-        "accuracy": {},
-    }
-    card.update(fields)
-    return card
+    """A model card for ``model`` as a JSON mapping; ``fields`` (method, epsilon, epochs, accuracy, ...)
+    are merged in. :meth:`ModelCard.for_model` gives the typed card."""
+    return ModelCard.for_model(model, **fields).to_dict()
 
 
 def _read_umask() -> int:
@@ -99,9 +78,10 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_checkpoint(path, model: CASNet, card: dict | None = None, fp16: bool = False) -> Path:
-    """Save weights (optionally as fp16, halving the size) and the card, atomically."""
-    card = dict(card or make_card(model))
+def save_checkpoint(path, model: CASNet, card: dict | ModelCard | None = None, fp16: bool = False) -> Path:
+    """Save weights (optionally as fp16, halving the size) and the card (a :class:`ModelCard` or its
+    JSON mapping), atomically."""
+    card = card.to_dict() if isinstance(card, ModelCard) else dict(card or make_card(model))
     card["dtype"] = "float16" if fp16 else "float32"
     state = {}
     for k, v in model.state_dict().items():
@@ -146,6 +126,11 @@ def read_card(path) -> dict:
     if not isinstance(card, dict) or "arch" not in card:
         raise CheckpointError(f"{path.name}: its model card has no 'arch' field")
     return card
+
+
+def read_model_card(path) -> ModelCard:
+    """The typed model card stored in a checkpoint, without loading the weights."""
+    return ModelCard.from_dict(read_card(path))
 
 
 def update_card(path, **fields) -> dict:
@@ -249,6 +234,12 @@ def load_checkpoint(path, device="cpu") -> tuple[CASNet, dict]:
     return model, card
 
 
+def load_model_and_card(path, device="cpu") -> tuple[CASNet, ModelCard]:
+    """:func:`load_checkpoint` with the card typed: the model in eval mode and its :class:`ModelCard`."""
+    model, card = load_checkpoint(path, device)
+    return model, ModelCard.from_dict(card)
+
+
 def pretrained_index(directory=None) -> list[dict]:
     """Entries of ``pretrained/index.json`` (empty if there is none)."""
     directory = Path(directory or pretrained_dir())
@@ -271,7 +262,7 @@ def resolve(name_or_path, directory=None) -> Path:
     for entry in pretrained_index(directory):
         if entry.get("name") == str(name_or_path):
             return directory / entry["file"]
-    run = runs_dir() / str(name_or_path) / "best.safetensors"
+    run = RunFolder(runs_dir() / str(name_or_path)).best
     if run.exists():
         return run
     names = [e.get("name") for e in pretrained_index(directory)]
@@ -299,7 +290,7 @@ def available_models() -> list[dict]:
                     "description": e.get("description", ""), "card": card})
     r = runs_dir()
     if r.is_dir():
-        for f in sorted(r.glob("*/best.safetensors")):
+        for f in sorted(r.glob(f"*/{BEST}")):
             try:
                 card = read_card(f)
             except CheckpointError:

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import make_card, save_checkpoint
+from .checkpoint import ModelCard, save_checkpoint
 from .cli import HelpFormatter
-from .models import CASNet, create_model
+from .models import PAPER_ARCHS, CASNet, create_model
 
-ARCHS = ("resnet18", "vgg16", "wrn34_10")
+ARCHS = PAPER_ARCHS  # the architectures the authors' checkpoints come in
 MAX_FILE_BYTES = 2 * 1024**3
 
 # (pattern, replacement) applied in order, first match wins; keys matching nothing are reported
@@ -172,7 +172,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: str, cas: bool = Tr
 
 def convert_file(path, arch: str, cas: bool = True, out=None, name: str | None = None,
                  source_name: str | None = None) -> tuple[CASNet, dict]:
-    """Convert ``path``; write ``out`` (safetensors with a card) when given. Returns (model, card).
+    """Convert ``path``; write ``out`` (safetensors with a card) when given. Returns (model, card as a
+    JSON mapping).
     ``source_name``: the file's name for messages and the card (default: its own name)."""
     path = Path(path)
     source_name = source_name or path.name
@@ -182,14 +183,15 @@ def convert_file(path, arch: str, cas: bool = True, out=None, name: str | None =
         raise ConvertError(str(e).replace(path.name, source_name)) from None
     model, dropped = convert_state_dict(state, arch, cas, source_name)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    card = make_card(model, name=name or (Path(out).stem if out else Path(source_name).stem), method="unknown",
-                     description=f"Converted from {source_name}, a state dict of the CAS authors' code "
-                                 f"({arch}{'' if cas else ' without CAS'}, raw [0, 1] input)",
-                     source={"file": source_name, "sha256": digest, "layout": f"CAS authors' code, {arch}",
-                             "converted_by": "python -m cas.convert", "dropped_keys": dropped})
+    card = ModelCard.for_model(
+        model, name=name or (Path(out).stem if out else Path(source_name).stem), method="unknown",
+        description=f"Converted from {source_name}, a state dict of the CAS authors' code "
+                    f"({arch}{'' if cas else ' without CAS'}, raw [0, 1] input)",
+        source={"file": source_name, "sha256": digest, "layout": f"CAS authors' code, {arch}",
+                "converted_by": "python -m cas.convert", "dropped_keys": dropped})
     if out:
         save_checkpoint(out, model, card)
-    return model, card
+    return model, card.to_dict()
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,7 @@ and builtin containers, so no code in a data file can run.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -131,7 +133,9 @@ def validation_split(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0):
 
 def fetch_torchvision(root: Path) -> None:
     """Download CIFAR-10 through torchvision (needs internet)."""
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import (
+        CIFAR10,  # lazy: torchvision's datasets take seconds to import, for a download
+    )
 
     CIFAR10(str(root), train=False, download=True)
 
@@ -155,8 +159,6 @@ def _unpack(archive: Path) -> Path:
 
 
 def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
     if not root.is_dir():
         raise DataNotFoundError(f"{root} is missing: expected class folders {', '.join(CLASSES)}")
     present = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -236,8 +238,6 @@ def augment(x_uint8: torch.Tensor, generator: torch.Generator | None = None, pad
 
 
 def main(argv=None):
-    import argparse
-
     ap = argparse.ArgumentParser(description="Fetch or check the CIFAR-10 copy CAS Lab uses.")
     ap.add_argument("--data", default=None, help="data path (default: $CAS_DATA or the usual places)")
     ap.add_argument("--download", action="store_true", help="download CIFAR-10 through torchvision")

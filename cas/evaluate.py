@@ -9,166 +9,33 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .attacks import ATTACKS, AttackSettings, run_attack
+from . import data as cdata
+from .attacks import ATTACKS
+from .checkpoint import CheckpointError, atomic_write, load_model_and_card, resolve, update_card
 from .cli import HelpFormatter
+from .report import render
+from .robustness import (
+    COLUMNS,
+    DEFAULT_ATTACKS,
+    EVALUATED,
+    MASKING_GAP,
+    EvalConfig,
+    EvalResult,
+    accuracy_vs_eps,
+    evaluate,
+    measure_curves,
+    sanity_flags,
+    standard_error,
+)
 
-DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "joint_pgd", "soft_mask_pgd", "autoattack", "adaptive_autoattack")
-EVALUATED = [name for name, spec in ATTACKS.items() if spec.card_key]  # attacks with an evaluation preset
-# card key -> column header, in table order
-COLUMNS = {"clean": "clean", **{s.card_key: s.column for s in ATTACKS.values() if s.card_key},
-           "adaptive_pgd20": "adaptive PGD-20 (lower)", "worst_case": "worst case"}
-MASKING_GAP = 5.0  # points between plain and adaptive PGD that count as gradient masking
-
-
-@dataclass
-class EvalResult:
-    n: int
-    accuracy: dict[str, float] = field(default_factory=dict)  # card key -> percent
-    counts: dict[str, int] = field(default_factory=dict)  # card key -> images evaluated
-    seconds: dict[str, float] = field(default_factory=dict)
-    stderr: dict[str, float] = field(default_factory=dict)  # card key -> standard error, percent points
-    flags: list[str] = field(default_factory=list)
-
-
-def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, attacks=DEFAULT_ATTACKS, eps: float = 8 / 255,
-             batch_size: int = 500, device=None, limits: dict[str, int] | None = None, seed: int = 0,
-             progress=None, overrides: dict[str, dict] | None = None, amp: bool = True,
-             autoattack_version: str = "standard") -> EvalResult:
-    """Accuracy (percent) clean and under each attack on uint8 images ``x_u8`` (N, 3, 32, 32).
-
-    ``limits`` caps the number of images for some attacks (e.g. ``{"autoattack": 1000}``: the first
-    1,000). ``overrides`` changes an attack's preset settings (e.g. ``{"square": {"queries": 500}}``).
-    The worst case is taken over the images every attack saw. With ``amp``, attacks run under bf16
-    autocast where the hardware does bf16 natively (CUDA, AVX-512 BF16 CPUs); every accuracy is
-    judged in fp32. Attacks meant for CAS models are
-    skipped for models without CAS. ``autoattack_version``: "standard" or "apgd" (its APGD-CE and
-    APGD-T only, see :func:`cas.attacks.autoattack`). ``progress(label, done, total)`` reports batches."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    limits = limits or {}
-    _check_batch(batch_size)
-    unknown = [a for a in attacks if a not in ATTACKS or not ATTACKS[a].card_key]
-    if unknown:
-        raise ValueError(f"unknown attack(s) {', '.join(map(str, unknown))}; choose from {', '.join(EVALUATED)}")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in limits.values()):
-        raise ValueError(f"limits must be positive whole numbers of images, got {limits}")
-    attacks = [a for a in attacks if not (ATTACKS[a].needs_cas and not getattr(model, "has_cas", False))]
-    n = x_u8.shape[0]
-    correct = {"clean": torch.zeros(n, dtype=torch.bool)}
-    seen = {"clean": n}
-    res = EvalResult(n=n)
-    for name in ["clean", *attacks]:
-        key = "clean" if name == "clean" else ATTACKS[name].card_key
-        m = min(n, limits.get(name, n))
-        seen[key] = m
-        correct.setdefault(key, torch.zeros(n, dtype=torch.bool))
-        t0 = time.time()
-        for i in range(0, m, batch_size):
-            xb = x_u8[i:min(i + batch_size, m)].to(device).float() / 255
-            yb = y[i:min(i + batch_size, m)].to(device)
-            if name != "clean":
-                s = AttackSettings(**{"eps": eps, "seed": seed + i, "amp": amp, "until_fooled": True,
-                                      **ATTACKS[name].preset, **(overrides or {}).get(name, {})})
-                extra = {"version": autoattack_version} if name == "autoattack" else {}
-                xb = run_attack(name, model, xb, yb, s, **extra)
-            with torch.no_grad():
-                correct[key][i:i + len(yb)] = (model(xb).argmax(1) == yb).cpu()
-            if progress:
-                progress(key, min(i + batch_size, m), m)
-        res.seconds[key] = round(time.time() - t0, 2)
-        res.accuracy[key] = round(100 * float(correct[key][:m].float().mean()), 2)
-        res.counts[key] = m
-    adaptive = [k for k in ("joint_pgd20", "soft_mask_pgd20") if k in res.accuracy]
-    if adaptive:
-        res.accuracy["adaptive_pgd20"] = min(res.accuracy[k] for k in adaptive)
-    common = min(seen.values())
-    worst = torch.ones(common, dtype=torch.bool)
-    for key in seen:
-        worst &= correct[key][:common]
-    res.accuracy["worst_case"] = round(100 * float(worst.float().mean()), 2)
-    res.counts["worst_case"] = common
-    if adaptive:
-        res.counts["adaptive_pgd20"] = min(res.counts[k] for k in adaptive)
-    res.stderr = {k: standard_error(v, res.counts.get(k, n)) for k, v in res.accuracy.items()}
-    same_images = {k: round(100 * float(correct[k][:common].float().mean()), 2) for k in seen}
-    res.flags = sanity_flags(res.accuracy, getattr(model, "has_cas", False), same_images, common)
-    return res
-
-
-def accuracy_vs_eps(model, x_u8: torch.Tensor, y: torch.Tensor, attack: str, eps_values, steps: int = 10,
-                    batch_size: int = 256, seed: int = 0, amp: bool = True, progress=None) -> list[float]:
-    """Accuracy (percent) under ``attack`` at each budget of ``eps_values`` (in input units; 0 means
-    clean), as one batched job: every image is paired with every non-zero budget and the pairs are
-    attacked together, each with its own budget (step size: the library's automatic rule per budget).
-    Gradient attacks only. ``progress(done, total)`` counts image-budget pairs."""
-    if attack not in ATTACKS or not ATTACKS[attack].gradient:
-        raise ValueError(f"accuracy_vs_eps needs a gradient attack, got {attack!r}")
-    _check_batch(batch_size)
-    eps_values = [float(e) for e in eps_values]
-    n = x_u8.shape[0]
-    attacked = [e for e in eps_values if e > 0]
-    x = x_u8.float() / 255
-    xs, ys = x.repeat(len(attacked), 1, 1, 1), y.repeat(len(attacked))
-    budgets = torch.tensor(attacked).repeat_interleave(n)
-    correct = torch.zeros(len(ys), dtype=torch.bool)
-    for i in range(0, len(ys), batch_size):
-        sl = slice(i, i + batch_size)
-        s = AttackSettings(eps=budgets[sl], steps=steps, seed=seed + i, amp=amp, until_fooled=True)
-        xa = run_attack(attack, model, xs[sl], ys[sl], s)
-        with torch.no_grad():
-            correct[sl] = model(xa).argmax(1).cpu() == ys[sl]
-        if progress:
-            progress(min(i + batch_size, len(ys)), len(ys))
-    with torch.no_grad():
-        clean = 100 * float((model(x).argmax(1) == y).float().mean()) if n else 0.0
-    per_eps = correct.view(len(attacked), n).float().mean(1).mul(100).tolist() if attacked else []
-    it = iter(per_eps)
-    return [round(clean if e == 0 else next(it), 2) for e in eps_values]
-
-
-def _check_batch(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 10_000:
-        raise ValueError(f"batch_size must be a whole number from 1 to 10000, got {batch_size!r}")
-
-
-def standard_error(percent: float, n: int) -> float:
-    """Binomial standard error of an accuracy measured on ``n`` images, in percentage points."""
-    p = percent / 100
-    return round(100 * (p * (1 - p) / max(n, 1)) ** 0.5, 2)
-
-
-def sanity_flags(acc: dict[str, float], has_cas: bool, same_images: dict[str, float] | None = None,
-                 n_same: int | None = None) -> list[str]:
-    """Plain-language warnings about numbers that cannot all be right. ``same_images`` (accuracies on
-    the ``n_same`` images every attack saw) is what attacks are compared on when given, so that an attack
-    run on fewer images is not compared with one run on more."""
-    flags = []
-    clean = acc.get("clean")
-    for key, v in acc.items():
-        if key != "clean" and clean is not None and v > clean + 1e-9:
-            flags.append(f"{key} accuracy {v:.2f}% is ABOVE clean accuracy {clean:.2f}%: the attack is "
-                         "failing to find adversarial examples (gradient masking?)")
-    pair_acc = same_images or acc
-    where = f" on the {n_same} images both saw" if same_images and n_same else ""
-    ranked = [s for s in ATTACKS.values() if s.strength is not None and s.card_key in pair_acc]
-    for weak in ranked:
-        for strong in ranked:
-            a, b = pair_acc[weak.card_key], pair_acc[strong.card_key]
-            if weak.strength < strong.strength and b > a + 1.0:
-                flags.append(f"the stronger attack {strong.card_key} ({b:.2f}%) leaves more images correct "
-                             f"than the weaker {weak.card_key} ({a:.2f}%){where}")
-    if has_cas and "pgd20" in acc and "adaptive_pgd20" in acc:
-        gap = acc["pgd20"] - acc["adaptive_pgd20"]
-        if gap > MASKING_GAP:
-            flags.append(f"gradient masking: plain PGD-20 reports {acc['pgd20']:.2f}% but CAS-adaptive PGD-20 "
-                         f"{acc['adaptive_pgd20']:.2f}% ({gap:.1f} points lower). Plain PGD cannot see "
-                         "through the argmax mask; trust the adaptive number.")
-    return flags
+# the evaluator's names, importable from here as before the evaluation moved to cas.robustness
+__all__ = ["ATTACKS", "COLUMNS", "DEFAULT_ATTACKS", "EVALUATED", "MASKING_GAP", "EvalConfig", "EvalResult",
+           "accuracy_vs_eps", "evaluate", "main", "markdown_table", "sanity_flags", "standard_error"]
 
 
 def _curve_budgets(text: str) -> list[float]:
@@ -182,10 +49,6 @@ def _curve_budgets(text: str) -> list[float]:
 
 
 def _write_text(path, text: str) -> None:
-    from pathlib import Path
-
-    from .checkpoint import atomic_write
-
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
@@ -203,9 +66,6 @@ def markdown_table(rows: dict[str, EvalResult]) -> str:
 
 
 def main(argv=None):
-    from . import data as cdata
-    from .checkpoint import CheckpointError, load_checkpoint, resolve, update_card
-
     ap = argparse.ArgumentParser(prog="python -m cas.evaluate", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
@@ -253,25 +113,25 @@ def main(argv=None):
     except cdata.DataNotFoundError as e:
         raise SystemExit(f"error: {e}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = EvalConfig(attacks, eps=a.eps / 255, batch_size=a.batch_size, device=device, amp=a.amp,
+                        limits={"autoattack": a.autoattack_n, "adaptive_autoattack": a.autoattack_n,
+                                "square": a.square_n}, autoattack_version=a.autoattack_version)
     rows = {}
     for name in a.models:
         try:
             path = resolve(name)
-            model, card = load_checkpoint(path, device)
+            model, card = load_model_and_card(path, device)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
         bar = tqdm(total=0, desc=name, file=sys.stderr, leave=False)
 
-        def progress(key, done, total, bar=bar):
+        def progress(key, done, total, bar=bar, name=name):
             bar.set_description(f"{name}: {key}")
             bar.total = total
             bar.n = done
             bar.refresh()
 
-        res = evaluate(model, x, y, attacks, eps=a.eps / 255, batch_size=a.batch_size, device=device,
-                       limits={"autoattack": a.autoattack_n, "adaptive_autoattack": a.autoattack_n,
-                               "square": a.square_n}, progress=progress,
-                       amp=a.amp, autoattack_version=a.autoattack_version)
+        res = evaluate(model, x, y, config, progress=progress)
         bar.close()
         rows[name] = res
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in res.accuracy.items())
@@ -279,12 +139,10 @@ def main(argv=None):
         for f in res.flags:
             print(f"\n  !!! SANITY FLAG ({name}): {f}\n", file=sys.stderr)
         if a.report:
-            from .report import measure_curves, render
-
             xc, yc = x[:a.curve_n].to(device), y[:a.curve_n].to(device)
             curves = measure_curves(model, xc, yc, curve_eps, amp=a.amp,
-                                    progress=lambda label: print(f"{name}: curve {label}", file=sys.stderr))
-            _write_text(a.report, render({**card, "name": card.get("name") or name}, res, a.eps / 255, curves,
+                                    progress=lambda label, name=name: print(f"{name}: curve {label}", file=sys.stderr))
+            _write_text(a.report, render(card.updated(name=card.name or name), res, a.eps / 255, curves,
                                          curve_eps, len(yc)))
             print(f"wrote {a.report}", file=sys.stderr)
         if a.write_card:

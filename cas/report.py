@@ -7,10 +7,10 @@ from __future__ import annotations
 import html
 import json
 
-from .attacks import ATTACKS
-from .evaluate import COLUMNS, EvalResult
+from .cards import ModelCard
+from .plots import accuracy_curves
+from .robustness import CURVE_ATTACKS, EvalResult, column, measure_curves  # noqa: F401 (measure_curves: as before)
 
-CURVE_ATTACKS = ("pgd", "soft_mask_pgd", "adaptive_autoattack")  # plain, adaptive PGD, adaptive AutoAttack
 CARD_FIELDS = ("name", "description", "arch", "arch_kwargs", "method", "epsilon", "epochs", "num_parameters",
                "train_seconds", "date", "git_commit", "command", "source", "warnings")
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
@@ -19,10 +19,6 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .verdict{background:#eef6ee;border-left:4px solid #3a3;padding:.7em 1em}
 .flag{background:#fff4e5;border-left:4px solid #e80;padding:.5em 1em;margin:.5em 0}
 code,pre{background:#f6f6f6;padding:0 .2em}pre{padding:.5em;overflow-x:auto}"""
-
-
-def _column(key: str) -> str:
-    return COLUMNS.get(key, key.replace("_", " "))
 
 
 def trust_sentence(res: EvalResult, has_cas: bool) -> str:
@@ -49,61 +45,25 @@ def _table(res: EvalResult) -> str:
         return f"{res.seconds[k]:.1f}" if k in res.seconds else ""
 
     rows = "".join(
-        f"<tr><td>{html.escape(_column(k))}</td><td class=num>{v:.2f}</td>"
+        f"<tr><td>{html.escape(column(k))}</td><td class=num>{v:.2f}</td>"
         f"<td class=num>{res.stderr.get(k, 0):.2f}</td><td class=num>{res.counts.get(k, res.n)}</td>"
         f"<td class=num>{seconds(k)}</td></tr>" for k, v in res.accuracy.items())
     return ("<table><tr><th>attack</th><th>accuracy (%)</th><th>standard error (points)</th><th>images</th>"
             f"<th>seconds</th></tr>{rows}</table>")
 
 
-def measure_curves(model, x_u8, y, eps_values, amp: bool = True, progress=None) -> dict[str, list[float]]:
-    """Accuracy (percent) at each budget of ``eps_values`` under plain PGD-20, soft-mask PGD-20 and
-    adaptive AutoAttack (for a model without CAS: PGD-20 and AutoAttack's APGD-CE + APGD-T), keyed by
-    the attack's label. ``progress(label)`` is told which curve starts."""
-    import torch
-
-    from .attacks import AttackSettings, run_attack
-    from .evaluate import accuracy_vs_eps
-
-    curves = {}
-    for name in CURVE_ATTACKS:
-        spec = ATTACKS[name].for_model(model)
-        label = spec.label.replace(" (CAS-adaptive)", "") + ("-20" if spec.gradient else "")
-        if label in curves:
-            continue
-        if progress:
-            progress(label)
-        if spec.gradient:
-            curves[label] = accuracy_vs_eps(model, x_u8, y, spec.name, eps_values, steps=20, amp=amp)
-            continue
-        x = x_u8.float() / 255
-        accs = []
-        for e in eps_values:
-            xa = x if e == 0 else run_attack(name, model, x, y, AttackSettings(eps=e, amp=amp))
-            with torch.no_grad():
-                accs.append(round(100 * float((model(xa).argmax(1) == y).float().mean()), 2))
-        curves[label] = accs
-    return curves
-
-
 def _curves(eps_values: list[float], curves: dict[str, list[float]], n: int) -> str:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for label, acc in curves.items():
-        fig.add_scatter(x=[e * 255 for e in eps_values], y=acc, mode="lines+markers", name=label)
-    fig.update_layout(xaxis_title="ε (/255)", yaxis_title="accuracy (%)", yaxis_range=[0, 100], height=420,
-                      margin=dict(l=50, r=20, t=20, b=50), legend=dict(orientation="h", y=-0.2))
-    return fig.to_html(full_html=False, include_plotlyjs=True)
+    return accuracy_curves(eps_values, curves).to_html(full_html=False, include_plotlyjs=True)
 
 
-def render(card: dict, res: EvalResult, eps: float, curves: dict[str, list[float]] | None = None,
+def render(card: ModelCard | dict, res: EvalResult, eps: float, curves: dict[str, list[float]] | None = None,
            eps_values: list[float] | None = None, curve_n: int = 0) -> str:
-    """The report as one HTML string. ``eps`` is the table's budget (input units); ``curves`` (from
-    :func:`measure_curves`) maps an attack's label to its accuracies at ``eps_values``, measured on the
-    first ``curve_n`` images."""
-    has_cas = bool(card.get("cas"))
-    name = html.escape(str(card.get("name") or "model"))
+    """The report as one HTML string. ``card``: the model's card (typed, or its JSON mapping); ``eps``
+    is the table's budget (input units); ``curves`` (from :func:`cas.robustness.measure_curves`) maps
+    an attack's label to its accuracies at ``eps_values``, measured on the first ``curve_n`` images."""
+    card = card if isinstance(card, ModelCard) else ModelCard.from_dict(card)
+    has_cas = bool(card.cas)
+    name = html.escape(str(card.name or "model"))
     card_rows = "".join(f"<tr><th>{html.escape(k.replace('_', ' '))}</th><td><code>"
                         f"{html.escape(v if isinstance(v, str) else json.dumps(v))}</code></td></tr>"
                         for k in CARD_FIELDS if (v := card.get(k)) not in (None, "", [], {}))
@@ -114,9 +74,9 @@ def render(card: dict, res: EvalResult, eps: float, curves: dict[str, list[float
         f"<h1>Robustness report: {name}</h1>",
         f"<p class=verdict><b>The number to trust.</b> {html.escape(trust_sentence(res, has_cas))}</p>",
         f"<h2>Accuracy at ε = {eps * 255:g}/255 (L∞)</h2>",
-        f"<p>{res.n} CIFAR-10 test images (the first N of a fixed, seeded shuffle); attacks marked with fewer "
-        "images ran on the first ones. Standard error: √(p(1−p)/n). The worst case counts an image as robust "
-        "only if it is classified correctly clean and under every attack.</p>",
+        (f"<p>{res.n} CIFAR-10 test images (the first N of a fixed, seeded shuffle); attacks marked with fewer "
+         "images ran on the first ones. Standard error: √(p(1−p)/n). The worst case counts an image as robust "
+         "only if it is classified correctly clean and under every attack.</p>"),
         _table(res),
         "<h2>Sanity flags</h2>", flags,
     ]

@@ -14,6 +14,7 @@ bootstrap interval and a verdict: holds, does not hold, or within noise.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import dataclass, field
@@ -22,11 +23,13 @@ from pathlib import Path
 import torch
 
 from . import analysis
+from . import data as cdata
 from .attacks import ATTACKS, AttackSettings, run_attack
+from .checkpoint import CheckpointError, available_models, load_model_and_card, resolve
 from .cli import HelpFormatter
-
 from .data import CLASSES
-NATURAL, ADVERSARIAL = "#1f77b4", "#d62728"
+from .plots import ADVERSARIAL, NATURAL, overlay_bars  # noqa: F401 (the colours: importable from here as before)
+
 BOOTSTRAP = 200  # resamples of the images for the standard errors and intervals
 FIGURES = ("mean_magnitude", "active_share", "uniformity")
 # human names of the summary table's columns (the CSV and JSON keep the short keys)
@@ -142,7 +145,7 @@ def magnitude_figure(p: PointStats, stage: str = "before", threshold: float = 0.
     """The paper's magnitude figure: per-channel magnitude, natural and adversarial curves each sorted
     in descending order, overlaid as bars."""
     c = analysis.compare(*_stage(p, stage), threshold)
-    return _overlay(c["magnitude_natural"], c["magnitude_adversarial"],
+    return overlay_bars(c["magnitude_natural"], c["magnitude_adversarial"],
                     title or f"Magnitude at {p.name} ({stage} mask)", "channel (sorted by magnitude)",
                     "average activation")
 
@@ -151,23 +154,9 @@ def frequency_figure(p: PointStats, stage: str = "before", threshold: float = 0.
     """The paper's uniformity figure: how many images activate each channel (above ``threshold`` x the
     image's strongest channel); channels in the natural count's order, adversarial in the same order."""
     c = analysis.compare(*_stage(p, stage), threshold)
-    return _overlay(c["frequency_natural"], c["frequency_adversarial"],
+    return overlay_bars(c["frequency_natural"], c["frequency_adversarial"],
                     title or f"Activation frequency at {p.name} ({stage} mask)",
                     "channel (sorted by natural frequency)", "images activating it")
-
-
-def _overlay(natural: torch.Tensor, adversarial: torch.Tensor, title: str, xtitle: str, ytitle: str):
-    """Natural and adversarial curves as overlaid bars; title on top, legend under the axis."""
-    import plotly.graph_objects as go
-
-    k = list(range(natural.shape[0]))
-    fig = go.Figure([go.Bar(x=k, y=natural.numpy(), name="natural", marker_color=NATURAL, opacity=0.75),
-                     go.Bar(x=k, y=adversarial.numpy(), name="adversarial", marker_color=ADVERSARIAL,
-                            opacity=0.6)])
-    fig.update_layout(barmode="overlay", bargap=0, height=340, margin=dict(l=10, r=10, t=40, b=10),
-                      title=dict(text=title, x=0, xanchor="left"), xaxis_title=xtitle, yaxis_title=ytitle,
-                      legend=dict(orientation="h", y=-0.25, yanchor="top", x=0.5, xanchor="center"))
-    return fig
 
 
 def _stage(p: PointStats, stage: str):
@@ -244,16 +233,15 @@ def model_label(name_or_path: str) -> str:
     return p.parent.name if p.stem == "best" else p.stem
 
 
-def role_of(card: dict) -> str:
+def role_of(card) -> str:
+    """"std", "at" or "cas": the model's part in the paper's comparison, from its card (a
+    :class:`~cas.cards.ModelCard` or its JSON mapping)."""
     if card.get("cas"):
         return "cas"
     return "std" if card.get("method", "std") == "std" else "at"
 
 
 def main(argv=None):
-    from . import data as cdata
-    from .checkpoint import CheckpointError, load_checkpoint, resolve
-
     ap = argparse.ArgumentParser(prog="python -m cas.stats", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="*",
@@ -273,8 +261,6 @@ def main(argv=None):
                     help="CIFAR-10 location: a torchvision folder, an image-folder tree or a .tar.xz of one (default: $CAS_DATA or the usual places)")
     a = ap.parse_args(argv)
     if not a.models:
-        from .checkpoint import available_models
-
         picked = {}
         for m in available_models():
             picked.setdefault(role_of(m["card"]), str(m["path"]))
@@ -293,7 +279,7 @@ def main(argv=None):
     all_stats, by_role, rows = {}, {}, []
     for name in a.models:
         try:
-            model, card = load_checkpoint(resolve(name))
+            model, card = load_model_and_card(resolve(name))
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
         attack = ATTACKS[a.attack].for_model(model).name if a.attack in ATTACKS else a.attack
@@ -309,8 +295,6 @@ def main(argv=None):
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        import csv
-
         with open(out / "channel_summary.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()

@@ -30,10 +30,11 @@ from tqdm import tqdm
 from . import data as cdata
 from .attacks import ATTACKS
 from .cli import HelpFormatter
-from .checkpoint import atomic_write, make_card, save_checkpoint, update_card
+from .checkpoint import ModelCard, atomic_write, save_checkpoint, update_card
 from .losses import METHODS, RECIPES, LossConfig, perturb, training_loss
 from .precision import autocast, fast_bf16
-from .models import create_model
+from .runs import RunFolder
+from .models import PAPER_ARCHS, WIDTH_ARCHS, create_model
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -57,7 +58,7 @@ class TrainConfig:
 
     method: str = _opt("at", "training objective", METHODS)
     cas: bool = _opt(True, "add CAS modules (at the architecture's default points)")
-    arch: str = _opt("resnet18", "architecture", ("resnet18", "vgg16", "wrn34_10"))
+    arch: str = _opt("resnet18", "architecture", PAPER_ARCHS)
     width: int = _opt(64, "first-stage width of ResNet-18 / VGG-16 (64: the paper's model)")
     epochs: int = _opt(40, "training epochs")
     batch_size: int = _opt(512, "images per optimizer step")
@@ -140,7 +141,7 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict:
         kw = {"cas": self.cas}
-        if self.arch in ("resnet18", "vgg16"):
+        if self.arch in WIDTH_ARCHS:
             kw["width"] = self.width
         return kw
 
@@ -243,10 +244,11 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     rank, world = _setup_distributed()
     device = _device(cfg, rank)
     out = Path(cfg.out)
+    run = RunFolder(out)
     main_proc = rank == 0
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "STOP").unlink(missing_ok=True)
+        run.stop.unlink(missing_ok=True)
 
     # data: a fixed validation split (the same for every run) carved from the training set
     x_all, y_all = cdata.load("train", cfg.data, download=cfg.download)
@@ -270,7 +272,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     total_steps = steps_per_epoch * cfg.epochs
 
     start_epoch, best, history, warnings, diverged = 0, -1.0, [], [], None
-    state_file = out / "state.pt"
+    state_file = run.state
     if cfg.resume and state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=True)
         saved = state["config"]
@@ -282,16 +284,16 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
         opt.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"], state["best"]
         # the state's own copy of the log records (a kill between the state and the log line loses none)
-        history = state.get("history") or read_log(out / "log.jsonl")[:start_epoch]
+        history = state.get("history") or read_log(run.log)[:start_epoch]
         warnings = [r["warning"] for r in history if r.get("warning")]
         if main_proc:  # drop log lines of a partly finished epoch
-            atomic_write(out / "log.jsonl", lambda t: Path(t).write_text(
+            atomic_write(run.log, lambda t: Path(t).write_text(
                 "".join(json.dumps(r) + "\n" for r in history)))
     elif main_proc:
-        (out / "log.jsonl").unlink(missing_ok=True)
-        (out / "best.safetensors").unlink(missing_ok=True)
+        run.log.unlink(missing_ok=True)
+        run.best.unlink(missing_ok=True)
     if main_proc:
-        atomic_write(out / "config.json", lambda t: Path(t).write_text(json.dumps(asdict(cfg), indent=2)))
+        atomic_write(run.config, lambda t: Path(t).write_text(json.dumps(asdict(cfg), indent=2)))
 
     net = model
     if world > 1:
@@ -324,7 +326,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
                                  torch.tensor(float(len(yb)), device=device)])
             if main_proc and it % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if (out / "STOP").exists():
+            if run.stop_requested():
                 stopped = True
                 break
         if world > 1:
@@ -334,7 +336,7 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             stopped = bool(flag.item())
         if stopped:
             if main_proc:
-                _append(out / "log.jsonl", {"event": "stopped", "epoch": epoch + 1, "completed_epochs": epoch})
+                _append(run.log, {"event": "stopped", "epoch": epoch + 1, "completed_epochs": epoch})
             break
         model.eval()
         # train_acc: on the examples trained on, with training-mode masks (for CAS: the label's row,
@@ -350,8 +352,8 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
                         f"best epoch before it is kept in best.safetensors. Try a smaller --lr.")
             if main_proc:
                 _warn(out, record, warnings, diverged)
-                _append(out / "log.jsonl", record)
-                _append(out / "log.jsonl", {"event": "diverged", "epoch": epoch + 1})
+                _append(run.log, record)
+                _append(run.log, {"event": "diverged", "epoch": epoch + 1})
             break
         if main_proc:
             score = record.get("heldout_robust" if lcfg.adversarial else "heldout_clean", -record["loss"])
@@ -361,34 +363,35 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
             improved = score > best
             if improved:
                 best = score
-                card = make_card(model, method=cfg.method, epsilon=cfg.epsilon, epochs=cfg.epochs,
-                                 best_epoch=epoch + 1, data=f"CIFAR-10 ({data_name})",
-                                 command=command, train_config=asdict(cfg), description=cfg.description,
-                                 precision="bf16 autocast" if cfg.amp and fast_bf16(device) else "fp32",
-                                 heldout={"images": cfg.val_size, "split": "validation (training set)",
-                                          **{k: record[k] for k in record if k.startswith(("heldout", "robust"))}},
-                                 warnings=warnings)
-                save_checkpoint(out / "best.safetensors", model, card)
+                card = ModelCard.for_model(model, method=cfg.method, epsilon=cfg.epsilon, epochs=cfg.epochs,
+                                           best_epoch=epoch + 1, data=f"CIFAR-10 ({data_name})",
+                                           command=command, train_config=asdict(cfg), description=cfg.description,
+                                           precision="bf16 autocast" if cfg.amp and fast_bf16(device) else "fp32",
+                                           heldout={"images": cfg.val_size, "split": "validation (training set)",
+                                                    **{k: record[k] for k in record
+                                                       if k.startswith(("heldout", "robust"))}},
+                                           warnings=warnings)
+                save_checkpoint(run.best, model, card)
             record["best_epoch"] = epoch + 1 if improved else (history[-1]["best_epoch"] if history else epoch + 1)
             history.append(record)
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                      "best": best, "config": asdict(cfg), "history": history}
             atomic_write(state_file, lambda t: torch.save(state, t))
-            _append(out / "log.jsonl", record)
+            _append(run.log, record)
             if on_epoch:
                 on_epoch(record)
             if cfg.progress:
                 print(json.dumps(record), file=sys.stderr, flush=True)
         if world > 1:
             dist.barrier()
-    if main_proc and not (out / "STOP").exists() and not diverged:
-        _append(out / "log.jsonl", {"event": "finished", "epochs": cfg.epochs})
+    if main_proc and not run.stop_requested() and not diverged:
+        _append(run.log, {"event": "finished", "epochs": cfg.epochs})
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     if diverged:
         raise TrainingDiverged(diverged)
-    return out / "best.safetensors"
+    return run.best
 
 
 class TrainingDiverged(ValueError):
@@ -400,8 +403,9 @@ def _warn(out: Path, record: dict, warnings: list[str], text: str) -> None:
     record["warning"] = text
     warnings.append(text)
     print("\n!!! " + text + "\n", file=sys.stderr, flush=True)
-    if (out / "best.safetensors").exists():
-        update_card(out / "best.safetensors", warnings=warnings)
+    best = RunFolder(out).best
+    if best.exists():
+        update_card(best, warnings=warnings)
 
 
 def _append(path: Path, record: dict) -> None:

@@ -69,28 +69,31 @@ def _sha(path: Path) -> str:
 
 def bundle_one(name: str, args, test_set) -> bool:
     """Evaluate run ``name`` and store it in pretrained/; False when there is nothing (new) to do."""
-    from cas.checkpoint import atomic_write, load_checkpoint, read_card, save_checkpoint
-    from cas.evaluate import DEFAULT_ATTACKS, evaluate
+    from cas.checkpoint import atomic_write, load_model_and_card, read_model_card, save_checkpoint
+    from cas.robustness import DEFAULT_ATTACKS, EvalConfig, evaluate
+    from cas.runs import RunFolder
     from cas.train import read_log
 
     method, cas_on, desc = ZOO[name]
-    run = run_dir(name) / "best.safetensors"
+    folder = RunFolder(run_dir(name))
+    run = folder.best
     out_dir = REPO / "pretrained"
     target = out_dir / f"{name}.safetensors"
-    if not run.exists() or '"event": "finished"' not in (run_dir(name) / "log.jsonl").read_text():
+    if not run.exists() or '"event": "finished"' not in folder.log.read_text():
         print(f"skipping {name}: its training run has not finished", file=sys.stderr)
         return False
     sha = _sha(run)
-    if target.exists() and not args.force and read_card(target).get("source_sha") == sha:
+    if target.exists() and not args.force and read_model_card(target).source_sha == sha:
         print(f"{name}: already bundled from this run", file=sys.stderr)
         return False
     x, y = test_set
-    model, card = load_checkpoint(run)
-    res = evaluate(model, x, y, DEFAULT_ATTACKS, batch_size=500, limits={"autoattack": args.autoattack_n, "adaptive_autoattack": args.autoattack_n},
-                   autoattack_version="apgd",
+    model, card = load_model_and_card(run)
+    config = EvalConfig(DEFAULT_ATTACKS, batch_size=500, autoattack_version="apgd",
+                        limits={"autoattack": args.autoattack_n, "adaptive_autoattack": args.autoattack_n})
+    res = evaluate(model, x, y, config,
                    progress=lambda key, done, total: print(f"  {name} {key}: {done}/{total}", flush=True))
-    log = read_log(run_dir(name) / "log.jsonl")
-    card.update(name=name, description=desc, accuracy=res.accuracy, source_sha=sha,
+    log = read_log(folder.log)
+    card = card.updated(name=name, description=desc, accuracy=res.accuracy, source_sha=sha,
                 train_seconds=round(sum(r.get("seconds", 0) for r in log), 1),
                 evaluation={"n": res.n, "counts": res.counts, "stderr": res.stderr, "eps": 8,
                             "subset": "first N of cas.data.test_subset (fixed seeded shuffle of the test set)",
@@ -106,11 +109,11 @@ def bundle_one(name: str, args, test_set) -> bool:
     entries = [e for e in entries if e["name"] != name] + [{
         "name": name, "file": target.name, "description": desc, "method": method, "cas": cas_on,
         "accuracy": res.accuracy, "counts": res.counts, "stderr": res.stderr,
-        "train_seconds": card["train_seconds"], "command": card.get("command")}]
+        "train_seconds": card.train_seconds, "command": card.command}]
     entries.sort(key=lambda e: INDEX_ORDER.index(e["name"]) if e["name"] in INDEX_ORDER else 99)
     atomic_write(index_file, lambda t: Path(t).write_text(json.dumps({"models": entries}, indent=2) + "\n"))
     print(f"{name}: " + ", ".join(f"{k} {v:.1f}%" for k, v in res.accuracy.items())
-          + f"  [eval {sum(res.seconds.values()):.0f} s, training {card['train_seconds']:.0f} s]", flush=True)
+          + f"  [eval {sum(res.seconds.values()):.0f} s, training {card.train_seconds:.0f} s]", flush=True)
     for f in res.flags:
         print(f"SANITY FLAG {name}: {f}", file=sys.stderr, flush=True)
     return True
@@ -120,25 +123,26 @@ def recheck_flags(test_set) -> None:
     """Recompute each bundled model's sanity flags with attacks compared on the images all of them saw
     (the worst case's first N): the attacks that ran on more images are run again on those N with the
     same seeds; the others' figures already are on them. Only the card's flags change."""
-    from cas.checkpoint import load_checkpoint, update_card
-    from cas.evaluate import ATTACKS, evaluate, sanity_flags
+    from cas.attacks import ATTACKS
+    from cas.checkpoint import load_model_and_card, update_card
+    from cas.robustness import EvalConfig, evaluate, sanity_flags
 
     x, y = test_set
     for e in json.loads((REPO / "pretrained" / "index.json").read_text())["models"]:
         path = REPO / "pretrained" / e["file"]
-        model, card = load_checkpoint(path)
-        n_same, counts = card["evaluation"]["counts"]["worst_case"], card["evaluation"]["counts"]
+        model, card = load_model_and_card(path)
+        n_same, counts = card.evaluation["counts"]["worst_case"], card.evaluation["counts"]
         rerun = [name for name, spec in ATTACKS.items() if spec.card_key in counts and counts[spec.card_key] > n_same]
-        res = evaluate(model, x[:n_same], y[:n_same], rerun, batch_size=500)
-        same = {k: v for k, v in card["accuracy"].items() if counts.get(k) == n_same} | res.accuracy
-        flags = sanity_flags(card["accuracy"], card["cas"], same, n_same)
+        res = evaluate(model, x[:n_same], y[:n_same], EvalConfig(rerun, batch_size=500))
+        same = {k: v for k, v in card.accuracy.items() if counts.get(k) == n_same} | res.accuracy
+        flags = sanity_flags(card.accuracy, card.cas, same, n_same)
         update_card(path, evaluation={"flags": flags})
         print(f"{e['name']}: " + ("; ".join(flags) if flags else "no flags"), flush=True)
 
 
 def table() -> str:
     """The bundled models' accuracies as a Markdown table: percent ± standard error, with n."""
-    from cas.evaluate import COLUMNS as ALL
+    from cas.robustness import COLUMNS as ALL
 
     entries = json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
     keys = [k for k in ALL if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]

@@ -171,6 +171,47 @@ def test_one_budget_per_image_is_respected():
         run_attack("square", model, x, y, eps=eps, queries=2)
 
 
+class Flat(nn.Module):
+    """Constant logits: no gradient and no margin, so an attack's best point is its random start."""
+
+    num_classes = 10
+
+    def forward(self, x):
+        return x.flatten(1)[:, :10] * 0
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_per_image_seeds_draw_the_starts_of_one_image_runs(norm, eps):
+    """A batch with seeds (5, 7, 9) starts each image exactly where a one-image attack with its seed
+    starts it, restart after restart."""
+    from cas.attacks.engine import RandomStarts
+
+    x, y = torch.full((3, 3, 32, 32), 0.5), torch.tensor([1, 2, 3])
+    s = AttackSettings(eps=eps, norm=norm, steps=1, restarts=3, seed=(5, 7, 9)).validated()
+    batch = RandomStarts(x, s)
+    solo = [RandomStarts(x[i:i + 1], AttackSettings(eps=eps, norm=norm, seed=seed).validated())
+            for i, seed in enumerate((5, 7, 9))]
+    for _ in range(s.restarts):
+        assert torch.equal(batch.draw(), torch.cat([r.draw() for r in solo]))
+    # through the public entry point: on a flat model the returned point is the first random start
+    for seeds in ((5, 7, 9), torch.tensor([5, 7, 9])):
+        together = run_attack("pgd", Flat(), x, y, eps=eps, norm=norm, steps=2, seed=seeds)
+        alone = torch.cat([run_attack("pgd", Flat(), x[i:i + 1], y[i:i + 1], eps=eps, norm=norm, steps=2,
+                                      seed=seed) for i, seed in enumerate((5, 7, 9))])
+        assert torch.equal(together, alone) and not torch.equal(together, x)
+    assert not torch.equal(together[0], together[1])  # different seeds, different starts
+
+
+def test_per_image_seeds_are_checked(cas_model, batch):
+    x, y = batch
+    with pytest.raises(ValueError, match="4 images"):
+        run_attack("pgd", cas_model, x, y, steps=1, seed=(1, 2))
+    with pytest.raises(ValueError, match="per-image seeds"):
+        run_attack("pgd", cas_model, x, y, steps=1, seed=(1, 2, -3, 4))
+    with pytest.raises(ValueError, match="one seed"):
+        run_attack("square", cas_model, x, y, queries=2, seed=(1, 2, 3, 4))
+
+
 def test_accuracy_vs_eps_is_one_batched_curve():
     from cas.evaluate import accuracy_vs_eps
 

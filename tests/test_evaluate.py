@@ -7,7 +7,7 @@ import torch
 
 from cas import create_model, read_card
 from cas.attacks import run_attack
-from cas.evaluate import evaluate, markdown_table, sanity_flags
+from cas.evaluate import EvalConfig, evaluate, markdown_table, sanity_flags
 
 
 def test_sanity_flags_catch_impossible_numbers():
@@ -34,8 +34,9 @@ def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):
 
     x, y = data.test_subset(32)
     model, _ = load_checkpoint(standin_pretrained / "at-cas.safetensors")
-    res = evaluate(model, x, y, ["fgsm", "pgd", "joint_pgd", "soft_mask_pgd", "square"], batch_size=32,
-                   limits={"square": 16}, overrides={"square": {"queries": 200}})
+    config = EvalConfig(["fgsm", "pgd", "joint_pgd", "soft_mask_pgd", "square"], batch_size=32,
+                        limits={"square": 16}, overrides={"square": {"queries": 200}})
+    res = evaluate(model, x, y, config)
     acc = res.accuracy
     assert set(acc) >= {"clean", "fgsm", "pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_pgd20",
                         "square", "worst_case"}
@@ -48,7 +49,11 @@ def test_evaluate_standins_table_flags_and_card(standin_pretrained, tmp_path):
     assert table.startswith("| model | clean |") and "(n=16)" in table
     # plain models skip the CAS-only attacks
     plain, _ = load_checkpoint(standin_pretrained / "at.safetensors")
-    assert "joint_pgd20" not in evaluate(plain, x[:8], y[:8], ["pgd", "joint_pgd"]).accuracy
+    assert "joint_pgd20" not in evaluate(plain, x[:8], y[:8], EvalConfig(["pgd", "joint_pgd"])).accuracy
+    # the calling style from before EvalConfig (a list of attacks and keywords) gives the same figures
+    old = evaluate(model, x, y, ["fgsm", "pgd", "joint_pgd", "soft_mask_pgd", "square"], batch_size=32,
+                   limits={"square": 16}, overrides={"square": {"queries": 200}})
+    assert old.accuracy == res.accuracy and old.counts == res.counts
 
 
 def test_cli_writes_the_card(standin_pretrained, tmp_path):
@@ -77,8 +82,8 @@ def test_adaptive_autoattack_is_at_least_as_strong_as_soft_mask_pgd_and_autoatta
 
     model, _ = load_checkpoint(standin_pretrained / "at-cas.safetensors")
     x, y = data.test_subset(64)
-    res = evaluate(model, x, y, ["soft_mask_pgd", "autoattack", "adaptive_autoattack"], batch_size=64,
-                   autoattack_version="apgd")
+    res = evaluate(model, x, y, EvalConfig(["soft_mask_pgd", "autoattack", "adaptive_autoattack"], batch_size=64,
+                                           autoattack_version="apgd"))
     acc = res.accuracy
     assert acc["adaptive_autoattack"] <= min(acc["soft_mask_pgd20"], acc["autoattack"]), acc
     assert acc["adaptive_autoattack"] < acc["clean"], acc  # it does break images
@@ -147,13 +152,15 @@ def test_library_bounds_say_what_is_allowed():
     x, y = torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
     for bad in (0, -5, 2.5):
         with pytest.raises(ValueError, match="batch_size must be"):
-            evaluate(model, x, y, ["fgsm"], batch_size=bad)
+            evaluate(model, x, y, EvalConfig(["fgsm"], batch_size=bad))
         with pytest.raises(ValueError, match="batch_size must be"):
             accuracy_vs_eps(model, x, y, "pgd", [0, 8 / 255], batch_size=bad)
     with pytest.raises(ValueError, match="unknown attack"):
-        evaluate(model, x, y, ["deepfool"])
+        evaluate(model, x, y, EvalConfig(["deepfool"]))
     with pytest.raises(ValueError, match="limits must be"):
-        evaluate(model, x, y, ["fgsm"], limits={"fgsm": 0})
+        evaluate(model, x, y, EvalConfig(["fgsm"], limits={"fgsm": 0}))
+    with pytest.raises(TypeError, match="unexpected options"):
+        evaluate(model, x, y, EvalConfig(["fgsm"]), step=3)
     for aux in (-1.0, float("nan"), 1e9):
         with pytest.raises(ValueError, match="aux_weight must be between 0 and 100"):
             AttackSettings(aux_weight=aux).validated()

@@ -114,6 +114,26 @@ def test_checkpoint_round_trip_identical_logits(tmp_path):
     assert torch.equal(load_checkpoint(path)[0](x), model(x))
 
 
+def test_model_cards_are_typed_and_keep_what_they_do_not_know(tmp_path):
+    """ModelCard reads every field of a card, keeps unknown keys (older or newer cards) and their
+    order, and writes back the same JSON; the typed loaders give the same card as the dict ones."""
+    from cas.checkpoint import ModelCard, load_model_and_card, read_model_card
+
+    model = create_model("resnet18", width=4).eval()
+    d = {**cas.make_card(model, method="at", epsilon=8, accuracy={"clean": 50.0}), "cas_positions": ["layer4_1"]}
+    card = ModelCard.from_dict(d)
+    assert card.arch == "resnet18" and card.cas and card.method == "at" and card.accuracy == {"clean": 50.0}
+    assert card.extra == {"cas_positions": ["layer4_1"]} and card.get("cas_positions") == ["layer4_1"]
+    assert card.to_dict() == d and list(card.to_dict()) == list(d)
+    more = card.updated(merge_dicts=True, accuracy={"pgd20": 30.0}, name="m", heldout_note="new key")
+    assert more.accuracy == {"clean": 50.0, "pgd20": 30.0} and more.name == "m" and card.name is None
+    assert list(more.to_dict())[-2:] == ["name", "heldout_note"]
+    path = save_checkpoint(tmp_path / "m.safetensors", model, more)
+    assert read_model_card(path) == more.updated(dtype="float32")
+    loaded, typed = load_model_and_card(path)
+    assert typed.to_dict() == load_checkpoint(path)[1] and not loaded.training
+
+
 def test_bad_checkpoint_files_give_clear_errors(tmp_path):
     model = create_model("resnet18", width=4)
     good = save_checkpoint(tmp_path / "good.safetensors", model)

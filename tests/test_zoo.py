@@ -14,7 +14,7 @@ import torch
 from cas import AttackSettings, data, load_model, read_card, run_attack
 from cas.attacks import margin
 from cas.stats import channel_statistics, paper_effects, role_of
-from cas.checkpoint import pretrained_dir, pretrained_index
+from cas.checkpoint import pretrained_dir, pretrained_index, read_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_paper_channel_effects_on_the_real_models(test_images):
     stats = {}
     for name in ("std", "at", "at-cas"):
         model = load_model(name)
-        stats[role_of(read_card(ROOT / "pretrained" / INDEX[name]["file"]))] = channel_statistics(
+        stats[role_of(read_model_card(ROOT / "pretrained" / INDEX[name]["file"]))] = channel_statistics(
             model, x[:128], y[:128], "pgd", batch_size=128, name=name)
     effects = paper_effects(stats)
     report = "\n".join(f"  {'HOLDS' if e['holds'] else 'does not hold'}: {e['claim']} ({e['evidence']})"
@@ -205,3 +205,25 @@ def test_until_fooled_changes_no_verdict(attack, test_images):
                 verdict[until] = margin(model(x_adv), y, target if "target" in kw else None) > 0
         assert torch.equal(verdict[False], verdict[True]), kw
         assert 0 < int(verdict[True].sum()) < 32, kw  # some images fall, some stand: pruning did something
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_per_image_seeds_give_the_verdicts_of_one_image_runs(amp, test_images):
+    """PGD-20 on a batch of 4 images with one seed each fools the same images as 4 one-image runs with
+    those seeds (what lets a server batch one-image requests); the points differ only by rounding."""
+    x, y = test_images
+    pick = [28, 31, 0, 6]  # two images PGD-20 breaks, one it does not, one misclassified already
+    x, y = x[pick].float() / 255, y[pick]
+    model = load_model("at-cas")
+    seeds = (11, 22, 33, 44)
+    together = run_attack("pgd", model, x, y, steps=20, amp=amp, seed=seeds)
+    alone = torch.cat([run_attack("pgd", model, x[i:i + 1], y[i:i + 1], steps=20, amp=amp, seed=seed)
+                       for i, seed in enumerate(seeds)])
+    with torch.no_grad():
+        verdicts = [margin(model(v), y) > 0 for v in (together, alone)]
+    print(f"at-cas, PGD-20, 4 images, {'bf16' if amp else 'fp32'} path: largest |x_adv difference| "
+          f"batch vs one-image runs {float((together - alone).abs().max()):.3g} "
+          f"({float((together - alone).abs().max()) * 255:.4f}/255); "
+          f"{int(verdicts[0].sum())} of 4 fooled")
+    assert torch.equal(verdicts[0], verdicts[1])
+    assert 2 <= int(verdicts[0].sum()) <= 3  # the attack did something, and not to every image

@@ -7,6 +7,10 @@ from .vgg import VGG16
 from .wrn import WideResNet, wrn34_10
 
 _REGISTRY = {"resnet18": ResNet18, "vgg16": VGG16, "wrn": WideResNet, "wrn34_10": wrn34_10}
+# the paper's three architectures: what the trainer, the converter and the app offer ("wrn" is the
+# general WideResNet that cards may describe)
+PAPER_ARCHS = ("resnet18", "vgg16", "wrn34_10")
+WIDTH_ARCHS = ("resnet18", "vgg16")  # those whose base width is a setting (``width``)
 
 
 def list_models() -> list[str]:
@@ -24,4 +28,4 @@ def create_model(name: str, **kwargs) -> CASNet:
     return cls(**kwargs)
 
 
-__all__ = ["CASNet", "PointChannels", "ForwardResult", "create_model", "list_models"]
+__all__ = ["PAPER_ARCHS", "WIDTH_ARCHS", "CASNet", "ForwardResult", "PointChannels", "create_model", "list_models"]
