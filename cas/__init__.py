@@ -10,12 +10,22 @@ Public API (everything the app and the command-line tools use):
 * analysis: :mod:`cas.analysis`; losses: :mod:`cas.losses`; data: :mod:`cas.data`.
 """
 from .attacks import ATTACKS, AttackSettings, run_attack
-from .checkpoint import (CheckpointError, ModelCard, available_models, load_checkpoint, load_model, load_model_and_card,
-                         make_card, pretrained_index, read_card, read_model_card, save_checkpoint)
+from .checkpoint import (
+                         CheckpointError,
+                         ModelCard,
+                         available_models,
+                         load_checkpoint,
+                         load_model,
+                         load_model_and_card,
+                         make_card,
+                         pretrained_index,
+                         read_card,
+                         read_model_card,
+                         save_checkpoint,
+)
+from .data import CLASSES
 from .layers import CASModule
 from .models import create_model, list_models
-
-from .data import CLASSES
 
 __all__ = ["ATTACKS", "available_models", "AttackSettings", "CASModule", "CLASSES", "CheckpointError", "create_model",
            "list_models", "load_checkpoint", "load_model", "load_model_and_card", "make_card", "ModelCard",

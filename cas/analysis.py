@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import CASNet, PointChannels, ForwardResult
+from .models import CASNet, ForwardResult, PointChannels
 
 
 @torch.no_grad()

@@ -68,7 +68,6 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import ATTACKS, AttackSettings, margin, run_attack
-from .protocols import PROTOCOLS
 
 ALL = ("silent_success", "incomplete", "unbounded", "zero_gradients", "unstable", "transfer", "square",
        "nondeterministic")
@@ -125,13 +124,10 @@ def _resolve_attack(attack, model):
     function with the attack calling convention."""
     if callable(attack):
         return getattr(attack, "__name__", "attack"), attack, {}, None
-    if attack in PROTOCOLS:
-        p = PROTOCOLS[attack]
-        return attack, p["fn"], dict(p["preset"]), attack
     if attack in ATTACKS:
         spec = ATTACKS[attack].for_model(model)
         return spec.name, spec.fn, dict(spec.preset), spec.name
-    raise ValueError(f"unknown attack {attack!r}; available: {', '.join([*ATTACKS, *PROTOCOLS])}")
+    raise ValueError(f"unknown attack {attack!r}; available: {', '.join(ATTACKS)}")
 
 
 def _run(fn, model, x, y, s, progress=None):
@@ -139,7 +135,7 @@ def _run(fn, model, x, y, s, progress=None):
 
 
 def _surrogate_fn(name, fn, surrogate):
-    if name is None or name in PROTOCOLS:
+    if name is None:
         return fn
     return ATTACKS[name].for_model(surrogate).fn
 
@@ -575,7 +571,7 @@ def main(argv=None):
                                  description="Indicators of attack failure for one model and attack, on the "
                                              "first N images of the fixed test subset.")
     ap.add_argument("model", help="a bundled model name (at-cas) or a checkpoint path")
-    ap.add_argument("--attack", default="pgd", help=f"one of {', '.join([*ATTACKS, *PROTOCOLS])}")
+    ap.add_argument("--attack", default="pgd", help=f"one of {', '.join(ATTACKS)}")
     ap.add_argument("--n", type=int, default=200, help="images")
     ap.add_argument("--surrogate", default=None, help="model to transfer from (e.g. at for at-cas)")
     ap.add_argument("--indicators", default=",".join(ALL), help="comma-separated")

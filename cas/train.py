@@ -29,12 +29,12 @@ from tqdm import tqdm
 
 from . import data as cdata
 from .attacks import ATTACKS
-from .cli import HelpFormatter
 from .checkpoint import ModelCard, atomic_write, save_checkpoint, update_card
+from .cli import HelpFormatter
 from .losses import METHODS, RECIPES, LossConfig, perturb, training_loss
+from .models import PAPER_ARCHS, WIDTH_ARCHS, create_model
 from .precision import autocast, fast_bf16
 from .runs import RunFolder
-from .models import PAPER_ARCHS, WIDTH_ARCHS, create_model
 
 
 def _opt(default, help: str, choices: tuple | None = None):

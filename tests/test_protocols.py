@@ -1,4 +1,4 @@
-"""The authors' evaluation protocol (cas.protocols) against an independent plain-torch reading of it:
+"""The authors' evaluation protocol (cas.attacks.protocols) against an independent plain-torch reading of it:
 PGD-20 / CW of 0.003 within 0.031, unclipped uniform start, final + 2 x mean auxiliary loss with
 argmax masks, signed steps, projection then clip to [0, 1], last iterate."""
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cas import AttackSettings, create_model
-from cas.protocols import AUTHORS_SETTINGS, PROTOCOLS, authors_cw, authors_pgd
+from cas.attacks import ATTACKS, AUTHORS_SETTINGS, authors_cw, authors_pgd
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def batch():
 
 
 def reference(model, X, y, kind, seed, eps=0.031, steps=20, step=0.003, beta=2.0, chunk=None):
-    """Written from the protocol's description, not from cas.protocols."""
+    """Written from the protocol's description, not from cas.attacks.protocols."""
     gen = torch.Generator().manual_seed(seed)
     X_pgd = X.clone() + torch.empty(X.shape).uniform_(-eps, eps, generator=gen)
     for _ in range(steps):
@@ -61,7 +61,7 @@ def test_same_points_as_an_independent_reading(cas_model, batch, kind, fn):
     x, y = batch
     state = {k: v.clone() for k, v in cas_model.state_dict().items()}
     for seed in (0, 7):
-        ours = fn(cas_model, x, y, AttackSettings(**{**PROTOCOLS[f"authors_{kind}"]["preset"], "seed": seed}))
+        ours = fn(cas_model, x, y, AttackSettings(**{**ATTACKS[f"authors_{kind}"].preset, "seed": seed}))
         ref = reference(cas_model, x, y, kind, seed)
         assert torch.equal(ours, ref), f"{kind}, seed {seed}: max difference {(ours - ref).abs().max()}"
     assert not cas_model.training

@@ -130,14 +130,14 @@ def default_model(available: list[dict]) -> str | None:
 def _first_image(path: str, mtime_ns: int) -> int | None:
     from cas.data import DataNotFoundError
 
-    from . import images, lab
+    from . import image_attack, images
 
     model, _ = _load_path(path, mtime_ns)
     try:
         x, y = images.cifar_test()
     except DataNotFoundError:
         return None
-    return lab.first_view_index(model, x, y)
+    return image_attack.first_view_index(model, x, y)
 
 
 def first_image(available: list[dict]) -> int:

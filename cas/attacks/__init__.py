@@ -25,12 +25,14 @@ The package, one job per module:
 * :mod:`.engine`: :func:`pgd_loop`, projected gradient ascent, with its bookkeeping;
 * :mod:`.gradient`: FGSM, PGD, PGD-L2, CW-Linf, joint PGD and soft-mask PGD;
 * :mod:`.external`: Square, AutoAttack and adaptive AutoAttack (package ``pyautoattack``);
+* :mod:`.protocols`: the CAS authors' own evaluation (their PGD-20 and CW), what the paper measured with;
 * :mod:`.registry`: :class:`Knob`, :class:`AttackSpec`, :data:`ATTACKS` and :func:`run_attack`.
 """
 from .engine import JUDGE_TOLERANCE, pgd_loop
 from .external import AUTOATTACK_VERSIONS, TEMPERATURES, adaptive_autoattack, autoattack, square
 from .gradient import cw_linf, fgsm, joint_pgd, pgd, pgd_l2, soft_mask_pgd
 from .objectives import margin, obj_ce, obj_cw, obj_joint, obj_soft
+from .protocols import AUTHORS_BATCH, AUTHORS_SCHEDULE, AUTHORS_SETTINGS, authors_cw, authors_pgd
 from .registry import (
     ATTACKS,
     FGSM_STEP,
@@ -51,9 +53,9 @@ from .registry import (
 from .settings import AUTO_STEP, AttackSettings, auto_step_size
 
 __all__ = [
-    "ATTACKS", "AUTOATTACK_VERSIONS", "AUTO_STEP", "FGSM_STEP", "ITERATIVE_KNOBS", "JUDGE_TOLERANCE",
+    "ATTACKS", "AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "AUTOATTACK_VERSIONS", "AUTO_STEP", "FGSM_STEP", "ITERATIVE_KNOBS", "JUDGE_TOLERANCE",
     "L2_EPS", "L2_STEP", "LINF_EPS", "LINF_STEP", "QUERIES", "RANDOM_START", "SEED", "STEPS", "TARGET",
     "TEMPERATURES", "AttackSettings", "AttackSpec", "Knob", "adaptive_autoattack", "auto_step_size",
-    "autoattack", "cw_linf", "fgsm", "joint_pgd", "margin", "obj_ce", "obj_cw", "obj_joint", "obj_soft",
+    "authors_cw", "authors_pgd", "autoattack", "cw_linf", "fgsm", "joint_pgd", "margin", "obj_ce", "obj_cw", "obj_joint", "obj_soft",
     "pgd", "pgd_l2", "pgd_loop", "run_attack", "soft_mask_pgd", "square",
 ]

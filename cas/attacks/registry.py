@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .external import adaptive_autoattack, autoattack, square
 from .gradient import cw_linf, fgsm, joint_pgd, pgd, pgd_l2, soft_mask_pgd
+from .protocols import AUTHORS_SCHEDULE, authors_cw, authors_pgd
 from .settings import AttackSettings
 
 
@@ -70,6 +71,8 @@ TARGET = Knob("target", "target", "class", 0, 9, None, name="target class")
 SEED = Knob("seed", "seed", "int", 0, 2**31 - 1, 0, name="seed")
 QUERIES = Knob("queries", "queries", "int", 10, 10_000, 300, unit="model evaluations", name="queries")
 ITERATIVE_KNOBS = (LINF_EPS, STEPS, LINF_STEP, RANDOM_START, TARGET, SEED)
+# the authors' protocol: their budget (0.031, just under 8/255) and seed; the schedule is theirs, fixed
+AUTHORS_EPS = replace(LINF_EPS, default=round(AUTHORS_SCHEDULE["eps"] * 255, 4))
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,17 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                (LINF_EPS, SEED), needs_cas=True, fallback="autoattack", sees_mask=True, gradient=False,
                untargeted_only=True, interactive=False, card_key="adaptive_autoattack",
                column="adaptive AutoAttack", strength=4),
+    # what the paper's numbers were measured with: their schedule, loss and last iterate (see .protocols)
+    AttackSpec("authors_pgd", authors_pgd, "Authors' PGD-20 (the paper's protocol)",
+               "the CAS authors' own evaluation: 20 steps of 0.003 within 0.031 on the final + 2 x mean "
+               "auxiliary cross-entropy, last iterate, as the paper's PGD-20 numbers were measured",
+               (AUTHORS_EPS, SEED), gradient=False, untargeted_only=True, card_key="authors_pgd20",
+               column="authors' PGD-20", preset=dict(AUTHORS_SCHEDULE)),
+    AttackSpec("authors_cw", authors_cw, "Authors' CW (the paper's protocol)",
+               "the CAS authors' own CW evaluation: the same schedule on the margin loss of the final + 2 x "
+               "mean auxiliary heads, clipped per batch of 200, last iterate, as the paper's CW numbers were "
+               "measured", (AUTHORS_EPS, SEED), gradient=False, untargeted_only=True, card_key="authors_cw",
+               column="authors' CW", preset=dict(AUTHORS_SCHEDULE)),
 ]}
 
 

@@ -1,7 +1,7 @@
 """Model registry: ``create_model(name, **kwargs)`` and ``list_models()``."""
 from __future__ import annotations
 
-from .base import CASNet, PointChannels, ForwardResult
+from .base import CASNet, ForwardResult, PointChannels
 from .resnet import ResNet18
 from .vgg import VGG16
 from .wrn import WideResNet, wrn34_10

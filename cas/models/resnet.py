@@ -1,8 +1,8 @@
 """CIFAR ResNet-18 (3x3 stem, no max-pool) with optional CAS modules."""
 from __future__ import annotations
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .base import CASNet
 

@@ -36,8 +36,9 @@ every attack here they never change the model's mode: call ``model.eval()`` firs
 evaluation did. On a model without CAS heads the auxiliary term is absent (their code would
 divide by zero): the attack is PGD on the final cross-entropy (or margin) alone.
 
-``PROTOCOLS`` holds what the attack registry needs for each function (label, description,
-evaluation preset, card key and column), so registering them is a loop over that dict.
+Both are attacks of the registry (``cas.ATTACKS``: ``authors_pgd`` and ``authors_cw``), kept apart from the
+project's own ``joint_pgd``, which uses the same loss with the evaluator's larger steps and keeps each
+image's best point.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from .attacks import AttackSettings
+from .settings import AttackSettings
 
 # their exact schedule (argparse defaults of the evaluation script, called with beta = 2)
 AUTHORS_SCHEDULE = {"eps": 0.031, "steps": 20, "step_size": 0.003, "random_start": True, "aux_weight": 2.0}
@@ -141,19 +142,4 @@ def authors_cw(model, x, y, settings: AttackSettings | None = None, progress=Non
 # registry data: one entry per attack, in the fields of cas.attacks.AttackSpec (knobs: the iterative ones
 # without the target). ``gradient`` is False because these take one budget for all images (no per-image
 # eps curves, no bf16 path); ``strength`` is None: a last-iterate attack is not ranked against PGD.
-PROTOCOLS: dict[str, dict] = {
-    "authors_pgd": {
-        "fn": authors_pgd, "label": "Authors' PGD-20 (paper protocol)",
-        "description": "the CAS authors' evaluation: PGD-20 of 0.003 within 0.031 on final + 2 x mean "
-                       "auxiliary cross-entropy, last iterate (what the paper's PGD numbers used)",
-        "card_key": "authors_pgd20", "column": "authors' PGD-20", "preset": dict(AUTHORS_SCHEDULE),
-        "untargeted_only": True, "gradient": False, "strength": None},
-    "authors_cw": {
-        "fn": authors_cw, "label": "Authors' CW-Linf (paper protocol)",
-        "description": "the CAS authors' evaluation: the same schedule on the clipped margin loss of the "
-                       "final + 2 x mean auxiliary heads, last iterate (what the paper's CW numbers used)",
-        "card_key": "authors_cw", "column": "authors' CW-Linf", "preset": dict(AUTHORS_SCHEDULE),
-        "untargeted_only": True, "gradient": False, "strength": None},
-}
-
-__all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "PROTOCOLS", "authors_cw", "authors_pgd"]
+__all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "authors_cw", "authors_pgd"]
