@@ -8,9 +8,14 @@ identifies the exact weights, the image by its digest, and the attack and its se
 the objects it names (the loaded model, the pixels), and returns a plain result (numpy arrays,
 dataclasses of numbers). The request is the result's key: the same request never computes twice.
 
-Results are kept per browser session, so that changing a chart option never re-runs an attack. Each
-kind of result has its own store and budget (:data:`STORES`), so that many quick Attack Lab results
-never push out a Channel statistics run or a Robustness evaluation that took minutes.
+Results are shared by every session of the server (:data:`SHARED`, :class:`app.common.sharing.SharedResults`):
+a request is computed once, identical requests that arrive meanwhile wait for that computation, and a
+class that opens the same lecture step computes it once. Each kind of result has its own store and
+byte budget, so that many quick Attack Lab results never push out a Channel statistics run or a
+Robustness evaluation that took minutes. Each session also keeps the results it has shown (a bounded
+number, :data:`STORES`), so that changing a chart option never asks again. One-image attacks of many
+sessions that wait at the same time run as one batch (:data:`ATTACK_QUEUE`), each image exactly as it
+would run alone; a visitor who waits behind others is told how many and for about how long.
 
 Progress is shown at the edge: a function given ``display`` calls ``display(text)`` when (and only
 when) it starts computing, and gets back ``(update(fraction, text), close())``
@@ -18,8 +23,10 @@ when) it starts computing, and gets back ``(update(fraction, text), close())``
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +39,7 @@ from cas.precision import all_cores, threads
 
 from . import image_attack, images
 from .image_attack import AttackChoice, LabResult
+from .sharing import BatchQueue, SharedResults
 
 Update = Callable[[float, str], None]
 Display = Callable[[str], tuple[Update, Callable[[], None]]]
@@ -42,7 +50,11 @@ STORES = {
     "stats": 8,          # Channel statistics: one model on hundreds of images each
     "robustness": None,  # Robustness evaluations and curves: minutes of work each, small results
 }
-COUNTER = "_lab_computations"  # session-state key counting the computations of every store (tests read it)
+MB = 2**20
+# store -> the server's shared results (bounded in bytes; a result is a few tens of kB for one image,
+# a few MB for Channel statistics, a few kB for an evaluation)
+SHARED = {"lab": SharedResults(256 * MB), "stats": SharedResults(256 * MB), "robustness": SharedResults(32 * MB)}
+COUNTER = "_lab_computations"  # session-state key counting the results each session obtained (tests read it)
 
 
 def store_key(store: str) -> str:
@@ -51,14 +63,16 @@ def store_key(store: str) -> str:
 
 
 def cached(key, compute: Callable[[], object], store: str = "lab"):
-    """Return the result stored under ``key`` in this session's ``store`` (one of :data:`STORES`),
-    computing it on first use. ``st.session_state[COUNTER]`` counts the computations."""
+    """Return the result of ``key`` from this session's ``store`` (one of :data:`STORES`), else from
+    the server's shared one (:data:`SHARED`), computing it there on first use. ``key`` must say
+    everything the result depends on. ``st.session_state[COUNTER]`` counts the results this session
+    obtained (computed here or by another session)."""
     limit = STORES[store]
     results = st.session_state.setdefault(store_key(store), OrderedDict())
     if key in results:
         results.move_to_end(key)
         return results[key]
-    value = compute()
+    value = SHARED[store].get(key, compute)
     st.session_state[COUNTER] = st.session_state.get(COUNTER, 0) + 1
     results[key] = value
     while limit is not None and len(results) > limit:
@@ -105,14 +119,94 @@ def attack_image(request: ImageRequest, model, x: np.ndarray, x_adv: np.ndarray 
     names; ``x_adv``: the transferred adversarial image when ``request.crafted_on`` is set). ``title``
     names the image in the progress text. Raises ``ValueError`` for settings the library refuses."""
     choice = request.choice
+    choice.validate()  # a refused setting never reaches the queue or the stores
     text = f"{image_attack.attack_label(choice.attack)} on {title}"
+    if x_adv is not None or choice.attack == image_attack.NONE:  # no attack: one cheap forward, here
+        return cached(request, lambda: image_attack.attack_image(model, x, choice, request.label, x_adv=x_adv))
+    return cached(request, lambda: _run(display, text, lambda update: _queued(request, model, x, text, update)))
 
-    def work(update: Update) -> LabResult:
-        return image_attack.attack_image(
-            model, x, choice, request.label, x_adv=x_adv,
-            progress=lambda done, total: update(done / max(total, 1), f"{text}: step {done} of {total}"))
 
-    return cached(request, lambda: _run(display, text, work))
+@dataclass(frozen=True)
+class _Queued:
+    """One image's attack waiting in :data:`ATTACK_QUEUE`."""
+
+    model: object
+    x: np.ndarray
+    label: int | None
+    choice: AttackChoice
+
+
+def _attack_batch(group, requests: list[_Queued]) -> list[LabResult]:
+    first = requests[0]
+    progress = _PROGRESS.setdefault(group, [0, 1])
+
+    def report(done: int, total: int) -> None:
+        progress[:] = [done, max(total, 1)]
+
+    try:
+        return image_attack.attack_images(first.model, [r.x for r in requests], first.choice,
+                                          [r.label for r in requests], [r.choice.get("seed") for r in requests],
+                                          progress=report)
+    finally:
+        _PROGRESS.pop(group, None)
+
+
+ATTACK_QUEUE = BatchQueue(_attack_batch, max_batch=64, name="cas-attack-batches")
+_PROGRESS: dict = {}  # group -> [done, total] of the batch running now (read by the waiting pages)
+POLL_SECONDS = 0.1
+
+
+def _group(request: ImageRequest):
+    """What can run in one batch with ``request``: the same model, attack and settings but the seed
+    (each image keeps its own); an attack that draws its randomness for the whole batch runs alone."""
+    choice = request.choice
+    if choice.attack in image_attack.BATCHED:
+        return (request.model, choice.attack, tuple((k, v) for k, v in choice.values if k != "seed"))
+    return (request.model, request.image, request.label, choice.key())
+
+
+def _queued(request: ImageRequest, model, x: np.ndarray, text: str, update: Update) -> LabResult:
+    """Submit the attack to the queue (or join the same request already there, whose visitor may have
+    left) and wait for it, telling the visitor what it waits for."""
+    with _IN_FLIGHT_LOCK:
+        ticket = _IN_FLIGHT.get(request)
+        if ticket is None:
+            ticket = _IN_FLIGHT[request] = ATTACK_QUEUE.submit(
+                _group(request), _Queued(model, x, request.label, request.choice))
+            ticket.future.add_done_callback(lambda _: _forget(request))
+    shown = None
+    while not futures.wait([ticket.future], timeout=POLL_SECONDS).done:
+        state = _waiting(ticket, text)
+        if state != shown:
+            update(*state)
+            shown = state
+    return ticket.future.result()
+
+
+_IN_FLIGHT: dict = {}  # request -> its ticket, while it waits or runs
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def _forget(request: ImageRequest) -> None:
+    with _IN_FLIGHT_LOCK:
+        _IN_FLIGHT.pop(request, None)
+
+
+def _waiting(ticket, text: str) -> tuple[float, str]:
+    """(fraction done, text) for a visitor whose attack waits in the queue or runs in a batch."""
+    others = ATTACK_QUEUE.others(ticket)
+    if ticket.future.running():
+        done, total = _PROGRESS.get(ticket.group, (0, 1))
+        note = f"{text}: step {done} of {total}"
+        return done / total, note + (f" ({_others(others)} in the same batch)" if others else "")
+    seconds = ATTACK_QUEUE.expected_seconds(ticket)
+    wait = f": about {seconds:.0f} s" if seconds is not None and seconds >= 1 else ""
+    return 0.0, f"{_others(others)}{wait}. {text} starts next."
+
+
+def _others(n: int) -> str:
+    """"3 other visitors are attacking" (the words the class-server test knows as volatile)."""
+    return f"{n} other visitor is attacking" if n == 1 else f"{n} other visitors are attacking"
 
 
 def own_choice(choice: AttackChoice, model) -> tuple[AttackChoice, str]:

@@ -72,6 +72,12 @@ class AttackChoice:
         """The value of setting ``key`` (e.g. ``"eps"``), or ``default`` if this attack has none."""
         return dict(self.values).get(key, default)
 
+    def with_seed(self, seed) -> "AttackChoice":
+        """The same choice with another seed (an attack without one is returned unchanged)."""
+        if self.get("seed") is None or seed is None:
+            return self
+        return AttackChoice(self.attack, **{**dict(self.values), "seed": int(seed)})
+
     def key(self) -> tuple:
         """A hashable summary of the attack and its settings (keys cached results)."""
         return (self.attack, self.values)
@@ -199,28 +205,59 @@ def predict(model, x: torch.Tensor) -> int:
 
 
 def attack_image(model, x_uint8: np.ndarray, choice: AttackChoice, label: int | None = None,
-            progress: Callable[[int, int], None] | None = None, x_adv: np.ndarray | None = None) -> LabResult:
+                 progress: Callable[[int, int], None] | None = None, x_adv: np.ndarray | None = None) -> LabResult:
     """Attack one image and measure its channels.
 
     ``x_uint8``: the image (3, 32, 32). ``label``: its real class, or None to attack the model's own
     clean prediction. ``progress(done, total)`` is called during the attack. ``x_adv``: an adversarial
     image made elsewhere (transfer from another model): then no attack runs here.
     Raises ``ValueError`` for invalid settings (before any work is done)."""
+    if x_adv is None:
+        return attack_images(model, [x_uint8], choice, [label], [choice.get("seed")], progress)[0]
     choice.validate()
-    x = torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(255).unsqueeze(0)
-    known = label is not None
+    x = _pixels(x_uint8)
     with threads(SINGLE_IMAGE_THREADS):
-        y = torch.tensor([label if known else predict(model, x)])
+        y = label if label is not None else predict(model, x)
+        adv = torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).unsqueeze(0)
+        return _result(model, x, adv, y, label is not None, choice, 0.0)
+
+
+BATCHED = frozenset(name for name, spec in cas.ATTACKS.items() if spec.gradient)  # take one seed per image
+
+
+def attack_images(model, xs_uint8: list[np.ndarray], choice: AttackChoice, labels: list[int | None],
+                  seeds: list[int | None], progress: Callable[[int, int], None] | None = None) -> list[LabResult]:
+    """:func:`attack_image` for several images under the same attack and schedule, each with its own
+    label and seed, in one batched attack where the attack allows it (:data:`BATCHED`). Each image's
+    result is exactly the one it gets alone: its random start comes from its own seed, and its
+    predictions and channels come from a forward of its own two images."""
+    choice.validate()
+    if len(seeds) > 1 and choice.attack not in BATCHED and choice.attack != NONE:
+        raise ValueError(f"{choice.attack} runs one image at a time")
+    xs = torch.cat([_pixels(x) for x in xs_uint8])
+    n = len(xs)
+    with threads(SINGLE_IMAGE_THREADS if n == 1 else all_cores()):
+        ys = torch.tensor([lb if lb is not None else predict(model, xs[i:i + 1]) for i, lb in enumerate(labels)])
         start = time.perf_counter()
-        if x_adv is not None:
-            adv = torch.from_numpy(np.asarray(x_adv, dtype=np.float32)).unsqueeze(0)
-        elif choice.attack == NONE:
-            adv = x.clone()
+        if choice.attack == NONE:
+            adv = xs.clone()
         else:
-            adv = cas.run_attack(choice.attack, model, x, y, progress=progress, **choice.library_kwargs())
-        seconds = time.perf_counter() - start
-        probs, modules = _views(model, x, adv.float())
-    return LabResult(x[0].numpy(), adv[0].float().numpy(), int(y[0]), known, choice, probs, modules, seconds)
+            kwargs = choice.library_kwargs()
+            if choice.attack in BATCHED:
+                kwargs["seed"] = seeds[0] if n == 1 else tuple(int(s) for s in seeds)
+            adv = cas.run_attack(choice.attack, model, xs, ys, progress=progress, **kwargs)
+        seconds = (time.perf_counter() - start) / n
+        return [_result(model, xs[i:i + 1], adv[i:i + 1].float(), int(ys[i]), labels[i] is not None,
+                        choice if n == 1 else choice.with_seed(seeds[i]), seconds) for i in range(n)]
+
+
+def _pixels(x_uint8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x_uint8)).float().div(255).unsqueeze(0)
+
+
+def _result(model, x, adv, y: int, known: bool, choice: AttackChoice, seconds: float) -> LabResult:
+    probs, modules = _views(model, x, adv)
+    return LabResult(x[0].numpy(), adv[0].float().numpy(), int(y), known, choice, probs, modules, seconds)
 
 
 def first_view_index(model, x_all: np.ndarray, y_all: np.ndarray, choice: AttackChoice = AttackChoice(),

@@ -93,10 +93,29 @@ def card_line(card: dict, description: str = "") -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=8)
-def _load_path(path: str, mtime_ns: int):
-    """Load a checkpoint once per (path, modification time) for the whole server; in channels_last
-    memory format where the CPU does bf16 natively (the attacks' fast path), before anyone shares it."""
-    return _prepared(*cas.load_checkpoint(path, device="cpu"))
+def _load_path(path: str, version: tuple):
+    """Load a checkpoint once per (path, :func:`file_version`) for the whole server; in channels_last
+    memory format where the CPU does bf16 natively (the attacks' fast path), before anyone shares it.
+    Returns (model, card, digest of the file's bytes): results are keyed on the weights, so a model
+    replaced under the same name never gets another model's results."""
+    digest = file_digest(path)
+    return (*_prepared(*cas.load_checkpoint(path, device="cpu")), digest)
+
+
+def file_version(path) -> tuple:
+    """What changes whenever a file's bytes may have: its inode, size, modification time and status
+    change time (which, unlike the modification time, no program can set back)."""
+    st_ = os.stat(path)
+    return (st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns)
+
+
+def file_digest(path) -> str:
+    """The first 24 hex digits of the SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:24]
 
 
 def _prepared(model, card):
@@ -112,9 +131,8 @@ def load_from_path(path: str | Path, name: str | None = None, label: str | None 
         raise cas.CheckpointError(f"checkpoint not found: {p}")
     if p.is_dir():
         raise cas.CheckpointError(f"{p} is a folder, not a checkpoint file")
-    mtime = p.stat().st_mtime_ns
-    model, card = _load_path(str(p.resolve()), mtime)
-    return LoadedModel(f"{p.resolve()}@{mtime}", name, label or name or p.name, model, card)
+    model, card, digest = _load_path(str(p.resolve()), file_version(p))
+    return LoadedModel(f"weights:{digest}", name, label or name or p.name, model, card)
 
 
 FIRST_MODEL = "at-cas"  # the Attack Lab opens on this bundled model when it is installed
@@ -127,12 +145,12 @@ def default_model(available: list[dict]) -> str | None:
 
 
 @st.cache_resource(show_spinner="Choosing a first image…", max_entries=4)
-def _first_image(path: str, mtime_ns: int) -> int | None:
+def _first_image(path: str, version: tuple) -> int | None:
     from cas.data import DataNotFoundError
 
     from . import image_attack, images
 
-    model, _ = _load_path(path, mtime_ns)
+    model, _, _ = _load_path(path, version)
     try:
         x, y = images.cifar_test()
     except DataNotFoundError:
@@ -148,7 +166,7 @@ def first_image(available: list[dict]) -> int:
     if entry is None:
         return 0
     try:
-        idx = _first_image(str(Path(entry["path"]).resolve()), Path(entry["path"]).stat().st_mtime_ns)
+        idx = _first_image(str(Path(entry["path"]).resolve()), file_version(entry["path"]))
     except (cas.CheckpointError, OSError):
         return 0
     return 0 if idx is None else idx
@@ -218,4 +236,4 @@ def load_from_upload(filename: str, data: bytes) -> LoadedModel:
     except cas.CheckpointError as e:
         # the messages name the temporary file: name the user's file instead
         raise cas.CheckpointError(str(e).replace(f"{digest}.safetensors", filename)) from None
-    return LoadedModel(f"upload:{digest}", None, filename, model, card)
+    return LoadedModel(f"weights:{digest}", None, filename, model, card)
