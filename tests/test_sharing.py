@@ -165,3 +165,28 @@ def test_waiting_visitors_are_told_how_many_others_and_how_long():
     t = queue.submit("m", 9)
     assert t.future.result(5) == 9
     assert queue.expected_seconds(t) is not None
+
+
+def test_shared_figures_are_built_once_per_content_and_mode():
+    from app.common.sharing import SharedFigures
+
+    built, mode = [], ["normal"]
+
+    class Result:  # a result object: counted by identity
+        values = np.arange(5.0)
+
+    def build(result, order, title="t"):
+        built.append(1)
+        return {"data": [float(result.values.sum())], "order": list(order), "title": title, "mode": mode[0]}
+
+    share = SharedFigures(10**7).share(build, mode=lambda: mode[0])
+    result = Result()
+    a = share(result, np.array([2, 1, 0]))
+    b = share(result, np.array([2, 1, 0]))  # a new array with the same content
+    assert a is b and len(built) == 1
+    assert share(result, np.array([0, 1, 2])) is not a and len(built) == 2  # other content: another figure
+    assert share(Result(), np.array([2, 1, 0])) is not a  # another result object
+    assert share(result, np.array([2.0, 1.0, 0.0])) is not a  # arrays count by dtype and content
+    mode[0] = "presentation"
+    assert share(result, np.array([2, 1, 0]))["mode"] == "presentation"
+    assert share(result, np.array([2, 1, 0]), title="u")["title"] == "u"

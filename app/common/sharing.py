@@ -19,6 +19,8 @@ same name never gets another model's results.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import sys
 import threading
 import time
@@ -62,8 +64,9 @@ class SharedResults:
     left: Streamlit stops a script with an exception that is not an ``Exception``) hands the work to
     the next waiting thread. Values larger than the whole budget are returned but not kept."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, size: Callable[[object], int] = nbytes):
         self.max_bytes = int(max_bytes)
+        self.size = size
         self._lock = threading.Lock()
         self._values: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._running: dict[Hashable, Future] = {}
@@ -115,7 +118,7 @@ class SharedResults:
                 del self._running[key]
             future.set_exception(_Interrupted())
             raise
-        size = nbytes(value)
+        size = self.size(value)
         with self._lock:
             del self._running[key]
             self.computations += 1
@@ -255,3 +258,52 @@ class BatchQueue:
         self.batches = (self.batches + [len(live)])[-256:]
         for t, result in zip(live, results):
             t.future.set_result(result)
+
+
+# -- figures -------------------------------------------------------------------------------------------
+
+def _token(value, refs: list):
+    """A hashable stand-in for a figure builder's argument: plain values as they are, arrays and
+    containers by their content, anything else (a result) by its identity, kept alive in ``refs``
+    with the figure so that the identity cannot be reused while the figure is stored."""
+    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return value
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, hashlib.blake2b(np.ascontiguousarray(value).tobytes(),
+                                                                       digest_size=16).hexdigest())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_token(v, refs) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((_token(k, refs), _token(v, refs)) for k, v in value.items()))
+    refs.append(value)
+    return ("id", id(value))
+
+
+def _figure_bytes(item) -> int:
+    _, fig = item
+    try:
+        return len(fig.to_json())
+    except Exception:  # noqa: BLE001 - not a Plotly figure: count it as a small one
+        return 100_000
+
+
+class SharedFigures:
+    """Figures every visitor of a page sees, built once for the whole server.
+
+    ``share(builder, mode)`` returns ``builder`` keyed on its name, its arguments (see :func:`_token`)
+    and ``mode()`` (e.g. whether presentation mode enlarges the fonts). A figure returned by a shared
+    builder is shared by every session: draw it, never change it."""
+
+    def __init__(self, max_bytes: int):
+        self.store = SharedResults(max_bytes, size=_figure_bytes)
+
+    def share(self, builder: Callable, mode: Callable[[], Hashable] = lambda: None) -> Callable:
+        @functools.wraps(builder)
+        def shared(*args, **kwargs):
+            refs: list = []
+            key = (builder.__module__, builder.__qualname__, _token(args, refs),
+                   _token(dict(sorted(kwargs.items())), refs), mode())
+            return self.store.get(key, lambda: (refs, builder(*args, **kwargs)))[1]
+
+        shared.build = builder  # the builder itself, for tests and for figures a page changes
+        return shared
