@@ -130,8 +130,8 @@ def _resolve_attack(attack, model):
     raise ValueError(f"unknown attack {attack!r}; available: {', '.join(ATTACKS)}")
 
 
-def _run(fn, model, x, y, s, progress=None):
-    return fn(model, x, y, s, progress=progress)
+def _run(fn, model, x, y, s, progress=None, **kw):
+    return fn(model, x, y, s, progress=progress, **kw)
 
 
 def _surrogate_fn(name, fn, surrogate):
@@ -461,7 +461,8 @@ def _deterministic(model, x, k):
 def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "pgd",
              settings: AttackSettings | None = None, surrogate=None, indicators=ALL,
              subsets: dict | None = None, seed: int = 0,
-             progress: Callable[[str], None] | None = None, cache: dict | None = None) -> list[Indicator]:
+             progress: Callable[[str], None] | None = None, cache: dict | None = None,
+             attack_kwargs: dict | None = None, returned: dict | None = None) -> list[Indicator]:
     """Run ``attack`` (a registry name such as ``"pgd"``, ``"joint_pgd"``, ``"authors_pgd"``, or a
     function ``fn(model, x, y, settings, progress=None)``) on images ``x`` (float in [0, 1]) with
     labels ``y``, watched, and return the indicators named in ``indicators`` (see the module text),
@@ -471,7 +472,9 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     model, the baseline of the same training method). ``subsets`` overrides ``DEFAULT_SUBSETS``.
     ``progress(key)`` is called before each check. ``cache``: a dict to share between calls on the *same
     model and images* (e.g. one per model in an evaluation of several attacks): Square's verdict on an
-    image is then computed once, whichever attack failed on it."""
+    image is then computed once, whichever attack failed on it. ``attack_kwargs``: extra keywords of the
+    watched run (AutoAttack's ``version``). ``returned``: a dict that receives the watched run's points
+    (``"x_adv"``), which are exactly what the attack returns unwatched, so an evaluation can count them."""
     unknown = [k for k in indicators if k not in ALL]
     if unknown:
         raise ValueError(f"unknown indicator(s) {', '.join(map(str, unknown))}; choose from {', '.join(ALL)}")
@@ -495,8 +498,10 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     t0 = time.time()
     eps = float(s.eps.max()) if isinstance(s.eps, torch.Tensor) else float(s.eps)
     rec = QueryRecorder(model, x, y, eps)
-    x_adv = _run(fn, rec, x, y, s)
+    x_adv = _run(fn, rec, x, y, s, **(attack_kwargs or {}))
     rec.flush()
+    if returned is not None:
+        returned["x_adv"] = x_adv
     fooled_ret = _fooled(model, x_adv, y)
     attack_seconds = round(time.time() - t0, 2)
     if "silent_success" in want:
