@@ -66,26 +66,34 @@ def _percent(v) -> str:
     return f"{v:.0f}%" if isinstance(v, (int, float)) else "?"
 
 
-def card_line(card: dict, description: str = "") -> str:
-    """One line about a model: training method, CAS or not, architecture, clean/robust accuracy."""
-    method = str(card.get("method", "?")).upper()
-    kind = "with CAS" if card.get("cas") else "no CAS"
-    arch = card.get("arch", "?")
-    width = (card.get("arch_kwargs") or {}).get("width")
-    arch_text = f"{arch}" + (f" (width {width})" if width else "")
+def card_of(card) -> cas.ModelCard:
+    """A model card, typed: a :class:`cas.ModelCard` as it is, a card's JSON mapping converted."""
+    return card if isinstance(card, cas.ModelCard) else cas.ModelCard.from_dict(dict(card or {}))
+
+
+def card_line(card, description: str = "") -> str:
+    """One line about a model: training method, CAS or not, architecture, clean/robust accuracy, each
+    accuracy under its column name (PGD-20, adaptive AutoAttack, worst case)."""
+    from cas.robustness import column
+
+    card = card_of(card)
+    method = str(card.method or "?").upper()
+    kind = "with CAS" if card.cas else "no CAS"
+    width = (card.arch_kwargs or {}).get("width")
+    arch_text = f"{card.arch or '?'}" + (f" (width {width})" if width else "")
     parts = [f"{method} training, {kind}, {arch_text}"]
-    acc = card.get("accuracy") or {}
+    acc = card.accuracy or {}
     if acc:
         clean = acc.get("clean", acc.get("natural"))
         robust = {k: v for k, v in acc.items()
                   if k not in ("clean", "natural") and isinstance(v, (int, float))}
         text = f"clean {_percent(clean)}" if clean is not None else ""
         if robust:
-            text += ("; " if text else "") + ", ".join(f"{k} {_percent(v)}" for k, v in robust.items())
+            text += ("; " if text else "") + ", ".join(f"{column(k)} {_percent(v)}" for k, v in robust.items())
         if text:
             parts.append("accuracy: " + text)
     else:
-        held = card.get("heldout") or {}
+        held = card.heldout or {}
         if isinstance(held.get("heldout_clean"), (int, float)):
             parts.append(f"held-out clean accuracy {_percent(held['heldout_clean'])}")
     line = " · ".join(parts)
