@@ -104,3 +104,15 @@ def test_a_damaged_partial_result_is_run_again(tmp_path, text):
     (tmp_path / "fgsm.json").write_text(text)
     again = evaluate(model, x, y, config, out=tmp_path)
     assert again.resumed == ["clean"] and again.accuracy == first.accuracy
+
+
+def test_the_report_shows_each_attacks_indicators():
+    from cas.cards import ModelCard
+    from cas.report import render
+
+    model, x, y, _ = _setup()
+    res = evaluate(model, x, y, EvalConfig(["fgsm", "authors_pgd"], batch_size=5, device="cpu", amp=False,
+                                           diagnose=CHEAP, diagnose_n=4))
+    page = render(ModelCard.for_model(model, name="tiny"), res, 8 / 255)
+    assert "Attack-failure indicators" in page and "Silent success" in page
+    assert "FGSM" in page and "Authors&#x27; PGD-20" in page

@@ -50,7 +50,7 @@ class LoadedModel:
     name: str | None
     label: str
     model: object
-    card: dict
+    card: cas.ModelCard
 
 
 def list_available() -> list[dict]:
@@ -122,7 +122,7 @@ def load_from_path(path: str | Path, name: str | None = None, label: str | None 
         raise cas.CheckpointError(f"{p} is a folder, not a checkpoint file")
     mtime = p.stat().st_mtime_ns
     model, card = _load_path(str(p.resolve()), mtime)
-    return LoadedModel(f"{p.resolve()}@{mtime}", name, label or name or p.name, model, card)
+    return LoadedModel(f"{p.resolve()}@{mtime}", name, label or name or p.name, model, card_of(card))
 
 
 FIRST_MODEL = "at-cas"  # the Attack Lab opens on this bundled model when it is installed
@@ -213,7 +213,7 @@ def load_from_authors_upload(filename: str, data: bytes, arch: str, with_cas: bo
         model, card = _convert_upload(digest, filename, arch, with_cas, data)
     except ConvertError as e:
         raise cas.CheckpointError(str(e)) from None
-    return LoadedModel(f"authors:{digest}:{arch}:{with_cas}", None, filename, model, card)
+    return LoadedModel(f"authors:{digest}:{arch}:{with_cas}", None, filename, model, card_of(card))
 
 
 def load_from_upload(filename: str, data: bytes) -> LoadedModel:
@@ -226,4 +226,4 @@ def load_from_upload(filename: str, data: bytes) -> LoadedModel:
     except cas.CheckpointError as e:
         # the messages name the temporary file: name the user's file instead
         raise cas.CheckpointError(str(e).replace(f"{digest}.safetensors", filename)) from None
-    return LoadedModel(f"upload:{digest}", None, filename, model, card)
+    return LoadedModel(f"upload:{digest}", None, filename, model, card_of(card))
