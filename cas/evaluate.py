@@ -188,8 +188,13 @@ def print_indicators(name: str, res: EvalResult, file=None) -> None:
     """Each diagnosed attack's indicators, one line each, with their sentences."""
     for attack, inds in res.indicators.items():
         fired = [i["name"] for i in inds if i["fired"]]
+        watched = next((i["seconds"] for i in inds if i["key"] == "silent_success"), None)
+        checks = sum(i.get("seconds") or 0 for i in inds if i["key"] != "silent_success")
+        images = max((i.get("images") or 0 for i in inds), default=0)
         print(f"\n{name}, {ATTACKS[attack].label}: {len(fired)} of {len(inds)} indicators fired"
-              + (f" ({', '.join(fired)})" if fired else ""), file=file)
+              + (f" ({', '.join(fired)})" if fired else "") + f" [{images} images; "
+              + (f"watched run {watched:.1f} s, " if watched is not None else "") + f"checks {checks:.1f} s]",
+              file=file)
         for i in inds:
             value = "" if i["value"] is None else f"{i['value']:g} {i['unit']}"
             print(f"  [{i['verdict']:>7}] {i['name']:<26} {value:<30} {i['sentence']}", file=file)
@@ -219,7 +224,8 @@ def _evaluate_models(a, config: EvalConfig, x, y, device, rank: int, curve_eps) 
             continue
         if res.resumed:
             print(f"{name}: read back from {out}: {', '.join(res.resumed)}", file=sys.stderr)
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in res.accuracy.items())
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" + (f" ({res.seconds[k]:.1f} s)" if k in res.seconds else "")
+                                      for k, v in res.accuracy.items())
               + f"  [{sum(res.seconds.values()):.1f} s]", file=sys.stderr)
         for f in res.flags:
             print(f"\n  !!! SANITY FLAG ({name}): {f}\n", file=sys.stderr)
