@@ -74,7 +74,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m cas.evaluate", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
-    ap.add_argument("--n", type=int, default=10000,
+    ap.add_argument("--n", "--images", dest="n", type=int, default=10000,
                     help="test images: the first N of a fixed shuffle of the test set (all classes mixed; "
                          "the bundled models' cards use the first 1,000)")
     ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),

@@ -197,7 +197,9 @@ def table() -> str:
     from cas.robustness import COLUMNS as ALL
 
     entries = json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
-    keys = [k for k in ALL if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]
+    order = [k for k in ALL if k not in ("authors_pgd20", "authors_cw")]
+    order[order.index("cw") + 1:order.index("cw") + 1] = ["authors_pgd20", "authors_cw"]  # beside PGD and CW
+    keys = [k for k in order if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]
     columns = [(k, ALL[k] + (" (APGD-CE + APGD-T)" if k == "autoattack" else "")) for k in keys]
     lines = ["| model | " + " | ".join(label for _, label in columns) + " | training |",
              "|---|" + "---|" * (len(columns) + 1)]
@@ -207,7 +209,8 @@ def table() -> str:
         lines.append(f"| `{e['name']}` | " + " | ".join(cells) + f" | {e['train_seconds'] / 60:.0f} min |")
     counts = entries[0]["counts"] if entries else {}
     lines.append(f"\nPercent ± one standard error; n = {counts.get('clean')} test images "
-                 f"(AutoAttack, adaptive AutoAttack and the worst case: n = {counts.get('autoattack')}).")
+                 f"(AutoAttack, adaptive AutoAttack and the worst case: n = {counts.get('autoattack')}; the worst "
+                 "case is over the attacks of the first evaluation, before the authors' columns were added).")
     return "\n".join(lines)
 
 
