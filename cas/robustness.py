@@ -6,6 +6,14 @@ the number of images each figure rests on, its standard error, the per-image wor
 counts as robust only if it is classified correctly clean and under every attack run) and the
 sanity flags. :func:`accuracy_vs_eps` and :func:`measure_curves` trace accuracy against the budget.
 ``python -m cas.evaluate`` is the command line on top (:mod:`cas.evaluate`).
+
+Image i of the evaluated set is attacked with seed ``seed + i`` (each image from its own generator),
+and the batches are a fixed function of the configuration, so under ``torch.distributed`` every process
+attacks every world-size-th batch exactly as one process would, and the gathered verdicts are the
+single process's. ``evaluate(..., out=FOLDER)`` writes each attack's per-image verdicts there as it
+finishes (:class:`PartialResults`) and reads back those that match, so a stopped evaluation resumes.
+With ``EvalConfig.diagnose``, the indicators of :mod:`cas.diagnose` are checked on each attack's first
+images, and those images' verdicts come from the watched run.
 """
 from __future__ import annotations
 

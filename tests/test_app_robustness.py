@@ -59,6 +59,11 @@ def test_card_indicators_table_and_card_line():
     assert "authors' PGD-20 44%" in line and "joint_pgd20" not in line and "worst_case" not in line
 
 
+def test_the_authors_protocol_keeps_its_name_whatever_the_steps():
+    assert robustness.column_name("authors_pgd20", 10) == "authors' PGD-20"
+    assert robustness.column_name("pgd20", 10) == "PGD-10"
+
+
 def test_evaluation_table_and_ladder_name_the_steps_that_ran():
     class Result:
         def __init__(self, accuracy):

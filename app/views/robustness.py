@@ -53,6 +53,8 @@ def column_name(key: str, steps: int | None = None) -> str:
     if steps is None:
         return name
     spec = next((s for s in cas.ATTACKS.values() if s.card_key == key), None)
+    if spec is not None and spec.knob("steps") is None:  # a fixed schedule (the authors' protocol): as named
+        return name
     if "-20" in name:
         return name.replace("-20", f"-{steps}")
     if spec is not None and spec.knob("steps") is not None:
