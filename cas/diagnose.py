@@ -130,8 +130,8 @@ def _resolve_attack(attack, model):
     raise ValueError(f"unknown attack {attack!r}; available: {', '.join(ATTACKS)}")
 
 
-def _run(fn, model, x, y, s, progress=None):
-    return fn(model, x, y, s, progress=progress)
+def _run(fn, model, x, y, s, progress=None, **kw):
+    return fn(model, x, y, s, progress=progress, **kw)
 
 
 def _surrogate_fn(name, fn, surrogate):
@@ -356,8 +356,14 @@ def _input_gradients(model, x, y):
     return zero | ~finite, ~finite
 
 
-def _zero_gradients(model, x, y, x_adv):
-    bad_clean, nonfinite_clean = _input_gradients(model, x, y)
+def _zero_gradients(model, x, y, x_adv, cache=None):
+    key = ("clean_gradients", len(y))  # the clean images' check is the same for every attack: once per model
+    if cache is not None and key in cache:
+        bad_clean, nonfinite_clean = cache[key]
+    else:
+        bad_clean, nonfinite_clean = _input_gradients(model, x, y)
+        if cache is not None:
+            cache[key] = (bad_clean, nonfinite_clean)
     bad_adv, nonfinite_adv = _input_gradients(model, x_adv, y)
     bad = bad_clean | bad_adv
     n = len(y)
@@ -442,7 +448,17 @@ def _square(model, x, y, s, fooled_ret, k, queries, is_square, cache):
                      len(idx), details={"images": idx[hit].tolist(), "queries": queries})
 
 
-def _deterministic(model, x, k):
+def _deterministic(model, x, k, cache=None):
+    key = ("nondeterministic", min(k, len(x)))  # a property of the model and images, not of the attack
+    if cache is not None and key in cache:
+        return replace(cache[key], details=dict(cache[key].details))
+    ind = _deterministic_check(model, x, k)
+    if cache is not None:
+        cache[key] = replace(ind, details=dict(ind.details))
+    return ind
+
+
+def _deterministic_check(model, x, k):
     xs = x[:k]
     with torch.no_grad(), torch.autocast(xs.device.type, enabled=False):
         a, b = model(xs).float(), model(xs).float()
@@ -461,7 +477,8 @@ def _deterministic(model, x, k):
 def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "pgd",
              settings: AttackSettings | None = None, surrogate=None, indicators=ALL,
              subsets: dict | None = None, seed: int = 0,
-             progress: Callable[[str], None] | None = None, cache: dict | None = None) -> list[Indicator]:
+             progress: Callable[[str], None] | None = None, cache: dict | None = None,
+             attack_kwargs: dict | None = None, returned: dict | None = None) -> list[Indicator]:
     """Run ``attack`` (a registry name such as ``"pgd"``, ``"joint_pgd"``, ``"authors_pgd"``, or a
     function ``fn(model, x, y, settings, progress=None)``) on images ``x`` (float in [0, 1]) with
     labels ``y``, watched, and return the indicators named in ``indicators`` (see the module text),
@@ -471,7 +488,10 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     model, the baseline of the same training method). ``subsets`` overrides ``DEFAULT_SUBSETS``.
     ``progress(key)`` is called before each check. ``cache``: a dict to share between calls on the *same
     model and images* (e.g. one per model in an evaluation of several attacks): Square's verdict on an
-    image is then computed once, whichever attack failed on it."""
+    image is then computed once, whichever attack failed on it, and so are the clean images' gradient
+    check and the determinism check. ``attack_kwargs``: extra keywords of the
+    watched run (AutoAttack's ``version``). ``returned``: a dict that receives the watched run's points
+    (``"x_adv"``), which are exactly what the attack returns unwatched, so an evaluation can count them."""
     unknown = [k for k in indicators if k not in ALL]
     if unknown:
         raise ValueError(f"unknown indicator(s) {', '.join(map(str, unknown))}; choose from {', '.join(ALL)}")
@@ -495,8 +515,10 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     t0 = time.time()
     eps = float(s.eps.max()) if isinstance(s.eps, torch.Tensor) else float(s.eps)
     rec = QueryRecorder(model, x, y, eps)
-    x_adv = _run(fn, rec, x, y, s)
+    x_adv = _run(fn, rec, x, y, s, **(attack_kwargs or {}))
     rec.flush()
+    if returned is not None:
+        returned["x_adv"] = x_adv
     fooled_ret = _fooled(model, x_adv, y)
     attack_seconds = round(time.time() - t0, 2)
     if "silent_success" in want:
@@ -507,7 +529,7 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
     if "unbounded" in want:
         timed("unbounded", _unbounded, fn, model, x, y, s, fooled_ret, sub["unbounded"])
     if "zero_gradients" in want:
-        timed("zero_gradients", _zero_gradients, model, x, y, x_adv)
+        timed("zero_gradients", _zero_gradients, model, x, y, x_adv, cache)
     if "unstable" in want:
         timed("unstable", _unstable, model, x_adv, y, sub["unstable"], seed)
     if "transfer" in want:
@@ -517,7 +539,7 @@ def diagnose(model, x: torch.Tensor, y: torch.Tensor, attack: str | Callable = "
         timed("square", _square, model, x, y, s, fooled_ret, sub["square"], sub["square_queries"],
               name == "square", cache)
     if "nondeterministic" in want:
-        timed("nondeterministic", _deterministic, model, x, sub["deterministic"])
+        timed("nondeterministic", _deterministic, model, x, sub["deterministic"], cache)
     for ind in out.values():
         ind.details.setdefault("robust_accuracy", _pct(n - _count(fooled_ret), n))
     return [out[k] for k in ALL if k in out]

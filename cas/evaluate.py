@@ -1,9 +1,13 @@
-"""Robustness evaluation: ``python -m cas.evaluate MODEL [--n 10000] [--write-card]``.
+"""Robustness evaluation: ``python -m cas.evaluate MODEL [--n 10000] [--write-card] [--diagnose] [--out DIR]``.
 
 Accuracy on clean images and under each attack (Linf, eps 8/255 by default), plus the per-image worst
 case (an image counts as robust only if it is classified correctly clean and under every attack run).
 Sanity flags are printed loudly: robust accuracy above clean accuracy, a weaker attack beating a
-stronger one, and a large gap between plain and CAS-adaptive PGD (gradient masking).
+stronger one, and a large gap between plain and CAS-adaptive PGD (gradient masking). ``--diagnose``
+adds the attack-failure indicators of :mod:`cas.diagnose` for each attack. Under
+``torchrun --nproc_per_node N -m cas.evaluate ...`` the batches are shared out among the processes and
+the per-image verdicts gathered: the table is the one a single process prints. ``--out DIR`` keeps each
+attack's per-image results as it finishes, so a stopped evaluation resumes.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from .robustness import (
     EvalConfig,
     EvalResult,
     accuracy_vs_eps,
+    column,
     evaluate,
     measure_curves,
     sanity_flags,
@@ -56,7 +61,7 @@ def markdown_table(rows: dict[str, EvalResult]) -> str:
     keys = []
     for r in rows.values():
         keys += [k for k in r.accuracy if k not in keys]
-    head = "| model | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+    head = "| model | " + " | ".join(column(k) for k in keys) + " |\n|---|" + "---|" * len(keys) + "\n"
     body = ""
     for name, r in rows.items():
         cells = [f"{r.accuracy[k]:.2f}" + ("" if r.counts.get(k, r.n) == r.n else f" (n={r.counts[k]})")
@@ -69,7 +74,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m cas.evaluate", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("models", nargs="+", help="bundled model names or checkpoint paths")
-    ap.add_argument("--n", type=int, default=10000,
+    ap.add_argument("--n", "--images", dest="n", type=int, default=10000,
                     help="test images: the first N of a fixed shuffle of the test set (all classes mixed; "
                          "the bundled models' cards use the first 1,000)")
     ap.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
@@ -93,11 +98,30 @@ def main(argv=None):
     ap.add_argument("--curve-n", type=int, default=100, help="images for the report's accuracy-vs-eps curves")
     ap.add_argument("--curve-eps", default="0,2,4,8,12",
                     help="the report's budgets in /255, comma-separated (at most 8, each in [0, 64])")
+    ap.add_argument("--diagnose", nargs="?", const="cheap", default=None, metavar="CHECKS",
+                    help="also check the attack-failure indicators (cas.diagnose) of each attack on its first "
+                         "--diagnose-n images and print them: 'cheap' (default: the checks that run no second "
+                         "attack), 'all', or comma-separated indicator names")
+    ap.add_argument("--diagnose-n", type=int, default=200, help="images the indicators are checked on (first N)")
+    ap.add_argument("--diagnose-attacks", default=None,
+                    help="comma-separated attacks to check (default: every attack run but AutoAttack, adaptive "
+                         "AutoAttack and Square)")
+    ap.add_argument("--out", "--resume", dest="out", default=None, metavar="FOLDER",
+                    help="keep each attack's per-image results in FOLDER/MODEL as it finishes; an evaluation "
+                         "stopped midway resumes from there (the same command again)")
     a = ap.parse_args(argv)
     curve_eps = _curve_budgets(a.curve_eps)
     if a.report and len(a.models) != 1:
         raise SystemExit("error: --report writes one model's report; give exactly one model")
+    diagnose = _indicators(a.diagnose)
+    diagnose_attacks = None
+    if a.diagnose_attacks is not None:
+        diagnose_attacks = tuple(s.strip() for s in a.diagnose_attacks.split(",") if s.strip())
+        bad = [s for s in diagnose_attacks if s not in EVALUATED]
+        if bad:
+            raise SystemExit(f"error: unknown attack(s) {', '.join(bad)} in --diagnose-attacks")
     for flag, v, hi in (("--n", a.n, 10000), ("--autoattack-n", a.autoattack_n, 10000),
+                        ("--diagnose-n", a.diagnose_n, 10000),
                         ("--square-n", a.square_n, 10000), ("--curve-n", a.curve_n, 10000),
                         ("--batch-size", a.batch_size, 10000)):
         if not 1 <= v <= hi:
@@ -112,10 +136,71 @@ def main(argv=None):
         x, y = cdata.test_subset(a.n, a.data)
     except cdata.DataNotFoundError as e:
         raise SystemExit(f"error: {e}")
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world = _setup_distributed()
+    device = _device(a.device, rank, world)
     config = EvalConfig(attacks, eps=a.eps / 255, batch_size=a.batch_size, device=device, amp=a.amp,
                         limits={"autoattack": a.autoattack_n, "adaptive_autoattack": a.autoattack_n,
-                                "square": a.square_n}, autoattack_version=a.autoattack_version)
+                                "square": a.square_n}, autoattack_version=a.autoattack_version,
+                        diagnose=diagnose, diagnose_n=a.diagnose_n, diagnose_attacks=diagnose_attacks)
+    try:
+        _evaluate_models(a, config, x, y, device, rank, curve_eps)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _indicators(text: str | None) -> tuple[str, ...]:
+    """The indicator names of ``--diagnose`` (none without it)."""
+    from .diagnose import ALL, CHEAP
+    if text is None:
+        return ()
+    if text.strip().lower() in ("cheap", ""):
+        return CHEAP
+    if text.strip().lower() == "all":
+        return ALL
+    names = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in names if k not in ALL]
+    if bad:
+        raise SystemExit(f"error: unknown indicator(s) {', '.join(bad)}; choose from cheap, all, {', '.join(ALL)}")
+    return names
+
+
+def _setup_distributed() -> tuple[int, int]:
+    """(rank, world size): one process, or the processes ``torchrun`` started (the trainer's set-up:
+    gloo on CPUs, NCCL on GPUs)."""
+    from .train import _setup_distributed as setup
+    return setup()
+
+
+def _device(name: str | None, rank: int, world: int) -> torch.device:
+    """The device this process evaluates on: under torchrun on GPUs, its local GPU."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world > 1:
+        import os
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(name)
+
+
+def print_indicators(name: str, res: EvalResult, file=None) -> None:
+    """Each diagnosed attack's indicators, one line each, with their sentences."""
+    for attack, inds in res.indicators.items():
+        fired = [i["name"] for i in inds if i["fired"]]
+        watched = next((i["seconds"] for i in inds if i["key"] == "silent_success"), None)
+        checks = sum(i.get("seconds") or 0 for i in inds if i["key"] != "silent_success")
+        images = max((i.get("images") or 0 for i in inds), default=0)
+        print(f"\n{name}, {ATTACKS[attack].label}: {len(fired)} of {len(inds)} indicators fired"
+              + (f" ({', '.join(fired)})" if fired else "") + f" [{images} images; "
+              + (f"watched run {watched:.1f} s, " if watched is not None else "") + f"checks {checks:.1f} s]",
+              file=file)
+        for i in inds:
+            value = "" if i["value"] is None else f"{i['value']:g} {i['unit']}"
+            print(f"  [{i['verdict']:>7}] {i['name']:<26} {value:<30} {i['sentence']}", file=file)
+
+
+def _evaluate_models(a, config: EvalConfig, x, y, device, rank: int, curve_eps) -> None:
     rows = {}
     for name in a.models:
         try:
@@ -123,7 +208,7 @@ def main(argv=None):
             model, card = load_model_and_card(path, device)
         except CheckpointError as e:
             raise SystemExit(f"error: {e}")
-        bar = tqdm(total=0, desc=name, file=sys.stderr, leave=False)
+        bar = tqdm(total=0, desc=name, file=sys.stderr, leave=False, disable=rank != 0)
 
         def progress(key, done, total, bar=bar, name=name):
             bar.set_description(f"{name}: {key}")
@@ -131,10 +216,16 @@ def main(argv=None):
             bar.n = done
             bar.refresh()
 
-        res = evaluate(model, x, y, config, progress=progress)
+        out = Path(a.out) / Path(str(name)).stem if a.out else None
+        res = evaluate(model, x, y, config, progress=progress, out=out)
         bar.close()
         rows[name] = res
-        print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in res.accuracy.items())
+        if rank != 0:
+            continue
+        if res.resumed:
+            print(f"{name}: read back from {out}: {', '.join(res.resumed)}", file=sys.stderr)
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" + (f" ({res.seconds[k]:.1f} s)" if k in res.seconds else "")
+                                      for k, v in res.accuracy.items())
               + f"  [{sum(res.seconds.values()):.1f} s]", file=sys.stderr)
         for f in res.flags:
             print(f"\n  !!! SANITY FLAG ({name}): {f}\n", file=sys.stderr)
@@ -146,10 +237,15 @@ def main(argv=None):
                                          curve_eps, len(yc)))
             print(f"wrote {a.report}", file=sys.stderr)
         if a.write_card:
-            update_card(path, accuracy=res.accuracy,
-                        evaluation={"n": res.n, "counts": res.counts, "eps": a.eps, "seconds": res.seconds,
-                                    "flags": res.flags})
-    print(markdown_table(rows))
+            evaluation = {"n": res.n, "counts": res.counts, "stderr": res.stderr, "eps": a.eps,
+                          "seconds": res.seconds, "flags": res.flags}
+            if res.indicators:
+                evaluation |= {"indicators": res.indicators, "indicators_n": min(config.diagnose_n, res.n)}
+            update_card(path, accuracy=res.accuracy, evaluation=evaluation)
+    if rank == 0:
+        print(markdown_table(rows))
+        for name, res in rows.items():
+            print_indicators(name, res)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """One self-contained HTML page on a model's robustness (``python -m cas.evaluate MODEL --report FILE``):
 its card, the accuracy table with the number of images and the standard error of each figure, every
-sanity flag in plain words, accuracy-vs-ε curves, and the one number to trust, with the reason.
+sanity flag in plain words, the attack-failure indicators (with ``--diagnose``), accuracy-vs-ε curves, and the one number to trust, with the reason.
 The page needs no network: the chart library is embedded."""
 from __future__ import annotations
 
@@ -52,6 +52,36 @@ def _table(res: EvalResult) -> str:
             f"<th>seconds</th></tr>{rows}</table>")
 
 
+def _indicators(res: EvalResult) -> str:
+    """One table per diagnosed attack: indicator, fired, measured value, the sentence (empty cells
+    where a check did not run or measured nothing)."""
+    if not res.indicators:
+        return ""
+    from .attacks import ATTACKS
+
+    parts = ["<h2>Attack-failure indicators</h2>",
+             ("<p>Checks after Pintor et al. (NeurIPS 2022) that an attack did its job, each run on the first "
+             "images of its attack (the count is in the table). A fired indicator means the attack's figure "
+             "may overstate the robustness.</p>")]
+    for attack, inds in res.indicators.items():
+        label = ATTACKS[attack].label if attack in ATTACKS else attack
+        rows = "".join(f"<tr><td>{html.escape(i['name'])}</td><td>{_fired(i)}</td><td class=num>{_measured(i)}</td>"
+                       f"<td class=num>{i.get('images') or ''}</td><td>{html.escape(i.get('sentence') or '')}</td></tr>"
+                       for i in inds)
+        parts.append(f"<h3>{html.escape(label)}</h3><table><tr><th>indicator</th><th>fired</th>"
+                     f"<th>measured value</th><th>images</th><th>what it means</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def _fired(i: dict) -> str:
+    return "" if i.get("fired") is None else ("<b>yes</b>" if i["fired"] else "no")
+
+
+def _measured(i: dict) -> str:
+    value = i.get("value")
+    return "" if value is None else html.escape(f"{value:g} {i.get('unit', '')}".strip())
+
+
 def _curves(eps_values: list[float], curves: dict[str, list[float]], n: int) -> str:
     return accuracy_curves(eps_values, curves).to_html(full_html=False, include_plotlyjs=True)
 
@@ -79,6 +109,7 @@ def render(card: ModelCard | dict, res: EvalResult, eps: float, curves: dict[str
          "only if it is classified correctly clean and under every attack.</p>"),
         _table(res),
         "<h2>Sanity flags</h2>", flags,
+        _indicators(res),
     ]
     if curves:
         sections += ["<h2>Accuracy vs ε</h2>", f"<p>The first {curve_n} images.</p>",

@@ -5,6 +5,7 @@
     python scripts/build_zoo.py bundle [--force]          # evaluate and bundle finished runs
     python scripts/build_zoo.py table                     # the results table (Markdown) from index.json
     python scripts/build_zoo.py flags                     # the cards' sanity flags, attacks compared on the same images
+    python scripts/build_zoo.py protocol [--only ...]     # add the authors' PGD-20 / CW and the indicators to the cards
 
 One architecture and one recipe for all seven models: ResNet-18 width 16 (0.7 M parameters: a
 fast-AT epoch of 49,000 images takes about a minute on two cores with bf16), fast AT with FGSM and a
@@ -140,12 +141,65 @@ def recheck_flags(test_set) -> None:
         print(f"{e['name']}: " + ("; ".join(flags) if flags else "no flags"), flush=True)
 
 
+PROTOCOL = ("authors_pgd", "authors_cw")  # the CAS authors' own evaluation (cas.attacks.protocols)
+WATCHED = ("pgd", "joint_pgd", "soft_mask_pgd")  # attacks whose indicators are checked besides the protocol's
+
+
+def protocol_one(entry: dict, test_set, diagnose_n: int) -> None:
+    """Add the authors' PGD-20 and CW to a bundled model's card and index entry, on the card's own
+    images, and record the attack-failure indicators (cas.diagnose's CHEAP set) of those two attacks and
+    of PGD-20, joint and soft-mask PGD-20 on the first ``diagnose_n`` images. Partial results go to
+    runs/zoo-protocol/NAME, so a stopped run resumes."""
+    from cas.checkpoint import atomic_write, load_model_and_card, update_card
+    from cas.diagnose import CHEAP
+    from cas.robustness import EvalConfig, evaluate
+
+    name = entry["name"]
+    path = REPO / "pretrained" / entry["file"]
+    model, card = load_model_and_card(path)
+    n = card.evaluation["n"]
+    x, y = test_set[0][:n], test_set[1][:n]
+    out = REPO / "runs" / "zoo-protocol" / name
+    res = evaluate(model, x, y, EvalConfig(PROTOCOL, batch_size=400, diagnose=CHEAP, diagnose_n=diagnose_n),
+                   out=out, progress=lambda key, done, total: print(f"  {name} {key}: {done}/{total}", flush=True))
+    watched = [a for a in WATCHED if not (a != "pgd" and not card.cas)]
+    seen = evaluate(model, x[:diagnose_n], y[:diagnose_n],
+                    EvalConfig(watched, batch_size=diagnose_n, diagnose=CHEAP, diagnose_n=diagnose_n),
+                    out=out / "watched")
+    keys = [k for k in res.accuracy if k not in ("clean", "worst_case")]
+    ev = card.evaluation or {}
+    evaluation = {**ev,
+                  "counts": {**ev.get("counts", {}), **{k: res.counts[k] for k in keys}},
+                  "stderr": {**ev.get("stderr", {}), **{k: res.stderr[k] for k in keys}},
+                  "seconds": {**ev.get("seconds", {}), **{k: res.seconds[k] for k in keys}},
+                  "protocol": "authors' PGD-20 and CW: eps 0.031, 20 steps of 0.003, uniform random start, "
+                              "final + 2 x mean auxiliary loss, last iterate (cas.attacks.protocols); "
+                              "image i's random start seeded with i",
+                  "indicators": {a: v for a, v in {**res.indicators, **seen.indicators}.items()},
+                  "indicators_n": diagnose_n}
+    update_card(path, accuracy={k: res.accuracy[k] for k in keys}, evaluation=evaluation)
+    index_file = REPO / "pretrained" / "index.json"
+    index = json.loads(index_file.read_text())
+    for e in index["models"]:
+        if e["name"] == name:
+            for field in ("accuracy", "counts", "stderr"):
+                e[field] = {**e[field], **{k: getattr(res, field)[k] for k in keys}}
+            e["indicators"] = {a: [i["key"] for i in v if i["fired"]] for a, v in evaluation["indicators"].items()}
+    atomic_write(index_file, lambda t: Path(t).write_text(json.dumps(index, indent=2) + "\n"))
+    print(f"{name}: " + ", ".join(f"{k} {res.accuracy[k]:.1f} ± {res.stderr[k]:.1f}" for k in keys)
+          + f" (n = {n}); indicators fired: "
+          + "; ".join(f"{a}: {', '.join(i['key'] for i in v if i['fired']) or 'none'}"
+                      for a, v in evaluation["indicators"].items()), flush=True)
+
+
 def table() -> str:
     """The bundled models' accuracies as a Markdown table: percent ± standard error, with n."""
     from cas.robustness import COLUMNS as ALL
 
     entries = json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
-    keys = [k for k in ALL if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]
+    order = [k for k in ALL if k not in ("authors_pgd20", "authors_cw")]
+    order[order.index("cw") + 1:order.index("cw") + 1] = ["authors_pgd20", "authors_cw"]  # beside PGD and CW
+    keys = [k for k in order if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]
     columns = [(k, ALL[k] + (" (APGD-CE + APGD-T)" if k == "autoattack" else "")) for k in keys]
     lines = ["| model | " + " | ".join(label for _, label in columns) + " | training |",
              "|---|" + "---|" * (len(columns) + 1)]
@@ -155,7 +209,8 @@ def table() -> str:
         lines.append(f"| `{e['name']}` | " + " | ".join(cells) + f" | {e['train_seconds'] / 60:.0f} min |")
     counts = entries[0]["counts"] if entries else {}
     lines.append(f"\nPercent ± one standard error; n = {counts.get('clean')} test images "
-                 f"(AutoAttack, adaptive AutoAttack and the worst case: n = {counts.get('autoattack')}).")
+                 f"(AutoAttack, adaptive AutoAttack and the worst case: n = {counts.get('autoattack')}; the worst "
+                 "case is over the attacks of the first evaluation, before the authors' columns were added).")
     return "\n".join(lines)
 
 
@@ -164,19 +219,29 @@ def main():
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle", "table", "flags"],
+    ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle", "table", "flags", "protocol"],
                     help="all: train then bundle each model in turn; train or bundle: only that stage; "
                          "table: print the results table; flags: recompute the bundled cards' sanity flags "
-                         "with attacks compared on the same images")
+                         "with attacks compared on the same images; protocol: add the authors' PGD-20 and CW "
+                         "and the attack-failure indicators to the bundled cards")
     ap.add_argument("--only", nargs="*", choices=list(ZOO), help="models to build (default: all seven)")
     ap.add_argument("--epochs", type=int, default=None, help="override every model's epochs (for trials)")
     ap.add_argument("--n", type=int, default=1000, help="test images for the evaluation")
     ap.add_argument("--autoattack-n", type=int, default=500, help="test images for AutoAttack (the first N)")
+    ap.add_argument("--diagnose-n", type=int, default=200, help="protocol: images the indicators are checked on")
     ap.add_argument("--force", action="store_true", help="re-evaluate models already bundled from their run")
     ap.add_argument("--data", default=None, help="CIFAR-10 location (default: $CAS_DATA or the usual places)")
     a = ap.parse_args()
     if a.cmd == "table":
         print(table())
+        return
+    if a.cmd == "protocol":
+        from cas import data as cdata
+
+        test_set = cdata.test_subset(a.n, a.data)
+        for e in json.loads((REPO / "pretrained" / "index.json").read_text())["models"]:
+            if not a.only or e["name"] in a.only:
+                protocol_one(e, test_set, a.diagnose_n)
         return
     if a.cmd == "flags":
         from cas import data as cdata

@@ -39,6 +39,31 @@ def test_card_notes_and_literature_table():
     assert literature.set_index("model").loc["TRADES+CAS", "method"] == "Zhang et al., ICML 2019 + Bai et al., ICLR 2021"
 
 
+def test_card_indicators_table_and_card_line():
+    from app.common import models
+
+    inds = [{"key": "silent_success", "name": "Silent success", "fired": True, "value": 8.5,
+             "unit": "% of images", "images": 200, "sentence": "Points were visited but not returned."},
+            {"key": "transfer", "name": "Transfer failure", "fired": None, "value": None, "unit": "",
+             "images": 0, "sentence": ""}]
+    cards = [*CARDS, {"name": "checked", "card": {"cas": True, "evaluation": {"indicators": {"authors_pgd": inds}}}}]
+    found = robustness.card_indicators(cards)
+    assert list(found) == ["checked"] and list(found["checked"]) == ["authors_pgd"]
+    table = robustness.indicator_table(found["checked"]["authors_pgd"])
+    assert list(table.columns) == ["indicator", "fired", "measured value", "images", "what it means"]
+    assert list(table["fired"]) == ["yes", ""] and list(table["measured value"]) == ["8.5 % of images", ""]
+    line = models.card_line({"method": "at", "cas": True, "arch": "resnet18",
+                             "accuracy": {"clean": 70.0, "joint_pgd20": 30.8, "adaptive_autoattack": 32.0,
+                                          "worst_case": 31.8, "authors_pgd20": 44.3}})
+    assert "joint PGD-20 31%" in line and "adaptive AutoAttack 32%" in line and "worst case 32%" in line
+    assert "authors' PGD-20 44%" in line and "joint_pgd20" not in line and "worst_case" not in line
+
+
+def test_the_authors_protocol_keeps_its_name_whatever_the_steps():
+    assert robustness.column_name("authors_pgd20", 10) == "authors' PGD-20"
+    assert robustness.column_name("pgd20", 10) == "PGD-10"
+
+
 def test_evaluation_table_and_ladder_name_the_steps_that_ran():
     class Result:
         def __init__(self, accuracy):

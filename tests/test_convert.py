@@ -229,3 +229,23 @@ def test_read_state_dict_accepts_a_wrapped_dict(tmp_path):
     src = tmp_path / "wrapped.pt"
     torch.save({"state_dict": sd}, src)
     assert set(read_state_dict(src)) == set(sd)
+
+
+def test_a_converted_model_is_evaluated_and_diagnosed(tmp_path, cifar_test, capsys):
+    """`python -m cas.evaluate FILE --diagnose` on a checkpoint converted from the authors' layout: the
+    table with the authors' protocol columns and each attack's indicators with their sentences."""
+    from cas.evaluate import main as evaluate_main
+
+    torch.manual_seed(0)
+    src = tmp_path / "model.pth"
+    torch.save(_randomised(TheirResNet18(True)).state_dict(), src)
+    out = tmp_path / "converted.safetensors"
+    main([str(src), "--arch", "resnet18", "--out", str(out)])
+    evaluate_main([str(out), "--n", "4", "--attacks", "fgsm,authors_pgd,authors_cw", "--batch-size", "4",
+                   "--diagnose", "--diagnose-n", "4", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    text = capsys.readouterr().out
+    assert "| model | clean | FGSM | authors' PGD-20 | authors' CW | worst case |" in text
+    for label in ("FGSM", "Authors' PGD-20", "Authors' CW"):
+        assert f"converted.safetensors, {label}" in text, label
+    assert "Silent success" in text and "Unavailable gradients" in text
+    assert (tmp_path / "eval" / "converted" / "authors_pgd.json").exists()

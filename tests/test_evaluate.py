@@ -64,7 +64,7 @@ def test_cli_writes_the_card(standin_pretrained, tmp_path):
     res = subprocess.run([sys.executable, "-m", "cas.evaluate", str(path), "--n", "32", "--attacks", "fgsm,pgd",
                           "--write-card", "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "| model | clean | fgsm | pgd20 | worst_case |" in res.stdout
+    assert "| model | clean | FGSM | PGD-20 | worst case |" in res.stdout
     card = read_card(path)
     assert set(card["accuracy"]) >= {"clean", "fgsm", "pgd20", "worst_case"} and card["evaluation"]["n"] == 32
     bad = subprocess.run([sys.executable, "-m", "cas.evaluate", str(path), "--attacks", "deepfool"],

@@ -54,6 +54,11 @@ def test_the_zoo_is_complete_and_small():
         for key, acc in card["accuracy"].items():  # every figure comes with its standard error
             n = ev["counts"][key]
             assert ev["stderr"][key] == pytest.approx(100 * math.sqrt(acc / 100 * (1 - acc / 100) / n), abs=0.01)
+        if name != "std":  # the authors' protocol on the same images, and the indicators of its attacks
+            assert {"authors_pgd20", "authors_cw"} <= set(card["accuracy"]), name
+            assert ev["counts"]["authors_pgd20"] == ev["n"] and ev["counts"]["authors_cw"] == ev["n"]
+            assert {"authors_pgd", "authors_cw", "pgd"} <= set(ev["indicators"]), name
+            assert entry["indicators"] == {a: [i["key"] for i in v if i["fired"]] for a, v in ev["indicators"].items()}
         if card["cas"]:
             assert {"pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_autoattack"} <= set(card["accuracy"])
             acc = card["accuracy"]

@@ -50,7 +50,7 @@ class LoadedModel:
     name: str | None
     label: str
     model: object
-    card: dict
+    card: cas.ModelCard
 
 
 def list_available() -> list[dict]:
@@ -66,26 +66,34 @@ def _percent(v) -> str:
     return f"{v:.0f}%" if isinstance(v, (int, float)) else "?"
 
 
-def card_line(card: dict, description: str = "") -> str:
-    """One line about a model: training method, CAS or not, architecture, clean/robust accuracy."""
-    method = str(card.get("method", "?")).upper()
-    kind = "with CAS" if card.get("cas") else "no CAS"
-    arch = card.get("arch", "?")
-    width = (card.get("arch_kwargs") or {}).get("width")
-    arch_text = f"{arch}" + (f" (width {width})" if width else "")
+def card_of(card) -> cas.ModelCard:
+    """A model card, typed: a :class:`cas.ModelCard` as it is, a card's JSON mapping converted."""
+    return card if isinstance(card, cas.ModelCard) else cas.ModelCard.from_dict(dict(card or {}))
+
+
+def card_line(card, description: str = "") -> str:
+    """One line about a model: training method, CAS or not, architecture, clean/robust accuracy, each
+    accuracy under its column name (PGD-20, adaptive AutoAttack, worst case)."""
+    from cas.robustness import column
+
+    card = card_of(card)
+    method = str(card.method or "?").upper()
+    kind = "with CAS" if card.cas else "no CAS"
+    width = (card.arch_kwargs or {}).get("width")
+    arch_text = f"{card.arch or '?'}" + (f" (width {width})" if width else "")
     parts = [f"{method} training, {kind}, {arch_text}"]
-    acc = card.get("accuracy") or {}
+    acc = card.accuracy or {}
     if acc:
         clean = acc.get("clean", acc.get("natural"))
         robust = {k: v for k, v in acc.items()
                   if k not in ("clean", "natural") and isinstance(v, (int, float))}
         text = f"clean {_percent(clean)}" if clean is not None else ""
         if robust:
-            text += ("; " if text else "") + ", ".join(f"{k} {_percent(v)}" for k, v in robust.items())
+            text += ("; " if text else "") + ", ".join(f"{column(k)} {_percent(v)}" for k, v in robust.items())
         if text:
             parts.append("accuracy: " + text)
     else:
-        held = card.get("heldout") or {}
+        held = card.heldout or {}
         if isinstance(held.get("heldout_clean"), (int, float)):
             parts.append(f"held-out clean accuracy {_percent(held['heldout_clean'])}")
     line = " · ".join(parts)
@@ -132,7 +140,7 @@ def load_from_path(path: str | Path, name: str | None = None, label: str | None 
     if p.is_dir():
         raise cas.CheckpointError(f"{p} is a folder, not a checkpoint file")
     model, card, digest = _load_path(str(p.resolve()), file_version(p))
-    return LoadedModel(f"weights:{digest}", name, label or name or p.name, model, card)
+    return LoadedModel(f"weights:{digest}", name, label or name or p.name, model, card_of(card))
 
 
 FIRST_MODEL = "at-cas"  # the Attack Lab opens on this bundled model when it is installed
@@ -223,7 +231,7 @@ def load_from_authors_upload(filename: str, data: bytes, arch: str, with_cas: bo
         model, card = _convert_upload(digest, filename, arch, with_cas, data)
     except ConvertError as e:
         raise cas.CheckpointError(str(e)) from None
-    return LoadedModel(f"authors:{digest}:{arch}:{with_cas}", None, filename, model, card)
+    return LoadedModel(f"authors:{digest}:{arch}:{with_cas}", None, filename, model, card_of(card))
 
 
 def load_from_upload(filename: str, data: bytes) -> LoadedModel:
@@ -236,4 +244,4 @@ def load_from_upload(filename: str, data: bytes) -> LoadedModel:
     except cas.CheckpointError as e:
         # the messages name the temporary file: name the user's file instead
         raise cas.CheckpointError(str(e).replace(f"{digest}.safetensors", filename)) from None
-    return LoadedModel(f"weights:{digest}", None, filename, model, card)
+    return LoadedModel(f"weights:{digest}", None, filename, model, card_of(card))

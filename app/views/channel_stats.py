@@ -173,7 +173,7 @@ def page() -> None:
         st.stop()
     results = statistics(available, ran)
     summary_section(results, threshold)
-    cards = {m["name"]: m["card"] for m in available}
+    cards = {m["name"]: models.card_of(m["card"]) for m in available}
     claims_section(compute.paper_claims(results, cards, threshold))
     for name, s in results.items():
         model_section(name, s, threshold)

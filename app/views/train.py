@@ -14,7 +14,8 @@ from app.common import figures, models
 from app.common.pages import prefix
 from cas import data as cas_data
 from cas.attacks import AUTO_STEP, auto_step_size
-from cas.checkpoint import CheckpointError, pretrained_index, read_card, runs_dir
+from cas.checkpoint import CheckpointError, pretrained_index, read_model_card, runs_dir
+from cas.models import PAPER_ARCHS
 from cas.train import TrainConfig
 
 P = prefix("train")
@@ -30,7 +31,8 @@ PRESET = FULL if GPU else SMALL
 
 METHODS = {"at": "Adversarial training (PGD-AT)", "trades": "TRADES", "mart": "MART",
            "std": "Standard training (no attacks)"}
-ARCHS = {"resnet18": "ResNet-18", "vgg16": "VGG-16", "wrn34_10": "WideResNet-34-10 (large: GPU only)"}
+ARCH_NAMES = {"resnet18": "ResNet-18", "vgg16": "VGG-16", "wrn34_10": "WideResNet-34-10 (large: GPU only)"}
+ARCHS = {a: ARCH_NAMES.get(a, a) for a in PAPER_ARCHS}  # the architectures the paper used, from the library
 STATUS_ICONS = {"running": ":material/progress_activity:", "finished": ":material/check_circle:",
                 "stopped": ":material/pause_circle:", "failed": ":material/error:", "unknown": ":material/help:"}
 STATUS_TEXT = {
@@ -156,24 +158,26 @@ def progress(info: jobs.RunInfo) -> None:
 def card_summary(info: jobs.RunInfo) -> None:
     """The best checkpoint's card: held-out accuracies, best epoch and the exact command."""
     try:
-        card = read_card(info.best_checkpoint)
+        card = read_model_card(info.best_checkpoint)
     except CheckpointError as e:  # being rewritten at this very moment, or damaged
         st.warning(f"The best checkpoint could not be read just now: {e}")
         return
     st.markdown("##### :material/workspace_premium: Best checkpoint")
-    held = card.get("heldout") or {}
+    held = card.heldout or {}
     c1, c2, c3 = st.columns(3)
-    c1.metric("Best epoch", f"{card.get('best_epoch', '?')} of {card.get('epochs', '?')}")
+    c1.metric("Best epoch", f"{card.best_epoch if card.best_epoch is not None else '?'} of "
+                            f"{card.epochs if card.epochs is not None else '?'}")
     if "heldout_clean" in held:
         c2.metric("Held-out clean accuracy", f"{held['heldout_clean']:.1f}%")
     if "heldout_robust" in held:
         c3.metric("Held-out accuracy under attack", f"{held['heldout_robust']:.1f}%",
-                  help=f"Attack: {held.get('robust_attack', '?')} at ε = {card.get('epsilon', '?')}/255.")
-    st.caption(models.card_line(card, card.get("description", "")))
+                  help=f"Attack: {held.get('robust_attack', '?')} at ε = "
+                       f"{card.epsilon if card.epsilon is not None else '?'}/255.")
+    st.caption(models.card_line(card, card.description or ""))
     st.success(f"This model now appears in every model picker of the app (Attack Lab, Compare, ...) as "
                f"**{info.name}**. Its file: `{info.best_checkpoint}`", icon=":material/check_circle:")
     st.markdown("The exact command that trains it again:")
-    st.code(card.get("command", "?"), language="bash", wrap_lines=True)
+    st.code(card.command or "?", language="bash", wrap_lines=True)
 
 
 def run_panel(name: str) -> None:

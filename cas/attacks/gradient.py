@@ -38,7 +38,9 @@ def cw_linf(model, x, y, settings=None, progress=None, **kw):
 
 
 def joint_pgd(model, x, y, settings=None, progress=None, **kw):
-    """CAS-adaptive: PGD on final loss + aux_weight x mean auxiliary loss (the authors' evaluation)."""
+    """CAS-adaptive: PGD on final loss + aux_weight x mean auxiliary loss (the authors' loss). The
+    evaluator runs it with steps of 2/255 and keeps each image's best point; the authors' own protocol
+    (20 steps of 0.003, last iterate) is ``authors_pgd``."""
     needs_cas(model, "joint PGD")
     return pgd_loop(model, x, y, resolve(settings, kw), obj_joint, progress)
 

@@ -49,7 +49,7 @@ def _joint(model, x, y, target, s, mask):
 
 
 def obj_joint(model, x, y, target, s):
-    """The authors' evaluation: final loss + aux_weight x mean auxiliary loss, real (argmax) masks."""
+    """The authors' attack loss: final loss + aux_weight x mean auxiliary loss, real (argmax) masks."""
     return _joint(model, x, y, target, s, "pred")
 
 

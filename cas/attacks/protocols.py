@@ -91,18 +91,33 @@ def _cw_loss(logits, y, batch: int = AUTHORS_BATCH):
     return -F.relu(torch.stack([c.sum() for c in per_image.split(batch)])).sum()
 
 
+def _generator(device, seed) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def _uniform_start(x, eps: float, s: AttackSettings) -> torch.Tensor:
+    """U(-eps, eps) offsets: from one generator seeded with ``s.seed``, or, with one seed per image,
+    image i's from its own generator (the start a one-image attack with that seed draws)."""
+    if not s.per_image_seeds:
+        return torch.empty_like(x).uniform_(-eps, eps, generator=_generator(x.device, s.seed))
+    if len(s.seed) != x.shape[0]:
+        raise ValueError(f"got {len(s.seed)} per-image seeds for {x.shape[0]} images")
+    return torch.cat([torch.empty_like(x[i:i + 1]).uniform_(-eps, eps, generator=_generator(x.device, seed))
+                      for i, seed in enumerate(s.seed)])
+
+
 def _authors_loop(model, x, y, s: AttackSettings, head_loss, progress=None):
     x = x.detach().float()
     y = y.to(x.device)
-    gen = torch.Generator(device=x.device)
-    if s.seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(s.seed))
     eps, step = float(s.eps), float(s.step_size)
     x_adv = x.clone()
     if s.random_start:  # not clipped to [0, 1] before the first step, as in their code
-        x_adv = x_adv + torch.empty_like(x).uniform_(-eps, eps, generator=gen)
+        x_adv = x_adv + _uniform_start(x, eps, s)
     for i in range(s.steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
@@ -123,7 +138,8 @@ def authors_pgd(model, x, y, settings: AttackSettings | None = None, progress=No
     """The CAS authors' PGD-20 evaluation (``_pgd_whitebox`` with beta 2): what the paper's PGD
     numbers were measured with. Final CE + aux_weight x mean auxiliary CE, argmax masks, signed
     steps, last iterate returned. ``settings`` default to their schedule (eps 0.031, 20 steps of
-    0.003, uniform random start unclipped, aux_weight 2); ``seed`` seeds the random start."""
+    0.003, uniform random start unclipped, aux_weight 2); ``seed`` seeds the random start (one seed,
+    or one per image)."""
     return _authors_loop(model, x, y, _resolve(settings, kw), _ce_loss, progress)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .external import adaptive_autoattack, autoattack, square
 from .gradient import cw_linf, fgsm, joint_pgd, pgd, pgd_l2, soft_mask_pgd
-from .protocols import AUTHORS_SCHEDULE, authors_cw, authors_pgd
+from .protocols import AUTHORS_BATCH, AUTHORS_SCHEDULE, authors_cw, authors_pgd
 from .settings import AttackSettings
 
 
@@ -95,6 +95,8 @@ class AttackSpec:
     column: str = ""  # ... and its column header in tables
     preset: dict = field(default_factory=dict)  # evaluation settings (the card key's meaning)
     strength: int | None = None  # rank in the strength order (higher: at least as strong); None: unranked
+    per_image_seeds: bool = True  # takes one seed per image (else one for the batch)
+    batch_multiple: int = 1  # the evaluator's batches are multiples of this (an attack whose loss spans a batch)
 
     def knob(self, key: str) -> Knob | None:
         return next((k for k in self.knobs if k.key == key), None)
@@ -119,9 +121,10 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                card_key="pgd20_l2", column="PGD-20 (L2)", preset={"steps": 20, "eps": 0.5, "step_size": 0.5 / 8}),
     AttackSpec("square", square, "Square (gradient-free)", "random-search attack that uses no gradients",
                (LINF_EPS, QUERIES, TARGET, SEED), gradient=False, untargeted_only=True,
-               card_key="square", column="Square", preset={"queries": 5000}),
+               card_key="square", column="Square", preset={"queries": 5000}, per_image_seeds=False),
     AttackSpec("joint_pgd", joint_pgd, "Joint PGD (CAS-adaptive)",
-               "PGD on the final + auxiliary losses, as the CAS authors evaluated", ITERATIVE_KNOBS,
+               "PGD on the final + 2 x mean auxiliary losses (the authors' loss) with steps of 2/255, keeping "
+               "each image's best point; the authors' own schedule is authors_pgd", ITERATIVE_KNOBS,
                needs_cas=True, fallback="pgd", card_key="joint_pgd20", column="joint PGD-20", preset=_PGD20,
                strength=3),
     AttackSpec("soft_mask_pgd", soft_mask_pgd, "Soft-mask PGD (CAS-adaptive)",
@@ -130,13 +133,13 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                column="soft-mask PGD-20", preset=_PGD20, strength=3),
     AttackSpec("autoattack", autoattack, "AutoAttack", "APGD-CE, APGD-T, FAB-T and Square, standard version",
                (LINF_EPS, SEED), gradient=False, untargeted_only=True, interactive=False,
-               card_key="autoattack", column="AutoAttack", strength=3),
+               card_key="autoattack", column="AutoAttack", strength=3, per_image_seeds=False),
     AttackSpec("adaptive_autoattack", adaptive_autoattack, "Adaptive AutoAttack (CAS-adaptive)",
                "AutoAttack's APGD-CE and APGD-T with gradients through the soft mask at temperatures "
                "0.1, 1 and 10, judged by the real model, per-image worst case",
                (LINF_EPS, SEED), needs_cas=True, fallback="autoattack", sees_mask=True, gradient=False,
                untargeted_only=True, interactive=False, card_key="adaptive_autoattack",
-               column="adaptive AutoAttack", strength=4),
+               column="adaptive AutoAttack", strength=4, per_image_seeds=False),
     # what the paper's numbers were measured with: their schedule, loss and last iterate (see .protocols)
     AttackSpec("authors_pgd", authors_pgd, "Authors' PGD-20 (the paper's protocol)",
                "the CAS authors' own evaluation: 20 steps of 0.003 within 0.031 on the final + 2 x mean "
@@ -147,7 +150,7 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                "the CAS authors' own CW evaluation: the same schedule on the margin loss of the final + 2 x "
                "mean auxiliary heads, clipped per batch of 200, last iterate, as the paper's CW numbers were "
                "measured", (AUTHORS_EPS, SEED), gradient=False, untargeted_only=True, card_key="authors_cw",
-               column="authors' CW", preset=dict(AUTHORS_SCHEDULE)),
+               column="authors' CW", preset=dict(AUTHORS_SCHEDULE), batch_multiple=AUTHORS_BATCH),
 ]}
 
 
