@@ -70,7 +70,7 @@ class Panel:
 
 
 def channel_panels(panels: list[Panel], x_title: str, side_by_side: bool = False,
-                   height: int | None = None) -> go.Figure:
+                   height: int | None = None, top: int | None = None) -> go.Figure:
     """The panels one above the other (or side by side, sharing one y axis), one bar per channel."""
     n = len(panels)
     gap = (0.06 if side_by_side else 0.12) if n > 1 else 0.0
@@ -80,7 +80,7 @@ def channel_panels(panels: list[Panel], x_title: str, side_by_side: bool = False
     default = (330 if n == 1 else (380 if side_by_side else 250 * n))
     layout = dict(height=int((height or default) * (1.15 if big else 1)), font=font, bargap=0.05,
                   barmode="group", hovermode="closest", annotations=[], shapes=[],
-                  margin=dict(l=10, r=10, t=110 if big else 80, b=10),
+                  margin=dict(l=10, r=10, t=int((top or 80) * (1.4 if big else 1)), b=10),
                   legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0))
     data: list[dict] = []
     seen: set[str] = set()
@@ -137,7 +137,7 @@ def channel_panels(panels: list[Panel], x_title: str, side_by_side: bool = False
 
 
 def head_guess_figure(steps: list[int], true_prob_final: list[float], true_prob_head: list[float],
-                      class_name: str) -> go.Figure:
+                      class_name: str, note: str = "") -> go.Figure:
     """The probability of the true class through an attack's steps: the final prediction and the CAS
     head whose guess picks the mask (step 0: the clean image)."""
     font, _ = figures.fonts()
@@ -149,7 +149,9 @@ def head_guess_figure(steps: list[int], true_prob_final: list[float], true_prob_
     layout = dict(height=330, font=font, margin=dict(l=10, r=10, t=70, b=10),
                   legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
                   xaxis=dict(title=dict(text="PGD step (0 = the clean image)"), dtick=2),
-                  yaxis=dict(title=dict(text=f"probability of “{class_name}”"), range=[0, 105], ticksuffix="%"))
+                  yaxis=dict(title=dict(text=f"probability of “{class_name}”"), range=[0, 105], ticksuffix="%"),
+                  annotations=[dict(text=note, x=1, y=0.05, xref="paper", yref="paper", xanchor="right",
+                                    yanchor="bottom", showarrow=False, font=dict(size=font["size"]))] if note else [])
     return figures._figure(data, layout)
 
 

@@ -326,9 +326,12 @@ def caption(step: int, results: dict, threshold: float = THRESHOLD) -> str:
             "on the attacked image but not on the clean one.")
 
 
+HEADROOM = 1.45  # the y axis reaches this many times the tallest bar: room for the panel's notes
+
+
 def _y_range(results: dict, runs: tuple[str, ...], stage: str = "before") -> tuple[float, float]:
     top = max(float(np.abs(getattr(results[r].modules[-1], stage)).max()) for r in runs if r in results)
-    return (0.0, 1.08 * top)
+    return (0.0, HEADROOM * top)
 
 
 def _marks(name: str, positions: np.ndarray, values: np.ndarray, colour: str, lift: float) -> lf.Marks:
@@ -360,7 +363,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
     """The step's channel figures (Plotly), built from the same :func:`facts` as its words."""
     f = facts(results, threshold)
     x_title = "the last block's channels, sorted by the clean image's activation (strongest first)"
-    shared = _y_range(results, ("std_clean", "std_pgd", "at_pgd"))
+    shared = _y_range(results, ("std_clean", "std_pgd", "at_pgd")) if step <= 3 else None
     if step == 1:
         p = _before_panel("Standard model (std), clean image", results["std_clean"], f["std_clean"], shared,
                           threshold, False, shade=True)
@@ -376,7 +379,9 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
             p.notes.append(f"total ×{f[run]['rise']:.2f}")
             panels.append(p)
         return [lf.channel_panels(panels, "channels, clean image's order", side_by_side=True, height=420)]
-    if step in (4, 5):
+    if step == 5:  # its pictures are the head's guess through the attack and the cards (see :func:`evidence`)
+        return []
+    if step == 4:
         r, g = results["cas_pgd"], f["cas_pgd"]
         v = r.modules[-1]
         before = _before_panel("Before the mask (AT + CAS, last CAS module)", r, g, _y_range(results, ("cas_pgd",)),
@@ -399,7 +404,8 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
                                   figures.NATURAL),
                           lf.Line("switched-on line, adversarial image", threshold / 100 * float(np.abs(a[1]).max()),
                                   figures.ADVERSARIAL)],
-                         notes=[f"clean: {g['after_nat']} switched on", f"adversarial: {g['after_adv']} switched on"])
+                         notes=[f"clean: {g['after_nat']} switched on", f"adversarial: {g['after_adv']} switched on"],
+                         y_range=_y_range(results, ("cas_pgd",), "after"))
         return [lf.channel_panels([before, mask_panel, after], x_title, height=720)]
     out = []
     y = _y_range(results, ("cas_pgd", "cas_soft"), "after")
@@ -418,7 +424,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
                              0.04 * y[1])],
                      [f"adversarial: {g['after_adv']} switched on", f"passing only under attack: {len(g['passed'])}"],
                      y_range=y)
-        out.append(lf.channel_panels([p], "channels, clean image's order", height=420))
+        out.append(lf.channel_panels([p], "channels, clean image's order", height=480, top=150))
     return out
 
 
@@ -589,7 +595,9 @@ def evidence(loaded: dict, image: ImageChoice, cards: dict) -> None:
     """Step 5: the head's guess through plain PGD's steps, and the cards' accuracies."""
     t = trajectory(steps_through(loaded, image))
     name = cas.CLASSES[t["label"]]
-    chart(lf.head_guess_figure(t["steps"], t["final"], t["head"], name), "lec_steps")
+    guesses = sorted({cas.CLASSES[g] for g in t["guesses"]})
+    note = f"the head's guess at steps 1-{len(t['guesses'])}: {', '.join(guesses)}"
+    chart(lf.head_guess_figure(t["steps"], t["final"], t["head"], name, note), "lec_steps")
     rows = card_rows(cards)
     if rows:
         chart(lf.card_accuracy_figure(rows, CARD_COLOURS), "lec_cards_5")
@@ -609,10 +617,18 @@ def protocols(results: dict, cards: dict) -> None:
         box(f"**{r.choice.describe()}**: says **{cas.CLASSES[r.pred_adv]}** "
             f"({'fooled' if r.success else 'not fooled'}). {card}.",
             icon=":material/bolt:" if r.success else ":material/shield:")
-    st.markdown("A protocol's number depends on its step size and its loss: 20 steps of 0.003 move each pixel at "
-                "most 0.06 in all, so the attack barely reaches the corners of its 0.031 budget, and a loss that "
-                "never sees the argmax mask switch pushes the wrong way; the same budget with larger steps and a "
-                "loss through the mask finds far more adversarial images.")
+    st.markdown(protocol_sentence())
+
+
+def protocol_sentence() -> str:
+    """Why a protocol's step size and loss decide its number, with the registry's own settings."""
+    a, s = AUTHORS.preset, SOFT.preset
+    return (f"A protocol's number depends on its step size and its loss. The paper's {a['steps']} steps of "
+            f"{a['step_size']:g} move a pixel at most {a['steps'] * a['step_size']:.2f} in all, against a budget of "
+            f"{a['eps']:g}: the attack spends its steps getting to the budget's corners. The project's "
+            f"{s['steps']} steps of {s['step_size'] * 255:g}/255 can cross the budget {s['steps'] * s['step_size'] / (8 / 255):.0f} "
+            "times over. And a loss that never sees the argmax mask switch pushes on a mask that stays put; "
+            "a loss through the (soft) mask follows the switch.")
 
 
 def continue_button(image: ImageChoice, index: int) -> None:
@@ -666,9 +682,8 @@ def step_links(step: int) -> None:
         link = join.join_link(getattr(st.context, "url", None), "lecture", {"step": str(step), "present": "1"})
         st.markdown("**Follow on your own screen:** scan or type")
         if link.url:
-            qr, text = st.columns([1, 2])
-            qr.image(join.qr_png(link.url), width=presentation.image_size(192))
-            text.code(link.url, language=None)
+            st.image(join.qr_png(link.url), width=presentation.image_size(192), caption="This step's link")
+            st.code(link.url, language=None)
         else:
             st.info(link.note)
     else:
