@@ -130,10 +130,10 @@ def test_step_numbers_are_drawn_on_their_charts(results):
     assert _traces(fig, "mask weight (row “deer”)")  # the head's guess names the mask drawn
     # 6: the channels the mask lets through after soft-mask PGD, pointed at
     _, sentence = lecture.claim(6, results)
-    plain, soft = lecture.figure(6, results)
-    (marks,) = _traces(soft, "pass the mask on the attacked image only")
+    (fig,) = lecture.figure(6, results)
+    (marks,) = [t for t in _traces(fig, "pass the mask on the attacked image only") if t.yaxis == "y2"]
     assert f"{len(marks.x)} channels the clean image's mask shuts now pass" in sentence
-    assert plain.layout.yaxis.range == soft.layout.yaxis.range
+    assert fig.layout.yaxis.range == fig.layout.yaxis2.range
 
 
 CAPTION_WORDS = {  # what a caption names -> the trace (or shape) that draws it

@@ -164,7 +164,7 @@ def test_attack_lab_fits_1024_pixels_without_presentation_mode(server, browser):
     page.close()
 
 
-STEP_CHARTS = {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 3}  # Plotly charts each step draws
+STEP_CHARTS = {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2}  # Plotly charts each step draws
 
 
 @pytest.mark.parametrize("width", [1024, 1440])
@@ -206,7 +206,7 @@ def test_attack_lab_by_its_path_and_from_the_lecture(server, browser):
     assert "Page not found" not in body and "Attack Lab" in body
     page.goto(f"{server}/lecture?step={len(lecture.STEPS)}")
     page.get_by_text(f"Step {len(lecture.STEPS)} of", exact=False).first.wait_for()
-    _settle(page, 3)
+    _settle(page, 2)
     page.get_by_role("button", name="Continue in the Attack Lab").click()
     page.get_by_text("Continuing the lecture", exact=False).first.wait_for()
     _settle(page, 2)

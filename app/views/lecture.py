@@ -409,6 +409,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
         return [lf.channel_panels([before, mask_panel, after], x_title, height=720)]
     out = []
     y = _y_range(results, ("cas_pgd", "cas_soft"), "after")
+    panels = []
     for run, title in (("cas_pgd", "Plain PGD: after the mask"), ("cas_soft", "Soft-mask PGD: after the mask")):
         r, g = results[run], f[run]
         a = r.modules[-1].after[:, g["order"]]
@@ -424,7 +425,8 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
                              0.04 * y[1])],
                      [f"adversarial: {g['after_adv']} switched on", f"passing only under attack: {len(g['passed'])}"],
                      y_range=y)
-        out.append(lf.channel_panels([p], "channels, clean image's order", height=480, top=150))
+        panels.append(p)
+    out.append(lf.channel_panels(panels, "channels, clean image's order", side_by_side=True, height=460, top=100))
     return out
 
 
@@ -652,14 +654,11 @@ def step_view(step: int, results: dict, loaded: dict, image: ImageChoice, cards:
     """One step's images, its charts and what they show."""
     if step == len(STEPS):
         left, right = st.columns(2)
-        figs = figure(step, results)
-        for col, run, fig in zip((left, right), ("cas_pgd", "cas_soft"), figs):
-            with col:
-                r = results[run]
-                size = presentation.image_size(192)
-                col.image(images.upscale(r.x_adv, size), width=size,
-                          caption=f"Adversarial image, {r.choice.describe()}")
-                chart(fig, f"lec_ch_{run}")
+        for col, run in zip((left, right), ("cas_pgd", "cas_soft")):
+            r = results[run]
+            size = presentation.image_size(192)
+            col.image(images.upscale(r.x_adv, size), width=size, caption=f"Adversarial image, {r.choice.describe()}")
+        chart(figure(step, results)[0], "lec_ch_6")
         st.caption(caption(step, results))
         rows = card_rows(cards)
         if rows:
