@@ -152,7 +152,7 @@ def test_every_legend_entry_a_caption_names_is_drawn(results, step):
         if word in text:
             assert any(n.startswith(trace) for n in names), (step, word, sorted(names))
     if "Shaded" in text:
-        assert figs[0].layout.shapes
+        assert figs[0].layout.shapes and any(n.startswith("switched on, shaded") for n in names)
     for fig in figs:  # every line and mark drawn has its legend entry
         for name in {t.name for t in fig.data}:
             assert any(t.name == name and t.showlegend is not False for t in fig.data), name

@@ -118,6 +118,10 @@ def channel_panels(panels: list[Panel], x_title: str, side_by_side: bool = False
         if p.shade:
             layout["shapes"].append(dict(type="rect", xref=f"x{ax}", yref=f"y{ax} domain", x0=-0.5, x1=p.shade - 0.5,
                                          y0=0, y1=1, fillcolor=SHADE, line=dict(width=0), layer="below"))
+            name = f"switched on, shaded ({p.shade})"  # the shading's legend entry
+            data.append(dict(type="scatter", mode="markers", x=[None], y=[None], name=name, showlegend=legend(name),
+                             marker=dict(color="rgba(31, 119, 180, 0.25)", symbol="square", size=14),
+                             xaxis=f"x{ax}", yaxis=f"y{ax}", hoverinfo="skip"))
         for s in p.bars:
             data.append(dict(type="bar", x=pos, y=s.values, name=s.name, legendgroup=s.name,
                              showlegend=legend(s.name), marker=dict(color=s.colour, line=dict(width=0)),
