@@ -191,7 +191,7 @@ def test_step_pictures_at_1024_and_1440_pixels(server, browser, expected, width)
             if word in body and step != 5:
                 assert any(t.startswith(trace) or (trace == "switched on by the attack only"
                                                    and t.startswith("pass the mask")) for t in legend), (step, word)
-        page.screenshot(path=str(ARTIFACTS / f"lecture_step{step}_{width}.png"), full_page=True)
+        save_png(page, [ARTIFACTS / f"lecture_step{step}_{width}.png"], True)
     page.close()
 
 
@@ -209,7 +209,9 @@ def test_attack_lab_by_its_path_and_from_the_lecture(server, browser):
     _settle(page, 2)
     page.get_by_role("button", name="Continue in the Attack Lab").click()
     page.get_by_text("Continuing the lecture", exact=False).first.wait_for()
-    _settle(page, 2)
+    _settle(page, 1)  # the probabilities; of the channel charts, the first module's tab is the hidden one
+    page.locator(".js-plotly-plot").last.wait_for()
+    page.wait_for_timeout(1500)
     body = _body(page)
     assert f"#{lecture.IMAGE}" in body and "at-cas" in body and "10% switched-on" in body
     assert "still fall to it" in body  # what plain PGD's accuracy on the card means
