@@ -175,5 +175,6 @@ def card_accuracy_figure(rows: list[tuple[str, str, float, float, int]], attack_
                                        + attack + "</extra>"))
     layout = dict(height=330, font=font, barmode="group", margin=dict(l=10, r=10, t=70, b=10),
                   legend=dict(orientation="h", yref="container", y=0.995, yanchor="top", xanchor="left", x=0),
-                  yaxis=dict(title=dict(text="accuracy under attack (cards)"), range=[0, 100], ticksuffix="%"))
+                  xaxis=dict(), yaxis=dict(title=dict(text="accuracy under attack (cards)"), range=[0, 100],
+                                           ticksuffix="%"))
     return figures._figure(data, layout)

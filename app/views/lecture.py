@@ -615,7 +615,7 @@ def protocols(results: dict, cards: dict) -> None:
         r = results[run]
         box = col.error if r.success else col.success
         card = (f"card: {k[key][0]:.1f}% ± {k[key][1]:.1f} on {k[key][2]:,} images" if key in k
-                else "no card figure yet")
+                else "its card has no figure for it")
         box(f"**{r.choice.describe()}**: says **{cas.CLASSES[r.pred_adv]}** "
             f"({'fooled' if r.success else 'not fooled'}). {card}.",
             icon=":material/bolt:" if r.success else ":material/shield:")
