@@ -38,18 +38,18 @@ def test_a_photo_source_visit_keeps_the_gallery_and_threshold_settings(models_di
     at.run()
     at.selectbox(key="lab_cls").set_value("cat").run()
     at.number_input(key="lab_idx").set_value(7).run()
-    at.slider(key="lab_thr").set_value(10.0).run()
+    at.slider(key="lab_thr").set_value(12.0).run()  # not the default (10%)
     for source in ("upload", "camera"):
         at.radio(key="lab_src").set_value(source).run()
         at.radio(key="lab_src").set_value(source).run()  # a second run while the gallery is hidden
         at.radio(key="lab_src").set_value("cifar").run()
         _clean(at)
         assert at.session_state["lab_idx"] == 7 and at.session_state["lab_cls"] == "cat"
-        assert at.session_state["lab_thr"] == 10.0
+        assert at.session_state["lab_thr"] == 12.0
         assert _browser_shows(at.number_input(key="lab_idx")) == 7
         assert _browser_shows(at.selectbox(key="lab_cls")) == "cat"
-        assert _browser_shows(at.slider(key="lab_thr")) == 10.0
-        assert "exceeds 10% of the strongest" in "\n".join(c.value for c in at.caption)
+        assert _browser_shows(at.slider(key="lab_thr")) == 12.0
+        assert "exceeds 12% of the strongest" in "\n".join(c.value for c in at.caption)
 
 
 # -- in Chromium -----------------------------------------------------------------------------------
@@ -102,9 +102,9 @@ def test_share_link_follows_the_chart_options(app_url, tab):
     _wait_query(page, "sort=index")
     expect(link).to_contain_text("sort=index", timeout=30_000)
     page.locator('[data-testid="stSlider"] input[type="range"]').first.focus()
-    page.keyboard.press("ArrowRight")  # 1% -> 1.5%
-    _wait_query(page, "thr=1.5")
-    expect(link).to_contain_text("thr=1.5", timeout=30_000)
+    page.keyboard.press("ArrowRight")  # 10% -> 10.5%
+    _wait_query(page, "thr=10.5")
+    expect(link).to_contain_text("thr=10.5", timeout=30_000)
     expect(link).to_contain_text("sort=index")
 
 
