@@ -378,7 +378,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
             p = _before_panel(title, results[run], f[run], shared, threshold, True)
             p.notes.append(f"total ×{f[run]['rise']:.2f}")
             panels.append(p)
-        return [lf.channel_panels(panels, "channels, clean image's order", side_by_side=True, height=420)]
+        return [lf.channel_panels(panels, "channels, clean image's order", side_by_side=True, height=440, top=105)]
     if step == 5:  # its pictures are the head's guess through the attack and the cards (see :func:`evidence`)
         return []
     if step == 4:
@@ -406,7 +406,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
                                   figures.ADVERSARIAL)],
                          notes=[f"clean: {g['after_nat']} switched on", f"adversarial: {g['after_adv']} switched on"],
                          y_range=_y_range(results, ("cas_pgd",), "after"))
-        return [lf.channel_panels([before, mask_panel, after], x_title, height=720)]
+        return [lf.channel_panels([before, mask_panel, after], x_title, height=740, top=120)]
     out = []
     y = _y_range(results, ("cas_pgd", "cas_soft"), "after")
     panels = []
