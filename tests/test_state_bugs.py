@@ -126,20 +126,20 @@ def _visit_photo_source(page, source: str) -> None:
 @pytest.mark.parametrize("source", list(PHOTO_INPUTS))
 def test_a_photo_source_visit_keeps_what_the_browser_shows(app_url, tab, source):
     page = tab
-    page.goto(app_url + "/?attack=fgsm&cls=cat&img=7&thr=10")
+    page.goto(app_url + "/?attack=fgsm&cls=cat&img=7&thr=12")
     _settle(page, 2)
     number = page.get_by_role("spinbutton", name="Test image number")
     assert number.input_value() == "7" and "cat" in _class_filter_shown(page)
-    assert _threshold_shown(page) == "10.00"
+    assert _threshold_shown(page) == "12.00"
     _visit_photo_source(page, source)
     assert number.input_value() == "7" and "cat" in _class_filter_shown(page)
-    assert _threshold_shown(page) == "10.00"
-    assert page.get_by_text(re.compile("exceeds 10% of the strongest")).count() >= 1
+    assert _threshold_shown(page) == "12.00"
+    assert page.get_by_text(re.compile("exceeds 12% of the strongest")).count() >= 1
     # the next changes send the browser's values back: they must still be the kept ones
     page.get_by_text("mask weight").first.click()
     _wait_query(page, "sort=mask")
     _visit_photo_source(page, source)
     assert number.input_value() == "7" and "cat" in _class_filter_shown(page)
-    assert _threshold_shown(page) == "10.00"
-    assert all(f"{p}&" in page.url + "&" for p in ("img=7", "cls=cat", "thr=10"))
+    assert _threshold_shown(page) == "12.00"
+    assert all(f"{p}&" in page.url + "&" for p in ("img=7", "cls=cat", "thr=12"))
     assert page.get_by_text("test image #7 (", exact=False).count() >= 1
