@@ -28,8 +28,17 @@ st.set_page_config(page_title="CAS Lab", page_icon=":material/neurology:", layou
                    initial_sidebar_state="collapsed" if present else "auto")
 keep_widget_state(PREFIXES)  # settings survive a visit to another page
 
-pages = [st.Page(VIEWS / p.file, title=p.title, icon=p.icon, url_path=p.url, default=p.url == DEFAULT_PAGE)
-         for p in PAGES]
+
+def _page(p, default: bool = False, hidden: bool = False) -> st.Page:
+    """The Streamlit page of ``p``. The default page answers the bare address, which makes Streamlit drop
+    its own path; a hidden twin at that path (``/attack_lab``) opens the same page by its address."""
+    url = f"{p.url}-home" if default else p.url  # a page's identity is its path: the twin keeps the real one
+    return st.Page(VIEWS / p.file, title=p.title, icon=p.icon, url_path=url, default=default,
+                   visibility="hidden" if hidden else "visible")
+
+
+pages = [_page(p, default=p.url == DEFAULT_PAGE) for p in PAGES]
+pages += [_page(p, hidden=True) for p in PAGES if p.url == DEFAULT_PAGE]
 
 with st.sidebar:
     st.markdown("### :material/neurology: CAS Lab\n"

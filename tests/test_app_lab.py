@@ -144,7 +144,7 @@ def test_chart_options_do_not_rerun_the_attack(models_dir):
     at = make_app(model="at-cas", steps=3).run()
     assert at.session_state["_lab_computations"] == 1
     at.radio(key="lab_sort").set_value("index").run()
-    at.slider(key="lab_thr").set_value(10.0).run()
+    at.slider(key="lab_thr").set_value(12.0).run()
     assert_clean(at)
     assert at.session_state["_lab_computations"] == 1
     assert at.query_params.get("sort") == ["index"] or at.query_params.get("sort") == "index"

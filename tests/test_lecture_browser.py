@@ -82,8 +82,8 @@ def test_walk_the_lecture_with_next(server, browser, expected):
             page.get_by_role("button", name="Next").click()
     assert page.get_by_role("button", name="Next").is_disabled()
     body = _body(page)
-    assert "Soft-mask PGD" in body and "the attack succeeded" in body  # the last step, side by side:
-    assert "(not fooled)" in body and "(fooled)" in body  # plain PGD fails, soft-mask PGD succeeds
+    assert "Soft-mask PGD" in body and "The attack succeeded" in body  # the last step: three protocols,
+    assert "(not fooled)" in body and "(fooled)" in body  # the paper's holds, the adaptive ones succeed
     page.get_by_role("button", name="Back").click()
     page.get_by_text(f"Step {n - 1} of {n}", exact=False).first.wait_for()
     assert f"step={n - 1}" in page.url
@@ -161,4 +161,59 @@ def test_attack_lab_fits_1024_pixels_without_presentation_mode(server, browser):
         .filter(b => b.innerText.trim().endsWith('Random') || b.innerText.includes('R…'))
         .map(b => [...b.querySelectorAll('p, span, div')].some(e => e.scrollWidth > e.clientWidth + 1))""")
     assert clipped and not any(clipped), clipped
+    page.close()
+
+
+STEP_CHARTS = {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2}  # Plotly charts each step draws
+
+
+@pytest.mark.parametrize("width", [1024, 1440])
+def test_step_pictures_at_1024_and_1440_pixels(server, browser, expected, width):
+    """Every step's picture whole: its charts drawn inside the window, every legend entry a caption names
+    on the page, nothing wider than the window, the claim's sentence shown."""
+    page = new_tab(browser, width, 900)
+    for step in range(1, len(lecture.STEPS) + 1):
+        page.goto(f"{server}/lecture?step={step}")
+        page.get_by_text(f"Step {step} of", exact=False).first.wait_for()
+        _settle(page, STEP_CHARTS[step])
+        body = _body(page)
+        assert "Traceback" not in body and "does not hold" not in body, step
+        assert expected[step - 1] in body, step
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, step
+        charts = page.locator('[data-testid="stPlotlyChart"]')
+        assert charts.count() == STEP_CHARTS[step], step
+        for i in range(charts.count()):
+            box = charts.nth(i).bounding_box()
+            assert box and box["width"] > 300 and box["x"] + box["width"] <= width + 1, (step, box)
+        legend = page.evaluate("""[...document.querySelectorAll('.legendtext')].map(e => e.textContent)""")
+        for word, trace in (("Orange triangles", "switched on by the attack only"),
+                            ("Purple", "suppressed by the mask"), ("Dotted line", "switched-on line")):
+            if word in body and step != 5:
+                assert any(t.startswith(trace) or (trace == "switched on by the attack only"
+                                                   and t.startswith("pass the mask")) for t in legend), (step, word)
+        save_png(page, [ARTIFACTS / f"lecture_step{step}_{width}.png"], True)
+    page.close()
+
+
+def test_attack_lab_by_its_path_and_from_the_lecture(server, browser):
+    """``/attack_lab`` opens the Attack Lab (no "Page not found"); the lecture's last step opens it on the
+    lecture's image, model and threshold, and says so."""
+    page = new_tab(browser, 1280, 900)
+    page.goto(f"{server}/attack_lab")
+    page.get_by_text("Result:", exact=False).first.wait_for()
+    _settle(page, 2)
+    body = _body(page)
+    assert "Page not found" not in body and "Attack Lab" in body
+    page.goto(f"{server}/lecture?step={len(lecture.STEPS)}")
+    page.get_by_text(f"Step {len(lecture.STEPS)} of", exact=False).first.wait_for()
+    _settle(page, 2)
+    page.get_by_role("button", name="Continue in the Attack Lab").click()
+    page.get_by_text("Continuing the lecture", exact=False).first.wait_for()
+    _settle(page, 1)  # the probabilities; of the channel charts, the first module's tab is the hidden one
+    page.locator(".js-plotly-plot").last.wait_for()
+    page.wait_for_timeout(1500)
+    body = _body(page)
+    assert f"#{lecture.IMAGE}" in body and "at-cas" in body and "10% switched-on" in body
+    assert "still fall to it" in body  # what plain PGD's accuracy on the card means
+    _save(page, "attack_lab_from_lecture.png", full=True)
     page.close()

@@ -38,18 +38,18 @@ def test_a_photo_source_visit_keeps_the_gallery_and_threshold_settings(models_di
     at.run()
     at.selectbox(key="lab_cls").set_value("cat").run()
     at.number_input(key="lab_idx").set_value(7).run()
-    at.slider(key="lab_thr").set_value(10.0).run()
+    at.slider(key="lab_thr").set_value(12.0).run()  # not the default (10%)
     for source in ("upload", "camera"):
         at.radio(key="lab_src").set_value(source).run()
         at.radio(key="lab_src").set_value(source).run()  # a second run while the gallery is hidden
         at.radio(key="lab_src").set_value("cifar").run()
         _clean(at)
         assert at.session_state["lab_idx"] == 7 and at.session_state["lab_cls"] == "cat"
-        assert at.session_state["lab_thr"] == 10.0
+        assert at.session_state["lab_thr"] == 12.0
         assert _browser_shows(at.number_input(key="lab_idx")) == 7
         assert _browser_shows(at.selectbox(key="lab_cls")) == "cat"
-        assert _browser_shows(at.slider(key="lab_thr")) == 10.0
-        assert "exceeds 10% of the strongest" in "\n".join(c.value for c in at.caption)
+        assert _browser_shows(at.slider(key="lab_thr")) == 12.0
+        assert "exceeds 12% of the strongest" in "\n".join(c.value for c in at.caption)
 
 
 # -- in Chromium -----------------------------------------------------------------------------------
@@ -102,9 +102,9 @@ def test_share_link_follows_the_chart_options(app_url, tab):
     _wait_query(page, "sort=index")
     expect(link).to_contain_text("sort=index", timeout=30_000)
     page.locator('[data-testid="stSlider"] input[type="range"]').first.focus()
-    page.keyboard.press("ArrowRight")  # 1% -> 1.5%
-    _wait_query(page, "thr=1.5")
-    expect(link).to_contain_text("thr=1.5", timeout=30_000)
+    page.keyboard.press("ArrowRight")  # 10% -> 10.5%
+    _wait_query(page, "thr=10.5")
+    expect(link).to_contain_text("thr=10.5", timeout=30_000)
     expect(link).to_contain_text("sort=index")
 
 
@@ -126,20 +126,20 @@ def _visit_photo_source(page, source: str) -> None:
 @pytest.mark.parametrize("source", list(PHOTO_INPUTS))
 def test_a_photo_source_visit_keeps_what_the_browser_shows(app_url, tab, source):
     page = tab
-    page.goto(app_url + "/?attack=fgsm&cls=cat&img=7&thr=10")
+    page.goto(app_url + "/?attack=fgsm&cls=cat&img=7&thr=12")
     _settle(page, 2)
     number = page.get_by_role("spinbutton", name="Test image number")
     assert number.input_value() == "7" and "cat" in _class_filter_shown(page)
-    assert _threshold_shown(page) == "10.00"
+    assert _threshold_shown(page) == "12.00"
     _visit_photo_source(page, source)
     assert number.input_value() == "7" and "cat" in _class_filter_shown(page)
-    assert _threshold_shown(page) == "10.00"
-    assert page.get_by_text(re.compile("exceeds 10% of the strongest")).count() >= 1
+    assert _threshold_shown(page) == "12.00"
+    assert page.get_by_text(re.compile("exceeds 12% of the strongest")).count() >= 1
     # the next changes send the browser's values back: they must still be the kept ones
     page.get_by_text("mask weight").first.click()
     _wait_query(page, "sort=mask")
     _visit_photo_source(page, source)
     assert number.input_value() == "7" and "cat" in _class_filter_shown(page)
-    assert _threshold_shown(page) == "10.00"
-    assert all(f"{p}&" in page.url + "&" for p in ("img=7", "cls=cat", "thr=10"))
+    assert _threshold_shown(page) == "12.00"
+    assert all(f"{p}&" in page.url + "&" for p in ("img=7", "cls=cat", "thr=12"))
     assert page.get_by_text("test image #7 (", exact=False).count() >= 1

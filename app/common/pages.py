@@ -25,6 +25,8 @@ PAGES = (
 )
 DEFAULT_PAGE = "attack_lab"  # the page the bare address opens
 PREFIXES = tuple(p.prefix for p in PAGES)
+# session-state key: (model, image index) when the Attack Lab was opened from the Lecture's last step
+FROM_LECTURE = "lecture_to_lab"
 
 
 def prefix(url: str) -> str:

@@ -138,10 +138,12 @@ def summary_metrics(view: image_attack.PointView, threshold: float, attacked: bo
 
 
 def channel_charts(result: image_attack.LabResult, sort: str, threshold: float, where=st, key: str = "ch",
-                   height: int | None = None, metrics: bool = True) -> None:
-    """One tab per CAS module: the channel chart, its summary figures and its caption."""
+                   height: int | None = None, metrics: bool = True, last_first: bool = False) -> None:
+    """One tab per CAS module: the channel chart, its summary figures and its caption; ``last_first``:
+    the last module's tab open first (the one the Lecture shows)."""
     views = result.modules
-    tabs = where.tabs([f"{'CAS module' if v.is_cas else 'Last block'} {v.name}" for v in views])
+    names = [f"{'CAS module' if v.is_cas else 'Last block'} {v.name}" for v in views]
+    tabs = where.tabs(names, default=names[-1] if last_first else None)
     for tab, view in zip(tabs, views):
         with tab:
             fig = figures.channel_figure(view, image_attack.channel_order(view, sort), result.attacked, height=height,

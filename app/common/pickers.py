@@ -30,6 +30,7 @@ CLASS_OPTIONS = ("all",) + tuple(cas.CLASSES)
 TARGET_OPTIONS = ("untargeted",) + tuple(cas.CLASSES)
 UPLOAD, PATH = "__upload__", "__path__"
 GALLERY_SIZE = 12
+THRESHOLD = 10.0  # default "switched on" line, % of the strongest channel (the Lecture's)
 
 
 # -- session-state keys --------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def attack_params(prefix: str, defaults: dict | None = None) -> list[Param]:
 def chart_params(prefix: str) -> list[Param]:
     """URL parameters of the channel charts: sort order and activation threshold (in %)."""
     return [Param(value_key(prefix, "sort"), "sort", "natural", one_of(image_attack.SORTS)),
-            Param(value_key(prefix, "thr"), "thr", 1.0, float_in(0.0, 50.0), dump_number)]
+            Param(value_key(prefix, "thr"), "thr", THRESHOLD, float_in(0.0, 50.0), dump_number)]
 
 
 def model_list(names: list[str], most: int | None = None):

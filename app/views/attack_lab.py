@@ -5,8 +5,10 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+import cas
 from app.common import compute, image_attack, images, models, panels, pickers, presentation, url_state
-from app.common.pages import prefix
+from app.common.pages import FROM_LECTURE, prefix
+from cas import robustness
 
 P = prefix("attack_lab")
 
@@ -52,10 +54,42 @@ def attack_result(loaded: models.LoadedModel, image: pickers.ImageChoice,
         st.stop()
 
 
+FRACTIONS = (("a tenth", 0.1), ("a fifth", 0.2), ("a quarter", 0.25), ("a third", 1 / 3), ("half", 0.5),
+             ("two thirds", 2 / 3), ("three quarters", 0.75), ("nine in ten", 0.9))
+
+
+def in_words(share: float) -> str:
+    """A share (0-1) as the nearest plain fraction: 0.31 -> 'a third'."""
+    return min(FRACTIONS, key=lambda f: abs(f[1] - share))[0]
+
+
+def card_sentence(card: dict, attack: str) -> str:
+    """What the card's accuracy under ``attack`` means, in one line; empty when the card has none."""
+    spec = cas.ATTACKS.get(attack)
+    key = spec.card_key if spec else None
+    acc = (card.get("accuracy") or {}).get(key) if key else None
+    if acc is None:
+        return ""
+    n = ((card.get("evaluation") or {}).get("counts") or card.get("counts") or {}).get(key)
+    images_text = f" of {n:,} test images" if n else ""
+    fall = 100 - float(acc)
+    text = (f"**What its card says:** under {robustness.column(key)} this model keeps {float(acc):.1f}% of its "
+            f"answers right{images_text}, so {fall:.0f}% of images (about {in_words(fall / 100)}) still fall to "
+            "it: one fooled image does not contradict that.")
+    soft = (card.get("accuracy") or {}).get("soft_mask_pgd20")
+    if soft is not None and key != "soft_mask_pgd20":
+        text += f" Soft-mask PGD-20, which sees the mask, leaves {float(soft):.1f}%."
+    return text
+
+
 def verdict_section(result: image_attack.LabResult, loaded: models.LoadedModel, image: pickers.ImageChoice) -> None:
     """Verdict, images, the gradient-masking warning and the probabilities."""
     st.subheader(f"Result: {result.choice.describe()} on {image.title}")
     panels.verdict(result)
+    if loaded.model.has_cas and image_attack.blind_to_mask(result.choice.attack):
+        line = card_sentence(loaded.card, result.choice.attack)
+        if line:
+            st.markdown(line)
     panels.image_row(result)
     if loaded.model.has_cas and image_attack.blind_to_mask(result.choice.attack) and not result.success:
         st.warning("**Careful: a failed attack is not proof of robustness here.** This model chooses its CAS "
@@ -68,12 +102,13 @@ def verdict_section(result: image_attack.LabResult, loaded: models.LoadedModel, 
 
 
 @st.fragment
-def channel_section(result: image_attack.LabResult, page_params: list[url_state.Param], is_photo: bool) -> None:
+def channel_section(result: image_attack.LabResult, page_params: list[url_state.Param], is_photo: bool,
+                    last_first: bool = False) -> None:
     """Chart options rerun only this part, the charts and the link that holds the options: the attack's
-    result is reused as it is."""
+    result is reused as it is. ``last_first``: the last CAS module's tab open first (from the Lecture)."""
     sort, threshold = pickers.chart_options(P)
     url_state.write_to_url(page_params)
-    panels.channel_charts(result, sort, threshold, key="lab_ch")
+    panels.channel_charts(result, sort, threshold, key="lab_ch", last_first=last_first)
 
     st.subheader("Share and export")
     query = url_state.url_dict(page_params)
@@ -101,6 +136,18 @@ def downloads(result: image_attack.LabResult, loaded: models.LoadedModel, image:
     st.caption(f"The attack took {result.seconds:.2f} s.")
 
 
+def from_the_lecture(loaded: models.LoadedModel, image: pickers.ImageChoice) -> bool:
+    """Whether this view continues the Lecture (its model and image, set by its last step); if so, say so."""
+    model, index = st.session_state.get(FROM_LECTURE) or (None, None)
+    if model is None or loaded.name != model or image.slug != f"cifar{index}":
+        return False
+    st.info(f"**Continuing the lecture:** the same image ({image.title}), the same model (`{model}`), plain PGD as "
+            f"in steps 4 and 5, the lecture's {st.session_state.get(P + 'thr', pickers.THRESHOLD):g}% switched-on "
+            f"line, and the CAS module the lecture showed, the last one (its tab is open below; the model's "
+            "other CAS module is in the first tab). Change anything in the sidebar to explore.", icon=":material/school:")
+    return True
+
+
 def page() -> None:
     """The Attack Lab page: pickers, one attack, its verdict, images, probabilities and channels."""
     st.title(":material/target: Attack Lab")
@@ -120,10 +167,11 @@ def page() -> None:
         st.stop()
     if image is None or choice is None:
         st.stop()
+    from_lecture = from_the_lecture(loaded, image)
     result = attack_result(loaded, image, choice)
     verdict_section(result, loaded, image)
     st.subheader("Inside the network: channel activations")
-    channel_section(result, page_params, image.slug == "photo")
+    channel_section(result, page_params, image.slug == "photo", last_first=from_lecture)
     downloads(result, loaded, image)
 
 

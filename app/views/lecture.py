@@ -19,9 +19,11 @@ import numpy as np
 import streamlit as st
 
 import cas
-from app.common import compute, figures, image_attack, images, models, panels, presentation, url_state
+from app.common import compute, figures, image_attack, images, join, models, panels, presentation, url_state
+from app.common import lecture_figures as lf
 from app.common.pages import prefix
 from app.common.pickers import ImageChoice, button_key
+from cas import robustness
 
 P = prefix("lecture")
 # The lecture's test image: an index of the CIFAR-10 test split, in the order of the copy the app loads
@@ -45,12 +47,26 @@ THRESHOLD = 10.0  # % of the strongest channel above which a channel counts as s
 
 PGD = cas.ATTACKS["pgd"]
 SOFT = cas.ATTACKS["soft_mask_pgd"]
+JOINT = cas.ATTACKS["joint_pgd"]
+AUTHORS = cas.ATTACKS["authors_pgd"]
+# the bundled models by the names a class understands
+MODEL_NAMES = {"std": "standard", "at": "adversarially trained", "at-cas": "AT + CAS"}
+
+
+def model_name(model: str) -> str:
+    """'adversarially trained (`at`)': the human name beside the short one."""
+    return f"{MODEL_NAMES.get(model, model)} (`{model}`)"
 
 
 def _choice(spec) -> image_attack.AttackChoice:
     """The attack as the evaluator runs it (its registry preset: 20 steps of 2/255), ε = 8/255, seed 0."""
     preset = spec.preset
     return image_attack.AttackChoice(spec.name, eps=8.0, steps=preset["steps"], step=preset["step_size"] * 255)
+
+
+def _authors_choice() -> image_attack.AttackChoice:
+    """The authors' protocol as the registry defines it (ε 0.031, 20 steps of 0.003, fixed by the preset)."""
+    return image_attack.AttackChoice(AUTHORS.name, eps=AUTHORS.preset["eps"] * 255)
 
 
 # run name -> (bundled model, attack)
@@ -60,112 +76,384 @@ RUNS = {
     "at_pgd": ("at", _choice(PGD)),
     "cas_pgd": ("at-cas", _choice(PGD)),
     "cas_soft": ("at-cas", _choice(SOFT)),
+    "cas_joint": ("at-cas", _choice(JOINT)),
+    "cas_authors": ("at-cas", _authors_choice()),
 }
+# the card key of each attack on the last step (the models' cards hold accuracies on 1,000 test images)
+PROTOCOLS = (("cas_authors", "authors_pgd20"), ("cas_joint", "joint_pgd20"), ("cas_soft", "soft_mask_pgd20"))
 
 
 @dataclass(frozen=True)
 class Step:
     title: str
     run: str  # the run of RUNS this step shows
-    text: str  # one short paragraph
-    needs: tuple[str, ...]  # the runs its claim looks at
+    needs: tuple[str, ...]  # the runs its claim, words and chart look at
+    terms: tuple[str, ...] = ()  # the words of GLOSSARY it uses
 
 
 STEPS = [
-    Step("A clean image and its channels", "std_clean",
-         "A network sees a 32×32 image. Inside, its last block has 128 **channels**, feature detectors, each "
-         "giving one number for the whole image (its average activation). Here is the standard model on a clean "
-         "test image: each bar is one channel, sorted from the strongest to the weakest.",
-         ("std_clean",)),
-    Step("An attack flips it and lights the channels up", "std_pgd",
-         "**PGD** changes every pixel by at most 8/255, too little to see, in the direction that most increases "
-         "the model's loss (20 gradient steps). The standard model now gets it wrong. Inside, the red bars "
-         "(adversarial) stand above the blue ones (clean): **adversarial examples activate channels more, "
-         "with larger magnitudes** — the paper's first finding.",
-         ("std_pgd",)),
-    Step("Adversarial training lowers the magnitudes", "at_pgd",
-         "**Adversarial training** (AT) trains on such attacked images. The same attack on the AT model barely "
-         "raises the activation — the magnitude problem is fixed. But the attack still **switches on channels "
-         "across the board** instead of the few the clean image uses: the paper's second finding, which AT "
-         "leaves open.",
-         ("std_pgd", "at_pgd")),
-    Step("CAS suppresses the channels", "cas_pgd",
-         "**Channel-wise Activation Suppressing** (CAS) adds a small classifier inside the block. Its guess of "
-         "the class picks one row of its weights, and every channel is multiplied by its weight in that row: "
-         "the **mask** (middle panel). Weights near zero silence a channel. Under the same attack, far fewer "
-         "channels get through the mask than before it.",
-         ("cas_pgd",)),
-    Step("Plain PGD fails on the CAS model", "cas_pgd",
-         "The CAS model keeps the right answer under plain PGD, and on the bundled models plain PGD says CAS "
-         "adds about 30 points of robustness. But the mask is chosen by an **argmax** over the head's guess: a "
-         "gradient cannot see that choice switch, so plain PGD walks the wrong way. A failed attack is not "
-         "proof of robustness.",
-         ("cas_pgd",)),
-    Step("Soft-mask PGD succeeds: gradient masking", "cas_soft",
-         "**Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows for the gradient "
-         "only; the real model judges every step. It sees how the mask would switch, flips the head's guess, "
-         "and the wrong channels pass. The robustness was **gradient masking**: honest evaluation needs "
-         "**adaptive attacks** built for the defence.",
-         ("cas_pgd", "cas_soft")),
+    Step("A clean image and its channels", "std_clean", ("std_clean", "std_pgd", "at_pgd"), ("channel", "switched on")),
+    Step("An attack flips it and switches other channels on", "std_pgd", ("std_clean", "std_pgd", "at_pgd"),
+         ("PGD", "ε", "L∞", "switched on")),
+    Step("Adversarial training lowers the magnitudes, not the switching", "at_pgd", ("std_pgd", "at_pgd"),
+         ("adversarial training", "switched on")),
+    Step("CAS: a mask chosen by a small head", "cas_pgd", ("cas_pgd",), ("auxiliary head", "mask", "argmax")),
+    Step("Plain PGD fails on the CAS model", "cas_pgd", ("cas_pgd",), ("PGD", "argmax", "auxiliary head")),
+    Step("Soft-mask PGD succeeds: gradient masking", "cas_soft", ("cas_pgd", "cas_soft", "cas_joint", "cas_authors"),
+         ("soft mask", "gradient masking", "argmax", "mask")),
 ]
 
+GLOSSARY = {
+    "channel": "One feature detector of a convolutional layer. Its map, averaged over the image, gives one "
+               "number per channel: the height of one bar.",
+    "switched on": f"A channel counts as switched on when its average activation exceeds {THRESHOLD:g}% of "
+                   "the image's strongest channel (the dotted line of the same colour).",
+    "PGD": "Projected gradient descent: repeat a small step in the direction that raises the model's loss, "
+           "then clip the change back into the budget ε.",
+    "ε": "The attack's budget: no pixel value may change by more than ε (here 8/255 of the 0-255 range).",
+    "L∞": "The largest change of any single pixel value: the norm that ε bounds.",
+    "adversarial training": "Training on attacked images (PGD against the model being trained) instead of clean ones.",
+    "auxiliary head": "A small linear classifier inside the CAS module: it guesses the class from the block's "
+                      "channel averages, and its guess picks the mask.",
+    "mask": "One row of the auxiliary head's weights, one weight per channel; each channel is multiplied by "
+            "its weight. Near 0 silences a channel; negative flips its sign.",
+    "argmax": "Taking the class with the highest score. The choice jumps from one class to another, so a "
+              "gradient, which only sees small smooth changes, cannot see it.",
+    "soft mask": "A smooth stand-in for the argmax mask: the rows of every class mixed by the head's "
+                 "probabilities. The attack follows its gradient; the real model judges every step.",
+    "gradient masking": "A defence that hides the gradient an attack follows, so gradient attacks fail "
+                        "without the model being robust.",
+}
 
-# -- the claims (no Streamlit) ---------------------------------------------------------------------------
 
-def figures_of(result: image_attack.LabResult, threshold: float = THRESHOLD) -> dict:
-    """Summary figures of the last CAS point (or last block): total activation and channels switched on,
-    clean (``nat``) and adversarial (``adv``), before and after the mask."""
-    view = result.modules[-1]
+# -- what each step's words and chart say, from its results (no Streamlit) ------------------------------
+
+def _on(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Which channels of one image (K,) are switched on: above ``threshold`` % of the strongest one."""
+    a = np.abs(values)
+    return a > threshold / 100 * a.max()
+
+
+def facts(results: dict[str, image_attack.LabResult], threshold: float = THRESHOLD) -> dict:
+    """Every number a step's words or chart show, by run: channels switched on (clean, adversarial, by the
+    attack only, suppressed by the mask), totals and heights, the CAS head's guess. Positions are in the
+    clean image's order (strongest first), the order the charts draw."""
     out = {}
-    for stage, values in (("before", view.before), ("after", view.after)):
-        for i, who in enumerate(("nat", "adv")):
-            s = image_attack.module_summary(values[i], threshold / 100)
-            out[f"total_{stage}_{who}"] = s["total"]
-            out[f"active_{stage}_{who}"] = s["active"]
-    out["channels"] = view.before.shape[1]
-    out["rise"] = out["total_before_adv"] / max(out["total_before_nat"], 1e-12)
+    for run, r in results.items():
+        v = r.modules[-1]
+        order = image_attack.channel_order(v, "natural")
+        b = v.before[:, order]
+        on_nat, on_adv = _on(b[0], threshold), _on(b[1], threshold)
+        f = {"order": order, "channels": b.shape[1], "on_nat": int(on_nat.sum()), "on_adv": int(on_adv.sum()),
+             "total_nat": float(np.abs(b[0]).sum()), "total_adv": float(np.abs(b[1]).sum()),
+             "peak_nat": float(np.abs(b[0]).max()), "peak_adv": float(np.abs(b[1]).max()),
+             "attack_only": np.flatnonzero(on_adv & ~on_nat)}
+        f["rise"] = f["total_adv"] / max(f["total_nat"], 1e-12)
+        top = np.flatnonzero(on_nat)  # the channels the clean image uses
+        f["top_lower"] = int((np.abs(b[1][top]) < np.abs(b[0][top])).sum())
+        if v.is_cas:
+            a = v.after[:, order]
+            after_nat, after_adv = _on(a[0], threshold), _on(a[1], threshold)
+            f.update(after_nat=int(after_nat.sum()), after_adv=int(after_adv.sum()),
+                     suppressed=np.flatnonzero(on_adv & ~after_adv),
+                     passed=np.flatnonzero(after_adv & ~after_nat),
+                     head_nat=int(v.aux_probs[0].argmax()), head_adv=int(v.aux_probs[1].argmax()),
+                     head_prob_adv=float(v.aux_probs[1].max()), heads=len(r.modules),
+                     mask_suppressed=v.mask[1][order][np.flatnonzero(on_adv & ~after_adv)])
+        out[run] = f
     return out
 
 
+def card_figures(cards: dict[str, dict]) -> dict:
+    """The bundled models' accuracies from their cards (card key -> (accuracy, standard error, images)),
+    by model; absent figures are left out."""
+    out = {}
+    for name, card in cards.items():
+        evaluation = card.get("evaluation") or {}
+        acc = card.get("accuracy") or {}
+        err = card.get("stderr") or evaluation.get("stderr") or {}
+        counts = card.get("counts") or evaluation.get("counts") or {}
+        n_default = counts.get("clean", evaluation.get("n", 0))
+        rows = {}
+        for key, value in acc.items():
+            n = int(counts.get(key, n_default) or 0)
+            se = err.get(key)
+            if se is None and n:
+                se = robustness.standard_error(float(value), n)
+            rows[key] = (float(value), float(se or 0.0), n)
+        out[name] = rows
+    return out
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.0f}%"
+
+
 def claim(step: int, results: dict[str, image_attack.LabResult], threshold: float = THRESHOLD) -> tuple[bool, str]:
-    """Step ``step``'s claim (1-based): whether it holds, and the sentence the page shows. ``results``:
-    run name -> result, at least the step's :attr:`Step.needs`."""
+    """Step ``step``'s claim (1-based): whether it holds, and the sentence the page shows in its box.
+    ``results``: run name -> result, at least the step's :attr:`Step.needs`."""
     c = cas.CLASSES
+    f = facts(results, threshold)
     if step == 1:
-        r = results["std_clean"]
-        f = figures_of(r, threshold)
+        r, g = results["std_clean"], f["std_clean"]
         return (r.pred_nat == r.label,
-                f"The standard model says **{c[r.pred_nat]}** ({100 * r.probs[0, r.pred_nat]:.0f}%); the image "
-                f"shows a {c[r.label]}. {f['active_before_nat']} of {f['channels']} channels are switched on.")
+                f"The standard model says **{c[r.pred_nat]}** ({_pct(r.probs[0, r.pred_nat])}); the image "
+                f"shows a {c[r.label]}. {g['on_nat']} of {g['channels']} channels are switched on (shaded).")
     if step == 2:
-        r = results["std_pgd"]
-        f = figures_of(r, threshold)
-        return (r.pred_nat == r.label and r.pred_adv != r.label and f["rise"] > 1.2,
-                f"Under PGD the standard model says **{c[r.pred_adv]}** ({100 * r.probs[1, r.pred_adv]:.0f}%). "
-                f"Total activation of the last block {f['total_before_nat']:.1f} → {f['total_before_adv']:.1f} "
-                f"(×{f['rise']:.2f}): the channels fire harder.")
+        r, g = results["std_pgd"], f["std_pgd"]
+        return (r.pred_nat == r.label and r.pred_adv != r.label and g["rise"] > 1.2 and len(g["attack_only"]) > 0,
+                f"The attack succeeded: the standard model now says **{c[r.pred_adv]}** "
+                f"({_pct(r.probs[1, r.pred_adv])}). Total activation {g['total_nat']:.1f} → {g['total_adv']:.1f} "
+                f"(×{g['rise']:.2f}); {len(g['attack_only'])} channels the clean image leaves off are switched on "
+                f"(orange triangles).")
     if step == 3:
-        std_rise = figures_of(results["std_pgd"], threshold)["rise"]
-        r = results["at_pgd"]
-        f = figures_of(r, threshold)
-        return (f["rise"] < std_rise and f["active_before_adv"] >= f["active_before_nat"],
-                f"AT: total activation ×{f['rise']:.2f} under attack (standard model: ×{std_rise:.2f}), but "
-                f"channels switched on {f['active_before_nat']} → {f['active_before_adv']} of {f['channels']}. "
-                f"Under PGD the AT model says **{c[r.pred_adv]}**.")
-    r = results["cas_pgd"]
+        r, g, s = results["at_pgd"], f["at_pgd"], f["std_pgd"]
+        return (r.pred_adv != r.label and g["rise"] < s["rise"] and g["peak_adv"] < s["peak_adv"]
+                and len(g["attack_only"]) > 0,
+                f"The attack still succeeded: the adversarially trained model says **{c[r.pred_adv]}** "
+                f"({_pct(r.probs[1, r.pred_adv])}). Its strongest channel under attack {g['peak_adv']:.2f} "
+                f"(standard: {s['peak_adv']:.2f}); total ×{g['rise']:.2f} (standard: ×{s['rise']:.2f}); but "
+                f"{len(g['attack_only'])} channels the clean image leaves off are switched on "
+                f"(standard: {len(s['attack_only'])}).")
+    r, g = results["cas_pgd"], f["cas_pgd"]
     if step == 4:
-        f = figures_of(r, threshold)
-        return (f["active_after_adv"] < f["active_before_adv"],
-                f"Adversarial image: {f['active_before_adv']} of {f['channels']} channels switched on before the "
-                f"mask, **{f['active_after_adv']}** after it.")
+        return (g["after_adv"] < g["on_adv"] and g["head_adv"] == r.label,
+                f"The CAS head guesses **{c[g['head_adv']]}** ({_pct(g['head_prob_adv'])}) on the attacked image, "
+                f"so the mask is {c[g['head_adv']]}'s row: {g['on_adv']} of {g['channels']} channels switched on "
+                f"before the mask, **{g['after_adv']}** after it ({len(g['suppressed'])} suppressed, purple).")
     if step == 5:
         return (r.pred_nat == r.label and r.pred_adv == r.label,
-                f"Under plain PGD the CAS model still says **{c[r.pred_adv]}** "
-                f"({100 * r.probs[1, r.pred_adv]:.0f}%): the attack failed.")
-    r = results["cas_soft"]
-    return (r.pred_adv != r.label,
-            f"Under soft-mask PGD, same budget and steps, the CAS model says **{c[r.pred_adv]}** "
-            f"({100 * r.probs[1, r.pred_adv]:.0f}%): the attack succeeded.")
+                f"The attack failed: under plain PGD the CAS model still says **{c[r.pred_adv]}** "
+                f"({_pct(r.probs[1, r.pred_adv])}), and its head never leaves {c[g['head_adv']]}.")
+    r, g = results["cas_soft"], f["cas_soft"]
+    return (r.pred_adv != r.label and g["head_adv"] != r.label,
+            f"The attack succeeded: under soft-mask PGD, same budget and steps, the CAS model says "
+            f"**{c[r.pred_adv]}** ({_pct(r.probs[1, r.pred_adv])}); its head guesses **{c[g['head_adv']]}**, "
+            f"and {len(g['passed'])} channels the clean image's mask shuts now pass (orange triangles).")
+
+
+def step_text(step: int, results: dict, cards: dict[str, dict], threshold: float = THRESHOLD) -> str:
+    """The step's paragraph: what its picture shows, with the numbers of ``results`` and of the cards."""
+    c = cas.CLASSES
+    f = facts(results, threshold)
+    k = card_figures(cards)
+    if step == 1:
+        g = f["std_clean"]
+        return ("A network sees a 32×32 image. Inside, its last block has "
+                f"{g['channels']} **channels**: feature detectors, each giving one number for the whole image (its "
+                "average activation). The chart shows the standard model on a clean test image: one blue bar per "
+                "channel, strongest first. Some channels carry the image: the "
+                f"{g['on_nat']} above the dotted line count as **switched on** (shaded); the rest stay nearly silent.")
+    if step == 2:
+        g = f["std_pgd"]
+        return ("An **adversarial example** is an image changed too little to see, chosen to make the model "
+                "wrong. **PGD** changes every pixel by at most ε = 8/255, in the direction that most increases "
+                "the model's loss (20 steps). The standard model is fooled. Inside, look at two things. On the "
+                f"{g['on_nat']} channels the clean image uses most (left), the red bars are mostly *lower* than the "
+                f"blue ({g['top_lower']} of {g['on_nat']}). To the right, where the clean image is silent, "
+                f"{len(g['attack_only'])} other channels are **switched on** (orange triangles), some strongly: the "
+                f"tallest red bar is {g['peak_adv']:.1f}, the clean image's strongest {g['peak_nat']:.1f}. In total "
+                f"the activation grows ×{g['rise']:.2f}. Both of the paper's findings at once: adversarial "
+                "examples switch on **other channels**, with **larger magnitudes**.")
+    if step == 3:
+        g, s = f["at_pgd"], f["std_pgd"]
+        return ("**Adversarial training** (AT) trains the model on attacked images. Left, the standard model; "
+                "right, the adversarially trained one, under the same attack and **on the same axis**. AT's bars "
+                f"are much lower (strongest {g['peak_adv']:.2f} against {s['peak_adv']:.2f}) and the total barely "
+                f"moves (×{g['rise']:.2f} against ×{s['rise']:.2f}): the magnitude problem is fixed. But the "
+                f"attack still switches on {len(g['attack_only'])} channels the clean image leaves off (orange "
+                "triangles): the paper's second finding, which AT leaves open. And AT is still fooled here.")
+    g = f["cas_pgd"]
+    if step == 4:
+        return ("**Channel-wise Activation Suppressing** (CAS) adds a small classifier, the **auxiliary head**, "
+                "inside the block. Its guess of the class picks one row of its weights, and every channel is "
+                "multiplied by its weight in that row: the **mask** (middle panel). A weight near zero silences a "
+                f"channel. Here the head guesses {c[g['head_adv']]}, and the mask keeps {g['after_adv']} of the "
+                f"{g['on_adv']} switched-on channels (bottom); the {len(g['suppressed'])} it suppresses are marked "
+                "in purple. Plain PGD hardly moves this model, so the clean and adversarial bars nearly coincide: "
+                f"what the mask does here it does to both. (This model has {g['heads']} CAS modules; the chart "
+                "shows the last one, just before the classifier.)")
+    if step == 5:
+        at, ac = k.get("at", {}), k.get("at-cas", {})
+        text = ("The CAS model keeps the right answer under plain PGD. The chart shows why: through all 20 "
+                f"steps the head's guess, and so the mask, stays on {c[g['head_adv']]}. The mask is chosen by an "
+                "**argmax** over the head's guess: a gradient cannot see that choice switch, so plain PGD pushes "
+                "on a model whose mask never changes.")
+        if "pgd20" in at and "pgd20" in ac:
+            gap = ac["pgd20"][0] - at["pgd20"][0]
+            text += (f" On the models' cards ({ac['pgd20'][2]:,} test images), plain PGD-20 says CAS adds "
+                     f"{gap:.0f} points of robustness: {ac['pgd20'][0]:.1f}% against AT's {at['pgd20'][0]:.1f}%.")
+        return text + " A failed attack is not proof of robustness."
+    s = f["cas_soft"]
+    ac, at = k.get("at-cas", {}), k.get("at", {})
+    text = ("**Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows for the gradient "
+            "only; the real model judges every step. It sees how the mask would switch, flips the head's guess "
+            f"to {c[s['head_adv']]}, and another row becomes the mask: the attack's channels pass.")
+    if "soft_mask_pgd20" in ac and "pgd20" in ac:
+        text += (f" Not one image: on the card's {ac['soft_mask_pgd20'][2]:,} test images soft-mask PGD-20 leaves "
+                 f"AT + CAS {ac['soft_mask_pgd20'][0]:.1f}% accurate, against {ac['pgd20'][0]:.1f}% under plain PGD-20")
+        text += (f", below AT's {at['pgd20'][0]:.1f}%." if "pgd20" in at else ".")
+    return text + (" The robustness was **gradient masking**: honest evaluation needs **adaptive attacks** "
+                   "built for the defence.")
+
+
+def caption(step: int, results: dict, threshold: float = THRESHOLD) -> str:
+    """What the chart's colours, lines and marks mean, for this step's chart only."""
+    line = f"Dotted line: {threshold:g}% of the image's strongest channel; a bar above it counts as switched on."
+    if step == 1:
+        return (f"Blue bars: the clean image's channels, strongest first. {line} Shaded: the switched-on channels. "
+                "The y axis is the same in steps 1 to 3.")
+    if step == 2:
+        return ("Blue: clean image; red: adversarial image; both in the clean image's order. Dotted lines: "
+                f"{threshold:g}% of each image's strongest channel (blue for clean, red for adversarial). Orange "
+                "triangles: channels switched on by the attack only. The y axis is the same in steps 1 to 3.")
+    if step == 3:
+        return ("Left: standard model; right: adversarially trained; one y axis for both (and for steps 1 and 2). "
+                "Blue: clean image; red: adversarial. Dotted lines: "
+                f"{threshold:g}% of each image's strongest channel. Orange triangles: channels switched on by the "
+                "attack only.")
+    if step == 4:
+        return ("Top: the block's channels before the mask; middle: the mask, the weight each channel is "
+                "multiplied by (the row of the head's guess); bottom: what passes on (top × middle). Blue: clean "
+                f"image; red: adversarial. {line} Purple: the channels switched on before the mask and off after "
+                "it, and their weights.")
+    if step == 5:
+        return ("Each point: the attack stopped after that many steps (step 0: the clean image), the same attack "
+                "as in step 4. Solid: the final prediction's probability of the true class; dashed: the CAS head's. "
+                "Bars below: accuracies from the models' cards with their standard errors.")
+    return ("Left: plain PGD; right: soft-mask PGD; the CAS model's last module after its mask (what passes on), "
+            f"one y axis. Blue: clean image; red: adversarial. {line} Orange triangles: channels that pass the mask "
+            "on the attacked image but not on the clean one.")
+
+
+HEADROOM = 1.45  # the y axis reaches this many times the tallest bar: room for the panel's notes
+
+
+def _y_range(results: dict, runs: tuple[str, ...], stage: str = "before") -> tuple[float, float]:
+    top = max(float(np.abs(getattr(results[r].modules[-1], stage)).max()) for r in runs if r in results)
+    return (0.0, HEADROOM * top)
+
+
+def _marks(name: str, positions: np.ndarray, values: np.ndarray, colour: str, lift: float) -> lf.Marks:
+    positions = np.asarray(positions, dtype=int)
+    return lf.Marks(f"{name} ({len(positions)})", positions, np.abs(values[positions]) + lift, colour)
+
+
+def _before_panel(title: str, r: image_attack.LabResult, g: dict, y_range, threshold: float, attack_only: bool,
+                  shade: bool = False) -> lf.Panel:
+    v = r.modules[-1]
+    b = v.before[:, g["order"]]
+    bars = [lf.Series("clean image", b[0], figures.NATURAL)]
+    lines = [lf.Line("switched-on line, clean image", threshold / 100 * float(np.abs(b[0]).max()), figures.NATURAL)]
+    notes = [f"clean: {g['on_nat']} switched on"]
+    if r.attacked:
+        bars.append(lf.Series("adversarial image", b[1], figures.ADVERSARIAL))
+        lines.append(lf.Line("switched-on line, adversarial image", threshold / 100 * float(np.abs(b[1]).max()),
+                             figures.ADVERSARIAL))
+        notes.append(f"adversarial: {g['on_adv']} switched on")
+    marks = []
+    if attack_only and r.attacked:
+        lift = 0.04 * y_range[1]
+        marks.append(_marks("switched on by the attack only", g["attack_only"], b[1], lf.SWITCHED_ON_BY_ATTACK, lift))
+        notes.append(f"switched on by the attack only: {len(g['attack_only'])}")
+    return lf.Panel(title, bars, lines, marks, notes, shade=g["on_nat"] if shade else 0, y_range=y_range)
+
+
+def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
+    """The step's channel figures (Plotly), built from the same :func:`facts` as its words."""
+    f = facts(results, threshold)
+    x_title = "the last block's channels, sorted by the clean image's activation (strongest first)"
+    shared = _y_range(results, ("std_clean", "std_pgd", "at_pgd")) if step <= 3 else None
+    if step == 1:
+        p = _before_panel("Standard model (std), clean image", results["std_clean"], f["std_clean"], shared,
+                          threshold, False, shade=True)
+        return [lf.channel_panels([p], x_title)]
+    if step == 2:
+        p = _before_panel("Standard model (std) under PGD", results["std_pgd"], f["std_pgd"], shared, threshold, True)
+        p.notes.append(f"total activation ×{f['std_pgd']['rise']:.2f}")
+        return [lf.channel_panels([p], x_title, height=380)]
+    if step == 3:
+        panels = []
+        for run, title in (("std_pgd", "Standard (std) under PGD"), ("at_pgd", "Adversarially trained (at) under PGD")):
+            p = _before_panel(title, results[run], f[run], shared, threshold, True)
+            p.notes.append(f"total ×{f[run]['rise']:.2f}")
+            panels.append(p)
+        return [lf.channel_panels(panels, "channels, clean image's order", side_by_side=True, height=440, top=105)]
+    if step == 5:  # its pictures are the head's guess through the attack and the cards (see :func:`evidence`)
+        return []
+    if step == 4:
+        r, g = results["cas_pgd"], f["cas_pgd"]
+        v = r.modules[-1]
+        before = _before_panel("Before the mask (AT + CAS, last CAS module)", r, g, _y_range(results, ("cas_pgd",)),
+                               threshold, False)
+        lift = 0.04 * before.y_range[1]
+        before.marks.append(_marks("suppressed by the mask", g["suppressed"], v.before[1][g["order"]],
+                                   lf.SUPPRESSED, lift))
+        mask = v.mask[1][g["order"]]
+        head = cas.CLASSES[g["head_adv"]]
+        mask_panel = lf.Panel(f"The mask: row “{head}” of the head's weights (the head's guess)",
+                              [lf.Series(f"mask weight (row “{head}”)", mask, lf.MASK_BAR)],
+                              marks=[lf.Marks(f"weights of the suppressed channels ({len(g['suppressed'])})",
+                                              g["suppressed"], mask[g["suppressed"]], lf.SUPPRESSED, "diamond")],
+                              y_title="weight")
+        a = v.after[:, g["order"]]
+        after = lf.Panel("After the mask (= before × mask)",
+                         [lf.Series("clean image", a[0], figures.NATURAL),
+                          lf.Series("adversarial image", a[1], figures.ADVERSARIAL)],
+                         [lf.Line("switched-on line, clean image", threshold / 100 * float(np.abs(a[0]).max()),
+                                  figures.NATURAL),
+                          lf.Line("switched-on line, adversarial image", threshold / 100 * float(np.abs(a[1]).max()),
+                                  figures.ADVERSARIAL)],
+                         notes=[f"clean: {g['after_nat']} switched on", f"adversarial: {g['after_adv']} switched on"],
+                         y_range=_y_range(results, ("cas_pgd",), "after"))
+        return [lf.channel_panels([before, mask_panel, after], x_title, height=740, top=120)]
+    out = []
+    y = _y_range(results, ("cas_pgd", "cas_soft"), "after")
+    panels = []
+    for run, title in (("cas_pgd", "Plain PGD: after the mask"), ("cas_soft", "Soft-mask PGD: after the mask")):
+        r, g = results[run], f[run]
+        a = r.modules[-1].after[:, g["order"]]
+        head = cas.CLASSES[g["head_adv"]]
+        p = lf.Panel(f"{title} (mask “{head}”)",
+                     [lf.Series("clean image", a[0], figures.NATURAL),
+                      lf.Series("adversarial image", a[1], figures.ADVERSARIAL)],
+                     [lf.Line("switched-on line, clean image", threshold / 100 * float(np.abs(a[0]).max()),
+                              figures.NATURAL),
+                      lf.Line("switched-on line, adversarial image", threshold / 100 * float(np.abs(a[1]).max()),
+                              figures.ADVERSARIAL)],
+                     [_marks("pass the mask on the attacked image only", g["passed"], a[1], lf.SWITCHED_ON_BY_ATTACK,
+                             0.04 * y[1])],
+                     [f"adversarial: {g['after_adv']} switched on", f"passing only under attack: {len(g['passed'])}"],
+                     y_range=y)
+        panels.append(p)
+    out.append(lf.channel_panels(panels, "channels, clean image's order", side_by_side=True, height=460, top=100))
+    return out
+
+
+def trajectory(steps_results: list[image_attack.LabResult]) -> dict:
+    """The true class's probability after each number of PGD steps (0: the clean image), for the final
+    prediction and for the last CAS head, and the head's guesses."""
+    label = steps_results[0].label
+    final = [float(steps_results[0].probs[0, label])] + [float(r.probs[1, label]) for r in steps_results]
+    head = [float(steps_results[0].modules[-1].aux_probs[0, label])] + [
+        float(r.modules[-1].aux_probs[1, label]) for r in steps_results]
+    guesses = [int(r.modules[-1].aux_probs[1].argmax()) for r in steps_results]
+    return {"steps": list(range(len(final))), "final": final, "head": head, "guesses": guesses, "label": label}
+
+
+CARD_BARS = (("at", "pgd20"), ("at-cas", "pgd20"), ("at-cas", "joint_pgd20"), ("at-cas", "soft_mask_pgd20"))
+CARD_COLOURS = {"PGD-20": "#9e9e9e", "joint PGD-20": "#e377c2", "soft-mask PGD-20": lf.ATTACK_SUCCEEDS}
+
+
+def card_rows(cards: dict[str, dict]) -> list[tuple[str, str, float, float, int]]:
+    """(model label, attack column, accuracy, standard error, images) of :data:`CARD_BARS` found in the cards."""
+    k = card_figures(cards)
+    rows = []
+    for model, key in CARD_BARS:
+        if key in k.get(model, {}):
+            acc, se, n = k[model][key]
+            rows.append((f"{MODEL_NAMES[model]} ({model})", robustness.column(key), acc, se, n))
+    return rows
 
 
 def run_all(loaded: dict, x: np.ndarray, label: int) -> dict[str, image_attack.LabResult]:
@@ -233,26 +521,57 @@ def bundled_models() -> dict[str, models.LoadedModel]:
     return {name: models.load_from_path(available[name]["path"], name=name) for name in needed}
 
 
+def bundled_cards() -> dict[str, dict]:
+    """The bundled models' cards, by name."""
+    return {m["name"]: m.get("card", {}) for m in models.list_available() if m["name"] in MODEL_NAMES}
+
+
+def _compute(run_model: models.LoadedModel, image: ImageChoice, choice, display) -> image_attack.LabResult:
+    return compute.attack_image(compute.image_request(run_model.key, image.x, image.label, choice),
+                                run_model.model, image.x, title=image.title, display=display)
+
+
 def step_results(step: Step, loaded: dict, image: ImageChoice) -> dict[str, image_attack.LabResult]:
-    """The runs ``step`` shows and its claim looks at, by run name (computed once per session)."""
+    """The runs ``step`` shows and its claim looks at, by run name (computed once, through compute)."""
     display = panels.progress_bar()
-    out = {}
-    for run, (model, choice) in RUNS.items():
-        if run in step.needs or run == step.run:
-            m = loaded[model]
-            out[run] = compute.attack_image(compute.image_request(m.key, image.x, image.label, choice),
-                                            m.model, image.x, title=image.title, display=display)
-    return out
+    return {run: _compute(loaded[model], image, choice, display)
+            for run, (model, choice) in RUNS.items() if run in step.needs or run == step.run}
+
+
+def steps_through(loaded: dict, image: ImageChoice) -> list[image_attack.LabResult]:
+    """Plain PGD on the CAS model stopped after 1, 2, ... 20 steps (each the same attack, cut short)."""
+    model, choice = RUNS["cas_pgd"]
+    display = panels.progress_bar()
+    values = dict(choice.values)
+    return [_compute(loaded[model], image, image_attack.AttackChoice(choice.attack, **{**values, "steps": k}), display)
+            for k in range(1, values["steps"] + 1)]
+
+
+def terms(step: int) -> None:
+    """The step's terms, each with its definition on hover."""
+    words = STEPS[step - 1].terms
+    if words:
+        cols = st.columns(len(words) + 1)
+        cols[0].caption("Terms (hover):")
+        for col, word in zip(cols[1:], words):
+            col.markdown(f"**{word}**", help=GLOSSARY[word])
 
 
 def claim_box(step: int, results: dict[str, image_attack.LabResult]) -> None:
-    """The step's model and attack, and its claim: green when it holds on this run."""
+    """The step's model and attack, and its claim, in the pages' colours: red when the attack succeeds,
+    green when the defence holds, blue for a clean image; a warning when the claim does not hold."""
     model, choice = RUNS[STEPS[step - 1].run]
     holds, sentence = claim(step, results)
-    st.subheader(f"`{model}` · {choice.describe()}")
-    box = st.success if holds else st.warning
-    box(sentence + ("" if holds else " (On this run the step's claim does not hold.)"),
-        icon=":material/check_circle:" if holds else ":material/help:")
+    r = results[STEPS[step - 1].run]
+    st.subheader(f"{model_name(model)} · {choice.describe()}")
+    if not holds:
+        st.warning(sentence + " (On this run the step's claim does not hold.)", icon=":material/help:")
+    elif not r.attacked:
+        st.info(sentence, icon=":material/image:")
+    elif r.success:
+        st.error(sentence, icon=":material/bolt:")
+    else:
+        st.success(sentence, icon=":material/shield:")
 
 
 def image_strip(result: image_attack.LabResult) -> None:
@@ -266,56 +585,110 @@ def image_strip(result: image_attack.LabResult) -> None:
     per_row = 2 if presentation.is_on() else 3
     for i in range(0, len(shown), per_row):
         cols = st.columns(per_row)
-        for col, (x, caption) in zip(cols, shown[i:i + per_row]):
-            col.image(images.upscale(x, size), caption=caption, width=size)
+        for col, (x, text) in zip(cols, shown[i:i + per_row]):
+            col.image(images.upscale(x, size), caption=text, width=size)
 
 
-def channel_chart(result: image_attack.LabResult, key: str, height: int | None = None, narrow: bool = False) -> None:
-    """The channel chart of the last CAS point (or block), in the clean image's order."""
-    view = result.modules[-1]
-    fig = figures.lecture_channel_figure(view, image_attack.channel_order(view, "natural"), result.attacked,
-                                         height=height, threshold=THRESHOLD, narrow=narrow)
+def chart(fig, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})
 
 
-def step_view(step: int, result: image_attack.LabResult) -> None:
-    """One step's images and channel chart, with what the colours and lines mean."""
-    image_strip(result)
-    channel_chart(result, key=f"lec_ch_{step}")
-    caption = (f"Blue: clean image; red: adversarial image. Channels sorted by the clean image's activation. "
-               f"Dotted lines: {THRESHOLD:g}% of each image's strongest channel; a channel above its line "
-               "counts as switched on.")
-    if RUNS[STEPS[step - 1].run][0] == "at-cas":
-        caption += " " + figures.MASK_SENTENCE
-    st.caption(caption)
+def evidence(loaded: dict, image: ImageChoice, cards: dict) -> None:
+    """Step 5: the head's guess through plain PGD's steps, and the cards' accuracies."""
+    t = trajectory(steps_through(loaded, image))
+    name = cas.CLASSES[t["label"]]
+    guesses = sorted({cas.CLASSES[g] for g in t["guesses"]})
+    note = f"the head's guess at steps 1-{len(t['guesses'])}: {', '.join(guesses)}"
+    chart(lf.head_guess_figure(t["steps"], t["final"], t["head"], name, note), "lec_steps")
+    rows = card_rows(cards)
+    if rows:
+        chart(lf.card_accuracy_figure(rows, CARD_COLOURS), "lec_cards_5")
 
 
-def plain_vs_soft(results: dict[str, image_attack.LabResult]) -> None:
-    """The last step: plain and soft-mask PGD on the same CAS model, side by side."""
-    left, right = st.columns(2)
-    for col, run in ((left, "cas_pgd"), (right, "cas_soft")):
+def protocols(results: dict, cards: dict) -> None:
+    """The last step: the paper's protocol, the project's joint PGD and soft-mask PGD on this image, with
+    the cards' accuracies where they have one."""
+    k = card_figures(cards).get("at-cas", {})
+    st.markdown("**Three adaptive protocols on AT + CAS** (this image; the card's accuracy on its test images):")
+    cols = st.columns(len(PROTOCOLS))
+    for col, (run, key) in zip(cols, PROTOCOLS):
         r = results[run]
-        model, choice = RUNS[run]
-        with col:
-            verdict = "fooled" if r.success else "not fooled"
-            st.markdown(f"**{choice.describe()}** — `{model}` says **{cas.CLASSES[r.pred_adv]}** "
-                        f"({verdict}); its CAS head guesses "
-                        f"**{cas.CLASSES[int(r.modules[-1].aux_probs[1].argmax())]}**.")
-            st.image(images.upscale(r.x_adv, presentation.image_size(192)), width=presentation.image_size(192),
-                     caption="Adversarial image")
-            channel_chart(r, key=f"lec_ch_{run}", height=640, narrow=True)
-    st.caption("Left: plain PGD leaves the CAS head's guess, and so the mask, unchanged; the mask still "
-               "silences the channels. Right: soft-mask PGD flips the head's guess, so another class's row "
-               "becomes the mask and lets the attack's channels through. " + figures.MASK_SENTENCE)
+        box = col.error if r.success else col.success
+        card = (f"card: {k[key][0]:.1f}% ± {k[key][1]:.1f} on {k[key][2]:,} images" if key in k
+                else "its card has no figure for it")
+        box(f"**{r.choice.describe()}**: says **{cas.CLASSES[r.pred_adv]}** "
+            f"({'fooled' if r.success else 'not fooled'}). {card}.",
+            icon=":material/bolt:" if r.success else ":material/shield:")
+    st.markdown(protocol_sentence())
+
+
+def protocol_sentence() -> str:
+    """Why a protocol's step size and loss decide its number, with the registry's own settings."""
+    a, s = AUTHORS.preset, SOFT.preset
+    return (f"A protocol's number depends on its step size and its loss. The paper's {a['steps']} steps of "
+            f"{a['step_size']:g} move a pixel at most {a['steps'] * a['step_size']:.2f} in all, against a budget of "
+            f"{a['eps']:g}: the attack spends its steps getting to the budget's corners. The project's "
+            f"{s['steps']} steps of {s['step_size'] * 255:g}/255 can cross the budget {s['steps'] * s['step_size'] / (8 / 255):.0f} "
+            "times over. And a loss that never sees the argmax mask switch pushes on a mask that stays put; "
+            "a loss through the (soft) mask follows the switch.")
+
+
+def continue_button(image: ImageChoice, index: int) -> None:
+    """Open the Attack Lab on the lecture's image, model, module and threshold."""
+    if st.button("Continue in the Attack Lab with this image", icon=":material/target:", type="primary",
+                 key=button_key(P, "to_lab")):
+        model, choice = RUNS["cas_pgd"]
+        lab = prefix("attack_lab")
+        st.session_state.update({lab + "model": model, lab + "ckpt": "", lab + "src": "cifar", lab + "cls": "all",
+                                 lab + "idx": index, lab + "attack": choice.attack, lab + "thr": THRESHOLD,
+                                 lab + "sort": "natural", FROM_LECTURE: (model, index)})
+        for key, value in choice.values:  # the widgets' values (an untargeted attack's target is a word)
+            st.session_state[lab + key] = "untargeted" if key == "target" and value is None else value
+        st.switch_page("views/attack_lab.py")
+
+
+FROM_LECTURE = "lecture_to_lab"  # session-state key: (model, image index) the Attack Lab continues from
+
+
+def step_view(step: int, results: dict, loaded: dict, image: ImageChoice, cards: dict) -> None:
+    """One step's images, its charts and what they show."""
+    if step == len(STEPS):
+        left, right = st.columns(2)
+        for col, run in zip((left, right), ("cas_pgd", "cas_soft")):
+            r = results[run]
+            size = presentation.image_size(192)
+            col.image(images.upscale(r.x_adv, size), width=size, caption=f"Adversarial image, {r.choice.describe()}")
+        chart(figure(step, results)[0], "lec_ch_6")
+        st.caption(caption(step, results))
+        rows = card_rows(cards)
+        if rows:
+            chart(lf.card_accuracy_figure(rows, CARD_COLOURS), "lec_cards_6")
+        protocols(results, cards)
+        return
+    image_strip(results[STEPS[step - 1].run])
+    for i, fig in enumerate(figure(step, results)):
+        chart(fig, f"lec_ch_{step}_{i}")
+    if step == 5:
+        evidence(loaded, image, cards)
+    st.caption(caption(step, results))
 
 
 def step_links(step: int) -> None:
-    """A link to this step (for a slide) and the list of all steps."""
+    """A link to this step (for a slide; a QR code in presentation mode) and the list of all steps."""
     st.divider()
     mode = {presentation.KEY: "1"} if presentation.is_on() else {}
-    base = (getattr(st.context, "url", None) or "").split("?")[0]
-    st.markdown("**Link to this step** (for a slide):")
-    st.code(base + "?" + urlencode({"step": str(step), **mode}), language=None)
+    if presentation.is_on():
+        link = join.join_link(getattr(st.context, "url", None), "lecture", {"step": str(step), "present": "1"})
+        st.markdown("**Follow on your own screen:** scan or type")
+        if link.url:
+            st.image(join.qr_png(link.url), width=presentation.image_size(192), caption="This step's link")
+            st.code(link.url, language=None)
+        else:
+            st.info(link.note)
+    else:
+        base = (getattr(st.context, "url", None) or "").split("?")[0]
+        st.markdown("**Link to this step** (for a slide):")
+        st.code(base + "?" + urlencode({"step": str(step), **mode}), language=None)
     with st.expander("All steps"):
         for i, other in enumerate(STEPS, start=1):
             link = urlencode({"step": i, **mode})
@@ -330,15 +703,16 @@ def page() -> None:
     step = st.session_state[P + "step"]
     navigation(step)
     url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
-    st.markdown(STEPS[step - 1].text)
     image = lecture_image()
     loaded = bundled_models()
+    cards = bundled_cards()
     results = step_results(STEPS[step - 1], loaded, image)
+    st.markdown(step_text(step, results, cards))
+    terms(step)
     claim_box(step, results)
-    if step == len(STEPS):  # plain vs soft-mask PGD on the same model, side by side
-        plain_vs_soft(results)
-    else:
-        step_view(step, results[STEPS[step - 1].run])
+    step_view(step, results, loaded, image, cards)
+    if step == len(STEPS):
+        continue_button(image, int(image.slug.removeprefix("cifar")))
     step_links(step)
 
 
