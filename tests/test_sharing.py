@@ -172,7 +172,7 @@ def test_shared_figures_are_built_once_per_content_and_mode():
 
     built, mode = [], ["normal"]
 
-    class Result:  # a result object: counted by identity
+    class Result:  # an object that is neither a container nor a dataclass: counted by identity
         values = np.arange(5.0)
 
     def build(result, order, title="t"):
@@ -190,3 +190,20 @@ def test_shared_figures_are_built_once_per_content_and_mode():
     mode[0] = "presentation"
     assert share(result, np.array([2, 1, 0]))["mode"] == "presentation"
     assert share(result, np.array([2, 1, 0]), title="u")["title"] == "u"
+
+
+def test_dataclass_arguments_count_by_content():
+    import dataclasses
+
+    from app.common.sharing import SharedFigures
+
+    @dataclasses.dataclass
+    class Panel:
+        title: str
+        bars: np.ndarray
+
+    built = []
+    share = SharedFigures(10**7).share(lambda p: built.append(1) or {"title": p.title})
+    assert share(Panel("a", np.ones(3))) is share(Panel("a", np.ones(3))) and len(built) == 1
+    share(Panel("a", np.zeros(3)))
+    assert len(built) == 2

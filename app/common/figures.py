@@ -22,6 +22,8 @@ import plotly.graph_objects as go
 
 import cas
 
+from .sharing import SharedFigures
+
 NATURAL = "#1f77b4"
 ADVERSARIAL = "#d62728"
 FONT = dict(size=14)
@@ -183,7 +185,7 @@ def column_channel_figure(view, order: np.ndarray, show_adversarial: bool = True
                           top_k: int | None = None) -> go.Figure:
     """:func:`channel_figure` for one of Compare's narrow columns: taller, without a legend (a caption
     below says what the colours are)."""
-    fig = channel_figure(view, order, show_adversarial, height=560, threshold=threshold, top_k=top_k)
+    fig = channel_figure.build(view, order, show_adversarial, height=560, threshold=threshold, top_k=top_k)
     fig.update_layout(showlegend=False, margin=dict(t=40))
     return fig
 
@@ -192,7 +194,7 @@ def lecture_channel_figure(view, order: np.ndarray, show_adversarial: bool = Tru
                            threshold: float | None = None, narrow: bool = False) -> go.Figure:
     """:func:`channel_figure` for the Lecture; ``narrow``: half the page's width, so the legend gets a
     smaller font and more room above the panels."""
-    fig = channel_figure(view, order, show_adversarial, height=height, threshold=threshold)
+    fig = channel_figure.build(view, order, show_adversarial, height=height, threshold=threshold)
     if narrow:
         fig.update_layout(legend=dict(font=dict(size=13)), margin=dict(t=150 if presentation() else 120))
     return fig
@@ -268,3 +270,24 @@ def eps_curve_figure(curves: list[tuple[str, list[float], list[float], bool]]) -
     fig.update_layout(height=380, xaxis_title="ε (/255)", yaxis_title="accuracy (%)",
                       margin=dict(l=10, r=10, t=30, b=10), yaxis_range=[0, 100])
     return big_fonts(fig)
+
+
+# -- shared by every session ---------------------------------------------------------------------------
+# Every visitor of a lecture step or of one image's attack sees the same figures: each is built once for
+# the server (keyed on its arguments' content and the presentation mode) and drawn by every session.
+# Pages draw these figures and never change them; a builder that adjusts another's figure calls its
+# unshared ``.build``.
+SHARED = SharedFigures(64 * 2**20)
+
+
+def _mode() -> bool:
+    return bool(presentation())
+
+
+probability_figure = SHARED.share(probability_figure, _mode)
+channel_figure = SHARED.share(channel_figure, _mode)
+column_channel_figure = SHARED.share(column_channel_figure, _mode)
+lecture_channel_figure = SHARED.share(lecture_channel_figure, _mode)
+stats_figures = SHARED.share(stats_figures, _mode)
+ladder_figure = SHARED.share(ladder_figure, _mode)
+eps_curve_figure = SHARED.share(eps_curve_figure, _mode)

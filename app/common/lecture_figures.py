@@ -178,3 +178,10 @@ def card_accuracy_figure(rows: list[tuple[str, str, float, float, int]], attack_
                   xaxis=dict(), yaxis=dict(title=dict(text="accuracy under attack (cards)"), range=[0, 100],
                                            ticksuffix="%"))
     return figures._figure(data, layout)
+
+
+# built once for the server and drawn by every session (see app.common.figures.SHARED): never changed after
+channel_panels = figures.SHARED.share(channel_panels, figures._mode)
+head_guess_figure = figures.SHARED.share(head_guess_figure, figures._mode)
+card_accuracy_figure = figures.SHARED.share(card_accuracy_figure, figures._mode)
+

@@ -263,11 +263,15 @@ class BatchQueue:
 # -- figures -------------------------------------------------------------------------------------------
 
 def _token(value, refs: list):
-    """A hashable stand-in for a figure builder's argument: plain values as they are, arrays and
-    containers by their content, anything else (a result) by its identity, kept alive in ``refs``
-    with the figure so that the identity cannot be reused while the figure is stored."""
-    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+    """A hashable stand-in for a figure builder's argument: plain values as they are; arrays,
+    containers and dataclasses (results, chart panels) by their content; anything else by its
+    identity, kept alive in ``refs`` with the figure so that the identity cannot be reused while the
+    figure is stored."""
+    if value is None or isinstance(value, (str, bytes, int, float, bool, np.generic)):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__,
+                tuple(_token(getattr(value, f.name), refs) for f in dataclasses.fields(value)))
     if isinstance(value, np.ndarray):
         return ("array", value.dtype.str, value.shape, hashlib.blake2b(np.ascontiguousarray(value).tobytes(),
                                                                        digest_size=16).hexdigest())
