@@ -37,7 +37,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # settings this launcher supplies unless the user sets them: serve this machine only, send nothing
-DEFAULTS = {"server.address": "localhost", "browser.gatherUsageStats": "false"}
+DEFAULTS = {"server.address": "localhost", "browser.gatherUsageStats": "false",
+            # no watching of the source files for changes: after every page run the watcher walks every
+            # imported module's path, which cost a served page more CPU than drawing it (a class of thirty
+            # pays it thirty times); `streamlit run app/main.py` still reloads on save while developing
+            "server.fileWatcherType": "none", "server.runOnSave": "false",
+            # no full garbage collection after every page run (Python's own collector still runs): on a
+            # class server it was a third of the CPU a cached page costs, paid by every visit in turn
+            "runner.postScriptGC": "false"}
 
 
 def _config_files_set(option: str) -> bool:

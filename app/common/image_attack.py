@@ -9,6 +9,7 @@ returns a :class:`LabResult` of plain numpy arrays (cheap to keep, safe to share
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -91,7 +92,11 @@ class AttackChoice:
                 if not (k.kind == "step" and v is None)}
 
     def validate(self) -> None:
-        """Raise ``ValueError`` with a readable message if the spec or the library would refuse these settings."""
+        """Raise ``ValueError`` with a readable message if the spec or the library would refuse these
+        settings (a choice that passed once is not checked again: every page run validates its choices)."""
+        _validate(self)
+
+    def _check(self) -> None:
         if self.attack == NONE:
             return
         spec = self.spec
@@ -122,6 +127,11 @@ class AttackChoice:
         if self.get("target") is not None:
             text += f", target {cas.CLASSES[self.get('target')]}"
         return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _validate(choice: AttackChoice) -> None:
+    choice._check()  # raises for a refused choice, which is then not remembered
 
 
 @dataclass

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cas import data as cas_data
 
+from .sharing import SharedResults
+
 MAX_PIXELS = 40_000_000  # ~ a 7,700 x 5,200 photo; larger uploads are refused before decoding
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 PREVIEW_SIZE = 192
@@ -182,6 +184,23 @@ def upscale(x: np.ndarray, size: int = 192) -> np.ndarray:
     img = to_hwc_uint8(x) if x.shape[0] == 3 else x
     factor = max(1, size // img.shape[0])
     return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+
+
+_ENLARGED = SharedResults(32 * 2**20)  # PNG files of enlarged images, shared by every session
+
+
+def enlarged_png(x: np.ndarray, size: int = 192) -> bytes:
+    """:func:`upscale` as a PNG file (exact pixels), made once per image and size for the whole server:
+    every visitor of a lecture step or of one attack sees the same images."""
+    x = np.ascontiguousarray(x)
+    key = (x.dtype.str, x.shape, hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest(), int(size))
+
+    def encode() -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(upscale(x, size)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    return _ENLARGED.get(key, encode)
 
 
 def perturbation_image(delta: np.ndarray) -> tuple[np.ndarray, float]:

@@ -6,6 +6,8 @@ attributes. ``cas.load_checkpoint`` already returns them in eval mode.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
 import tempfile
@@ -54,12 +56,34 @@ class LoadedModel:
 
 
 def list_available() -> list[dict]:
-    """``cas.available_models()``; an unreadable ``index.json`` is reported and treated as empty."""
+    """``cas.available_models()``, read again only when one of its files changed (every page run asks,
+    and reading the cards costs more than the rest of a cached page); an unreadable ``index.json``
+    is reported and treated as empty. Each caller gets its own copy."""
     try:
-        return cas.available_models()
+        return copy.deepcopy(_available(_zoo_version()))
     except cas.CheckpointError as e:
         st.error(str(e))
         return []
+
+
+def _zoo_version() -> tuple:
+    """The :func:`file_version` of every file :func:`cas.available_models` reads."""
+    files = [cas.checkpoint.pretrained_dir() / "index.json", *sorted(cas.checkpoint.pretrained_dir().glob("*.safetensors"))]
+    runs = cas.checkpoint.runs_dir()
+    if runs.is_dir():
+        files += sorted(runs.glob("*/*.safetensors"))
+    out = []
+    for f in files:
+        try:
+            out.append((str(f), file_version(f)))
+        except OSError:
+            out.append((str(f), None))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _available(version: tuple) -> list[dict]:
+    return cas.available_models()
 
 
 def _percent(v) -> str:
