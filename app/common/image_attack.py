@@ -23,6 +23,8 @@ from cas import analysis
 from cas import data as cas_data
 from cas.precision import all_cores, threads
 
+from .sharing import SharedCalls
+
 NONE = "none"  # the clean image only
 # Attacks offered in the interactive pages, in the registry's order (AutoAttack is too slow for them).
 LAB_ATTACKS = (NONE,) + tuple(name for name, spec in cas.ATTACKS.items() if spec.interactive)
@@ -307,6 +309,12 @@ def channel_order(view: PointView, sort: str) -> np.ndarray:
 
 
 def module_summary(values: np.ndarray, threshold: float) -> dict[str, float]:
+    """:func:`_module_summary`, computed once per server for the same values (every visitor of one
+    attack's page sees the same figures)."""
+    return dict(_shared_summary(np.asarray(values), float(threshold)))
+
+
+def _module_summary(values: np.ndarray, threshold: float) -> dict[str, float]:
     """Summary figures of one image's channel values (K,): ``total`` (sum of |activation|), ``active``
     (channels above ``threshold`` x the largest one), ``share`` (the same as a fraction) and
     ``uniformity`` (how evenly |activation| is spread over the channels: 1 = all equal, 0 = one
@@ -316,6 +324,9 @@ def module_summary(values: np.ndarray, threshold: float) -> dict[str, float]:
     active = int(analysis.activated(v, threshold).sum())
     return {"total": s["total_magnitude"], "active": active, "share": s["active_share"],
             "uniformity": analysis.uniformity(v.abs()[0])}
+
+
+_shared_summary = SharedCalls(8 * 2**20).share(_module_summary)
 
 
 def channel_table(result: LabResult, model_label: str = "") -> pd.DataFrame:

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cas import data as cas_data
 
-from .sharing import SharedResults
+from .sharing import SharedCalls, SharedResults
 
 MAX_PIXELS = 40_000_000  # ~ a 7,700 x 5,200 photo; larger uploads are refused before decoding
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -224,6 +224,16 @@ def npy_bytes(x: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(x), allow_pickle=False)
     return buf.getvalue()
+
+
+def _download_files(result, model_label: str) -> tuple[bytes, bytes, str]:
+    from .image_attack import channel_table  # image_attack imports this module
+
+    return png_bytes(result.x_adv), npy_bytes(result.x_adv), channel_table(result, model_label).to_csv(index=False)
+
+
+# an attack result's downloads, made once per result for the whole server: (PNG, exact .npy, channel CSV)
+download_files = SharedCalls(64 * 2**20).share(_download_files)
 
 
 def cifar_test_or_stop() -> tuple[np.ndarray, np.ndarray]:

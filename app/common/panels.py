@@ -63,13 +63,14 @@ def image_row(result: image_attack.LabResult, where=st, size: int = 192) -> None
         cols, width = [top[0], bottom[0], top[1]], size
     else:  # each image fills its column, so three never overlap on a narrow (1024-pixel) screen
         cols, width, size = where.columns(3), "stretch", 2 * size
-    cols[0].image(images.enlarged_png(result.x_nat, size), caption="Clean image (32×32, enlarged)", width=width)
+    cols[0].image(images.enlarged_png(result.x_nat, size), caption="Clean image (32×32, enlarged)", width=width,
+                  output_format="PNG")
     pert, factor = images.perturbation_image(result.delta)
-    cols[1].image(images.enlarged_png(pert, size), width=width,
+    cols[1].image(images.enlarged_png(pert, size), width=width, output_format="PNG",
                   caption=f"Perturbation × {factor:.0f} (grey = no change)" if result.linf255 > 0
                   else "Perturbation: none")
     cols[2].image(images.enlarged_png(result.x_adv, size), caption="Adversarial image (what the model gets)",
-                  width=width)
+                  width=width, output_format="PNG")
     if result.attacked:
         budget = f"budget {result.choice.budget()}"
         cols[1].markdown(f"L∞ = **{result.linf255:.2f}/255** · L2 = **{result.l2:.3f}** ({budget})")

@@ -259,7 +259,7 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
         cols = st.columns(GALLERY_SIZE // 2)
         for i, j in enumerate(shown):
             col = cols[i % len(cols)]
-            col.image(images.enlarged_png(x_all[j], 64), caption=f"#{j} {cas.CLASSES[y_all[j]]}")
+            col.image(images.enlarged_png(x_all[j], 64), caption=f"#{j} {cas.CLASSES[y_all[j]]}", output_format="PNG")
             col.button("Use", key=button_key(prefix, f"use_{j}"), on_click=_set_index, args=(idx_key, j),
                        type="primary" if j == idx else "secondary")
     label = int(y_all[idx])
@@ -287,7 +287,8 @@ def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
     c1, c2, c3 = where.columns([1, 1, 2])
     w, h = prepared.original_size
     c1.image(prepared.crop, caption=f"Centre crop of the {w}×{h} photo", width=160)
-    c2.image(images.enlarged_png(prepared.x, 160), caption="What the model sees (32×32)", width=160)
+    c2.image(images.enlarged_png(prepared.x, 160), caption="What the model sees (32×32)", width=160,
+             output_format="PNG")
     options = (-1,) + tuple(range(len(cas.CLASSES)))
     lab_key = value_key(prefix, "label")
     label = c3.selectbox("What is in the photo?", options, key=widget_key(lab_key),

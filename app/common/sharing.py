@@ -283,23 +283,23 @@ def _token(value, refs: list):
     return ("id", id(value))
 
 
-def _figure_bytes(item) -> int:
-    _, fig = item
+def _figure_bytes(fig) -> int:
     try:
         return len(fig.to_json())
     except Exception:  # noqa: BLE001 - not a Plotly figure: count it as a small one
         return 100_000
 
 
-class SharedFigures:
-    """Figures every visitor of a page sees, built once for the whole server.
+class SharedCalls:
+    """Calls of pure functions whose results every visitor of a page sees (figures, summaries), each
+    computed once for the whole server.
 
     ``share(builder, mode)`` returns ``builder`` keyed on its name, its arguments (see :func:`_token`)
-    and ``mode()`` (e.g. whether presentation mode enlarges the fonts). A figure returned by a shared
-    builder is shared by every session: draw it, never change it."""
+    and ``mode()`` (e.g. whether presentation mode enlarges the fonts). What a shared builder returns is
+    shared by every session: use it, never change it."""
 
-    def __init__(self, max_bytes: int):
-        self.store = SharedResults(max_bytes, size=_figure_bytes)
+    def __init__(self, max_bytes: int, size: Callable[[object], int] = nbytes):
+        self.store = SharedResults(max_bytes, size=lambda item: size(item[1]))
 
     def share(self, builder: Callable, mode: Callable[[], Hashable] = lambda: None) -> Callable:
         @functools.wraps(builder)
@@ -311,3 +311,10 @@ class SharedFigures:
 
         shared.build = builder  # the builder itself, for tests and for figures a page changes
         return shared
+
+
+class SharedFigures(SharedCalls):
+    """:class:`SharedCalls` for figure builders, a figure counted by the size of its JSON."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(max_bytes, size=_figure_bytes)

@@ -124,14 +124,15 @@ def channel_section(result: image_attack.LabResult, page_params: list[url_state.
 def downloads(result: image_attack.LabResult, loaded: models.LoadedModel, image: pickers.ImageChoice) -> None:
     """The adversarial image (PNG and exact), the channel values (CSV) and the attack's time."""
     stem = f"{image.slug}_{result.choice.attack}_{loaded.name or 'model'}"
+    png, npy, csv = images.download_files(result, loaded.label)
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Adversarial image (PNG, 32×32)", images.png_bytes(result.x_adv), f"{stem}.png",
+    c1.download_button("Adversarial image (PNG, 32×32)", png, f"{stem}.png",
                        "image/png", key=pickers.button_key(P, "png"), on_click="ignore",
                        help="8-bit PNG: pixel values rounded to /255.")
-    c2.download_button("Adversarial image (exact, .npy)", images.npy_bytes(result.x_adv), f"{stem}.npy",
+    c2.download_button("Adversarial image (exact, .npy)", npy, f"{stem}.npy",
                        "application/octet-stream", key=pickers.button_key(P, "npy"), on_click="ignore",
                        help="float32 array (3, 32, 32) in [0, 1]; load with numpy.load.")
-    c3.download_button("Channel values (CSV)", image_attack.channel_table(result, loaded.label).to_csv(index=False),
+    c3.download_button("Channel values (CSV)", csv,
                        f"{stem}_channels.csv", "text/csv", key=pickers.button_key(P, "csv"), on_click="ignore")
     st.caption(f"The attack took {result.seconds:.2f} s.")
 

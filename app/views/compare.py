@@ -96,7 +96,8 @@ def heading(choice: image_attack.AttackChoice, image: pickers.ImageChoice, sourc
     how = "each model attacked on its own" if source is None else f"crafted on {source}, applied to all"
     st.subheader(f"Result: {choice.describe()} on {image.title} — {how}")
     if crafted is not None:
-        st.image(images.enlarged_png(crafted.x_adv, 128), caption=f"The adversarial image crafted on {source}")
+        st.image(images.enlarged_png(crafted.x_adv, 128), caption=f"The adversarial image crafted on {source}",
+                 output_format="PNG")
 
 
 def channel_line(view: image_attack.PointView, threshold: float) -> str:

@@ -586,7 +586,7 @@ def image_strip(result: image_attack.LabResult) -> None:
     for i in range(0, len(shown), per_row):
         cols = st.columns(per_row)
         for col, (x, text) in zip(cols, shown[i:i + per_row]):
-            col.image(images.enlarged_png(x, size), caption=text, width=size)
+            col.image(images.enlarged_png(x, size), caption=text, width=size, output_format="PNG")
 
 
 def chart(fig, key: str) -> None:
@@ -657,7 +657,8 @@ def step_view(step: int, results: dict, loaded: dict, image: ImageChoice, cards:
         for col, run in zip((left, right), ("cas_pgd", "cas_soft")):
             r = results[run]
             size = presentation.image_size(192)
-            col.image(images.enlarged_png(r.x_adv, size), width=size, caption=f"Adversarial image, {r.choice.describe()}")
+            col.image(images.enlarged_png(r.x_adv, size), width=size, output_format="PNG",
+                      caption=f"Adversarial image, {r.choice.describe()}")
         chart(figure(step, results)[0], "lec_ch_6")
         st.caption(caption(step, results))
         rows = card_rows(cards)
