@@ -322,7 +322,10 @@ def test_gallery_random_and_class_filter(models_dir):
     at.button(key="btn_lab_random").click().run()
     assert_clean(at)
     assert last_result(at).label == 6  # frog
-    # the gallery shows frogs only; "Use" picks one
+    # the gallery is drawn only when opened; it shows frogs only; "Use" picks one
+    assert not [b for b in at.button if b.key.startswith("btn_lab_use_")]
+    at.session_state["lab_gallery_open"] = True
+    at.run()
     used = [b for b in at.button if b.key.startswith("btn_lab_use_")]
     assert used
     pick = used[-1]

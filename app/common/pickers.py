@@ -249,21 +249,29 @@ def _cifar_picker(prefix: str, cifar, where) -> ImageChoice:
     c3.button("Random", icon=":material/casino:", key=button_key(prefix, "random"), on_click=_random_index,
               args=(idx_key, pool), help="Pick a random test image (of the filtered class)", width="stretch")
     idx = int(st.session_state[idx_key])
-    with where.expander(f"Browse the test images ({'all classes' if cls == 'all' else cls})"):
-        page_key = value_key(prefix, "gallery_page")
-        pages = max(1, -(-len(pool) // GALLERY_SIZE))
-        if not 1 <= st.session_state.get(page_key, 1) <= pages:
-            st.session_state[page_key] = 1
-        page = st.number_input("Gallery page", 1, pages, key=widget_key(page_key), step=1) - 1
-        shown = pool[page * GALLERY_SIZE:(page + 1) * GALLERY_SIZE]
-        cols = st.columns(GALLERY_SIZE // 2)
-        for i, j in enumerate(shown):
-            col = cols[i % len(cols)]
-            col.image(images.enlarged_png(x_all[j], 64), caption=f"#{j} {cas.CLASSES[y_all[j]]}", output_format="PNG")
-            col.button("Use", key=button_key(prefix, f"use_{j}"), on_click=_set_index, args=(idx_key, j),
-                       type="primary" if j == idx else "secondary")
+    gallery = where.expander(f"Browse the test images ({'all classes' if cls == 'all' else cls})",
+                             key=value_key(prefix, "gallery_open"), on_change="rerun")
+    if gallery.open:  # drawn only when open: twelve images and buttons a visit would otherwise pay for
+        with gallery:
+            _gallery(prefix, x_all, y_all, pool, idx, idx_key)
     label = int(y_all[idx])
     return ImageChoice(x_all[idx], label, f"CIFAR-10 test image #{idx} ({cas.CLASSES[label]})", f"cifar{idx}")
+
+
+def _gallery(prefix: str, x_all: np.ndarray, y_all: np.ndarray, pool: np.ndarray, idx: int, idx_key: str) -> None:
+    """One page of thumbnails of ``pool`` (test-set indices), each with a button that picks it."""
+    page_key = value_key(prefix, "gallery_page")
+    pages = max(1, -(-len(pool) // GALLERY_SIZE))
+    if not 1 <= st.session_state.get(page_key, 1) <= pages:
+        st.session_state[page_key] = 1
+    page = st.number_input("Gallery page", 1, pages, key=widget_key(page_key), step=1) - 1
+    shown = pool[page * GALLERY_SIZE:(page + 1) * GALLERY_SIZE]
+    cols = st.columns(GALLERY_SIZE // 2)
+    for i, j in enumerate(shown):
+        col = cols[i % len(cols)]
+        col.image(images.enlarged_png(x_all[j], 64), caption=f"#{j} {cas.CLASSES[y_all[j]]}", output_format="PNG")
+        col.button("Use", key=button_key(prefix, f"use_{j}"), on_click=_set_index, args=(idx_key, j),
+                   type="primary" if j == idx else "secondary")
 
 
 def _photo_picker(prefix: str, src: str, where) -> ImageChoice | None:
