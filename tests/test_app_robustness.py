@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from apptest import assert_clean, page_text
 from streamlit.testing.v1 import AppTest
 
 from app.views import robustness
@@ -78,34 +79,18 @@ def test_evaluation_table_and_ladder_name_the_steps_that_ran():
     assert accuracies == {"at-cas": [82.0, 60.0, 30.0]}  # CAS models only
     assert robustness.ladder({"at": results["at"]}, 5) == ([], {})
 
-def _clean(at):
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def _text(at) -> str:
-    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.warning, *at.subheader])
-
-
-def test_the_page_without_models_says_how_to_get_one(monkeypatch, tmp_path):
-    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(tmp_path / "none"))
-    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
-    _clean(at)
-    assert "No bundled models are installed" in _text(at) and "Train" in _text(at)
-
-
 def test_robustness_table_fresh_evaluation_and_curve(models_dir):
     at = AppTest.from_file(PAGE, default_timeout=600).run()
-    _clean(at)
+    assert_clean(at)
     cards = at.dataframe[0].value
     assert list(cards["model"]) == ["std", "at", "at-cas"] and cards["clean"].notna().all()
-    assert "gradient masking" in _text(at) and "Soft-mask PGD" in _text(at)
+    assert "gradient masking" in page_text(at) and "Soft-mask PGD" in page_text(at)
     at.multiselect(key="rob_models").set_value(["at", "at-cas"])
     at.number_input(key="rob_n").set_value(16)
     at.slider(key="rob_steps").set_value(2)
     at.multiselect(key="rob_attacks").set_value(["fgsm", "pgd", "soft_mask_pgd"])
     at.button[0].click().run()
-    _clean(at)
+    assert_clean(at)
     fresh = at.dataframe[2].value.replace("", float("nan"))  # shown as text, empty where nothing ran
     fresh[fresh.columns[1:]] = fresh[fresh.columns[1:]].astype(float)
     assert list(fresh["model"]) == ["at", "at-cas"]
@@ -121,7 +106,7 @@ def test_robustness_table_fresh_evaluation_and_curve(models_dir):
     at.slider(key="rob_csteps").set_value(1)
     at.multiselect(key="rob_eps_list").set_value([0, 8])
     at.button[1].click().run()
-    _clean(at)
+    assert_clean(at)
     curve = at.get("plotly_chart")[-1]
     traces = json.loads(curve.proto.spec)["data"]
     assert {t["name"] for t in traces} == {"at-cas — PGD", "at-cas — soft-mask PGD"}

@@ -6,6 +6,9 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pytest
+from apptest import assert_clean, page_text
+from streamlit.testing.v1 import AppTest
 
 import cas
 from app.common import attack_text, compute, image_attack, pages, pickers
@@ -84,3 +87,12 @@ def test_views_reach_heavy_work_through_compute_only():
         assert not [h for h in heavy if h in source.replace("compute.", "compute:")], view.name
         if view.name != "lecture.py":  # its run_all checks the claims without Streamlit, as the tests do
             assert "image_attack.attack_image(" not in source, view.name
+
+
+@pytest.mark.parametrize("view", ["channel_stats.py", "robustness.py"])
+def test_a_page_without_models_says_how_to_get_one(view, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAS_PRETRAINED_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("CAS_RUNS_DIR", str(tmp_path / "no-runs"))
+    at = AppTest.from_file(str(ROOT / "app" / "views" / view), default_timeout=120).run()
+    assert_clean(at)
+    assert "No bundled models are installed" in page_text(at) and "Train" in page_text(at)

@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-
 from streamlit.testing.v1 import AppTest
 
 from app import jobs

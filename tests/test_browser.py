@@ -3,8 +3,8 @@ check that the prediction and the Plotly charts are drawn, and keep screenshots 
 from __future__ import annotations
 
 import pytest
-
-from browser import ARTIFACTS, app_server, chromium, new_tab, settle as _settle, wait_idle
+from browser import ARTIFACTS, app_server, chromium, new_tab, wait_idle
+from browser import settle as _settle
 
 pytestmark = pytest.mark.browser
 

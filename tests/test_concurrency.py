@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-
 from app.common import image_attack, models
 
 # (test-image index, attack) — a different image, attack and setting for every visitor

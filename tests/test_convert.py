@@ -13,7 +13,6 @@ from torch import nn
 import cas
 from cas.convert import ConvertError, convert_file, main, read_state_dict
 
-
 # -- the authors' layouts: same parameter names, same forward (eval mode, argmax masks) -----------------
 
 def _mask(feat, fc):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 import cas
 from app import jobs
 from cas import checkpoint, load_checkpoint

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, app_server, chromium, new_tab, save_png, settle
 
 import cas
 from app.views import lecture
-from browser import ARTIFACTS, app_server, chromium, new_tab, save_png, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "screenshots"

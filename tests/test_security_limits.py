@@ -12,7 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-
 import streamlit
 from streamlit.testing.v1 import AppTest
 

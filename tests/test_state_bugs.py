@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
+from browser import app_server, chromium, new_tab, wait_idle
+from browser import settle as _settle
 from streamlit.testing.v1 import AppTest
-
-from browser import app_server, chromium, new_tab, settle as _settle, wait_idle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ import torch
 
 from cas import AttackSettings, data, load_model, read_card, run_attack
 from cas.attacks import margin
-from cas.stats import channel_statistics, paper_effects, role_of
 from cas.checkpoint import pretrained_dir, pretrained_index, read_model_card
+from cas.stats import channel_statistics, paper_effects, role_of
 
 ROOT = Path(__file__).resolve().parent.parent
 

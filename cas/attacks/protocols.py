@@ -47,6 +47,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from .engine import new_generator
 from .settings import AttackSettings
 
 # their exact schedule (argparse defaults of the evaluation script, called with beta = 2)
@@ -91,23 +92,16 @@ def _cw_loss(logits, y, batch: int = AUTHORS_BATCH):
     return -F.relu(torch.stack([c.sum() for c in per_image.split(batch)])).sum()
 
 
-def _generator(device, seed) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(seed))
-    return gen
 
 
 def _uniform_start(x, eps: float, s: AttackSettings) -> torch.Tensor:
     """U(-eps, eps) offsets: from one generator seeded with ``s.seed``, or, with one seed per image,
     image i's from its own generator (the start a one-image attack with that seed draws)."""
     if not s.per_image_seeds:
-        return torch.empty_like(x).uniform_(-eps, eps, generator=_generator(x.device, s.seed))
+        return torch.empty_like(x).uniform_(-eps, eps, generator=new_generator(x.device, s.seed))
     if len(s.seed) != x.shape[0]:
         raise ValueError(f"got {len(s.seed)} per-image seeds for {x.shape[0]} images")
-    return torch.cat([torch.empty_like(x[i:i + 1]).uniform_(-eps, eps, generator=_generator(x.device, seed))
+    return torch.cat([torch.empty_like(x[i:i + 1]).uniform_(-eps, eps, generator=new_generator(x.device, seed))
                       for i, seed in enumerate(s.seed)])
 
 
