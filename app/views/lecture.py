@@ -339,6 +339,12 @@ def _marks(name: str, positions: np.ndarray, values: np.ndarray, colour: str, li
     return lf.Marks(f"{name} ({len(positions)})", positions, np.abs(values[positions]) + lift, colour)
 
 
+def _switch_lines(values: np.ndarray, threshold: float) -> list[lf.Line]:
+    """The switched-on lines of the clean (row 0) and adversarial (row 1) images' channel values."""
+    return [lf.Line(f"switched-on line, {who} image", threshold / 100 * float(np.abs(values[i]).max()), colour)
+            for i, (who, colour) in enumerate((("clean", figures.NATURAL), ("adversarial", figures.ADVERSARIAL)))]
+
+
 def _before_panel(title: str, r: image_attack.LabResult, g: dict, y_range, threshold: float, attack_only: bool,
                   shade: bool = False) -> lf.Panel:
     v = r.modules[-1]
@@ -400,10 +406,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
         after = lf.Panel("After the mask (= before × mask)",
                          [lf.Series("clean image", a[0], figures.NATURAL),
                           lf.Series("adversarial image", a[1], figures.ADVERSARIAL)],
-                         [lf.Line("switched-on line, clean image", threshold / 100 * float(np.abs(a[0]).max()),
-                                  figures.NATURAL),
-                          lf.Line("switched-on line, adversarial image", threshold / 100 * float(np.abs(a[1]).max()),
-                                  figures.ADVERSARIAL)],
+                         _switch_lines(a, threshold),
                          notes=[f"clean: {g['after_nat']} switched on", f"adversarial: {g['after_adv']} switched on"],
                          y_range=_y_range(results, ("cas_pgd",), "after"))
         return [lf.channel_panels([before, mask_panel, after], x_title, height=740, top=120)]
@@ -417,10 +420,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
         p = lf.Panel(f"{title} (mask “{head}”)",
                      [lf.Series("clean image", a[0], figures.NATURAL),
                       lf.Series("adversarial image", a[1], figures.ADVERSARIAL)],
-                     [lf.Line("switched-on line, clean image", threshold / 100 * float(np.abs(a[0]).max()),
-                              figures.NATURAL),
-                      lf.Line("switched-on line, adversarial image", threshold / 100 * float(np.abs(a[1]).max()),
-                              figures.ADVERSARIAL)],
+                     _switch_lines(a, threshold),
                      [_marks("pass the mask on the attacked image only", g["passed"], a[1], lf.SWITCHED_ON_BY_ATTACK,
                              0.04 * y[1])],
                      [f"adversarial: {g['after_adv']} switched on", f"passing only under attack: {len(g['passed'])}"],
