@@ -93,6 +93,11 @@ class ModelCard:
         order = self.key_order + tuple(k for k in values if k not in self.key_order) if self.key_order else ()
         return replace(self, **changes, extra=extra, key_order=order)
 
+    @property
+    def defense(self) -> str | None:
+        """The member of the channel-defence family its modules are (:mod:`cas.family`), None without any."""
+        return (self.arch_kwargs or {}).get("defense", "cas") if self.cas else None
+
     @classmethod
     def for_model(cls, model, **values) -> ModelCard:
         """A new card for ``model`` (architecture, CAS, size, date, commit); ``values`` (method, epsilon,

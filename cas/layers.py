@@ -27,10 +27,16 @@ MASK_MODES = ("pred", "label", "soft")
 
 
 class CASOutput(NamedTuple):
-    out: torch.Tensor  # masked feature map (N, K, H, W)
+    """What a module of the channel-defence family returns (CAS here; CIFS, EWAS and FSR in
+    :mod:`cas.family`)."""
+
+    out: torch.Tensor  # masked feature map (N, K, H, W): what the network runs on with
     aux_logits: torch.Tensor  # auxiliary logits from the unmasked features (N, classes)
     pooled: torch.Tensor  # per-channel spatial mean before the mask (N, K)
-    mask: torch.Tensor  # the channel mask applied (N, K)
+    mask: torch.Tensor  # the channel mask applied (N, K); for an element-wise mask its spatial mean
+    after: torch.Tensor | None = None  # per-channel spatial mean of ``out``; None: ``pooled * mask``
+    spatial_mask: torch.Tensor | None = None  # an element-wise mask (N, K, H, W); None for a channel mask
+    extras: dict | None = None  # further named logits a defence trains on (FSR's non-robust and recalibrated parts)
 
 
 def check_mask_mode(mask: str) -> None:

@@ -84,14 +84,35 @@ def head_loss(method: str, adv, nat, y, beta: float) -> torch.Tensor:
     raise ValueError(f"unknown method {method!r}")
 
 
+def runner_up(logits, y):
+    """Per image the predicted class, or the second one where the prediction is ``y`` (FSR's label
+    for the non-robust part)."""
+    top2 = logits.topk(2, dim=1).indices
+    return torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+
+
+def extra_terms(extras, logits, y) -> torch.Tensor | None:
+    """The terms a defence adds for its further logits (FSR, :mod:`cas.family`): the non-robust part
+    is trained towards the class the attack pushes to (:func:`runner_up` of the final logits), the
+    recalibrated part towards the label; each averaged over the modules that have it."""
+    terms = []
+    for name, target in (("nonrobust", runner_up(logits.detach(), y)), ("recalibrated", y)):
+        heads = [e[name] for e in extras if name in e]
+        if heads:
+            terms.append(torch.stack([F.cross_entropy(h.float(), target) for h in heads]).mean())
+    return torch.stack(terms).sum() if terms else None
+
+
 def training_loss(model, x, y, x_adv, cfg: LossConfig):
-    """Loss for one update (call in train mode: CAS masks use ``y``'s rows). Returns (loss, logits of
-    the input the method trains on, for accuracy bookkeeping)."""
+    """Loss for one update (call in train mode: masks use ``y``). Returns (loss, logits of the input
+    the method trains on, for accuracy bookkeeping). The auxiliary heads get the method's loss, and a
+    defence's further logits (FSR's) their cross-entropy terms (:func:`extra_terms`), both weighted
+    by ``aux_weight``."""
     nat = adv = None
     if cfg.method in ("std", "trades", "mart"):
-        nat = model(x, y, return_aux=True)
+        nat = model(x, y, return_aux=True, return_extras=True)
     if cfg.method != "std":
-        adv = model(x_adv, y, return_aux=True)
+        adv = model(x_adv, y, return_aux=True, return_extras=True)
     heads_nat = [nat[0], *nat[1]] if nat else None
     heads_adv = [adv[0], *adv[1]] if adv else None
     n = len((heads_nat or heads_adv))
@@ -100,7 +121,11 @@ def training_loss(model, x, y, x_adv, cfg: LossConfig):
     loss = per_head[0]
     if n > 1:  # the CAS term, for every method
         loss = loss + cfg.aux_weight * torch.stack(per_head[1:]).mean()
-    return loss, (adv or nat)[0]
+    trained = adv or nat
+    extra = extra_terms(trained[2], trained[0], y)
+    if extra is not None:
+        loss = loss + cfg.aux_weight * extra
+    return loss, trained[0]
 
 
 def _attack_objective(cfg: LossConfig, nat_heads):

@@ -31,6 +31,7 @@ from . import data as cdata
 from .attacks import ATTACKS
 from .checkpoint import ModelCard, atomic_write, save_checkpoint, update_card
 from .cli import HelpFormatter
+from .family import DEFENSES
 from .losses import METHODS, RECIPES, LossConfig, perturb, training_loss
 from .models import PAPER_ARCHS, WIDTH_ARCHS, create_model
 from .precision import autocast, fast_bf16
@@ -58,6 +59,8 @@ class TrainConfig:
 
     method: str = _opt("at", "training objective", METHODS)
     cas: bool = _opt(True, "add CAS modules (at the architecture's default points)")
+    defense: str = _opt("cas", "which member of the channel-defence family the modules are (ResNet-18 only "
+                        "for all but cas; see cas.family)", tuple(DEFENSES))
     arch: str = _opt("resnet18", "architecture", PAPER_ARCHS)
     width: int = _opt(64, "first-stage width of ResNet-18 / VGG-16 (64: the paper's model)")
     epochs: int = _opt(40, "training epochs")
@@ -74,7 +77,8 @@ class TrainConfig:
                                    "max(eps / 4, 2.5 x eps / steps), fgsm_rs 1.25 eps, n_fgsm eps)")
     steps: int = _opt(10, "attack steps of the pgd recipe")
     beta: float | None = _opt(None, "TRADES / MART trade-off (default: 6)")
-    aux_weight: float = _opt(2.0, "weight of the CAS modules' auxiliary losses (2 in the paper)")
+    aux_weight: float | None = _opt(None, "weight of the modules' auxiliary losses (default: the defence's "
+                                    "authors' value: CAS and CIFS 2, EWAS 0.01, FSR 1)")
     train_subset: int = _opt(0, "train on this many images (0: the whole training split)")
     val_size: int = _opt(1000, "validation images held out of the training set; their robust accuracy "
                                "picks the best epoch (0: no check)")
@@ -126,6 +130,8 @@ class TrainConfig:
             (self.step_size is None or self.step_size > 0, "step_size must be positive"),
             (self.warmup < 1, "warmup is a fraction in [0, 1)"),
             (self.momentum < 1, "momentum must be below 1"),
+            (self.defense == "cas" or (self.arch == "resnet18" and self.cas),
+             f"the {self.defense} defence is built into ResNet-18 only (with --cas)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -136,11 +142,14 @@ class TrainConfig:
     @property
     def loss_config(self) -> LossConfig:
         step = None if self.step_size is None else self.step_size / 255
-        return LossConfig(self.method, self.beta, self.aux_weight, self.epsilon / 255, step, self.steps,
+        aux = DEFENSES[self.defense].aux_weight if self.aux_weight is None else self.aux_weight
+        return LossConfig(self.method, self.beta, aux, self.epsilon / 255, step, self.steps,
                           self.recipe, self.amp)
 
     def model_kwargs(self) -> dict:
         kw = {"cas": self.cas}
+        if self.cas and self.defense != "cas":
+            kw["defense"] = self.defense
         if self.arch in WIDTH_ARCHS:
             kw["width"] = self.width
         return kw
@@ -187,17 +196,23 @@ def check_heldout(model, x_u8, y, cfg: TrainConfig, device) -> dict:
     models (plain PGD over-reports them) and plain PGD otherwise. Attacks run under bf16 autocast
     where it is fast; every accuracy is judged in fp32."""
     clean = correct = 0
-    spec = ATTACKS["soft_mask_pgd"].for_model(model)  # plain PGD on a model without CAS
+    specs = [ATTACKS["soft_mask_pgd"].for_model(model)]  # plain PGD on a model without CAS
+    if getattr(model, "has_cas", False) and model.defense != "cas":  # CAS's relatives: whichever is stronger
+        specs.append(ATTACKS["pgd"])
     for i in range(0, x_u8.shape[0], cfg.eval_batch_size):
         xb = cdata.to_float(x_u8[i:i + cfg.eval_batch_size].to(device))
         yb = y[i:i + cfg.eval_batch_size].to(device)
-        xa = spec.fn(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp,
-                     until_fooled=True)
+        holds = torch.ones_like(yb, dtype=torch.bool)
+        for spec in specs:
+            xa = spec.fn(model, xb, yb, eps=cfg.epsilon / 255, steps=cfg.eval_steps, seed=i, amp=cfg.amp,
+                         until_fooled=True)
+            with torch.no_grad():
+                holds &= model(xa).argmax(1) == yb
         clean += (_accuracy(model, xb, yb) * len(yb))
-        correct += (_accuracy(model, xa, yb) * len(yb))
+        correct += holds.sum().item()
     n = max(x_u8.shape[0], 1)
-    return {"heldout_clean": round(clean / n, 2), "heldout_robust": round(correct / n, 2),
-            "robust_attack": f"{spec.name}{cfg.eval_steps}"}
+    return {"heldout_clean": round(clean / n, 2), "heldout_robust": round(100 * correct / n, 2),
+            "robust_attack": "+".join(f"{s.name}{cfg.eval_steps}" for s in specs)}
 
 
 COLLAPSE_FRACTION = 0.5  # robust accuracy below this share of its best so far counts as a collapse
@@ -276,8 +291,8 @@ def train(cfg: TrainConfig, on_epoch=None) -> Path:
     if cfg.resume and state_file.exists():
         state = torch.load(state_file, map_location=device, weights_only=True)
         saved = state["config"]
-        for key in ("method", "cas", "arch", "width", "batch_size", "seed", "train_subset"):
-            if saved.get(key) != getattr(cfg, key):
+        for key in ("method", "cas", "defense", "arch", "width", "batch_size", "seed", "train_subset"):
+            if saved.get(key, "cas" if key == "defense" else None) != getattr(cfg, key):
                 raise ValueError(f"--resume: {key} differs from the interrupted run "
                                  f"({saved.get(key)!r} there, {getattr(cfg, key)!r} now)")
         model.load_state_dict(state["model"])

@@ -45,8 +45,13 @@ ZOO = {  # name: (method, cas, description); the order is the training order (th
     "trades-cas": ("trades", True, "TRADES (beta 6) + CAS"),
     "mart": ("mart", False, "MART (beta 6)"),
     "mart-cas": ("mart", True, "MART (beta 6) + CAS"),
+    # CAS's relatives (cas.family), each with its authors' placement and auxiliary weight
+    "at-cifs": ("at", True, "Madry AT + CIFS on both blocks of the last stage (Yan et al. 2021)"),
+    "at-ewas": ("at", True, "Madry AT + EWAS between the blocks of the last stage (Zhang et al. 2023)"),
+    "at-fsr": ("at", True, "Madry AT + FSR after the last stage (Kim et al. 2023)"),
 }
-INDEX_ORDER = ["std", "at", "at-cas", "trades", "trades-cas", "mart", "mart-cas"]
+DEFENSE = {"at-cifs": "cifs", "at-ewas": "ewas", "at-fsr": "fsr"}  # the rest: CAS where there are modules
+INDEX_ORDER = ["std", "at", "at-cas", "trades", "trades-cas", "mart", "mart-cas", "at-cifs", "at-ewas", "at-fsr"]
 
 
 def run_dir(name: str) -> Path:
@@ -58,6 +63,8 @@ def train_one(name: str, args) -> None:
     cmd = [sys.executable, "-m", "cas.train", "--method", method, "--cas" if cas_on else "--no-cas",
            "--epochs", str(args.epochs or EPOCHS.get(name, 10)), "--out", f"runs/zoo-{name}",
            "--description", desc, "--resume", "--no-progress", *RECIPE, "--lr", str(LR.get(name, 0.2))]
+    if name in DEFENSE:
+        cmd += ["--defense", DEFENSE[name]]
     if args.data:
         cmd += ["--data", args.data]
     print(" ".join(cmd), flush=True)

@@ -11,7 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..layers import CASModule, check_mask_mode
+from ..family import build_module, check_defense
+from ..layers import check_mask_mode
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -25,12 +26,14 @@ class PointChannels(NamedTuple):
     mask: torch.Tensor  # channel mask (N, K); all ones where there is no CAS module
     after: torch.Tensor  # spatial mean after the mask (N, K)
     aux_logits: torch.Tensor | None  # the CAS head's logits, None without CAS
+    spatial_mask: torch.Tensor | None = None  # an element-wise mask (N, K, H, W) (EWAS, FSR); None per channel
 
 
 class ForwardResult(NamedTuple):
     logits: torch.Tensor
     aux_logits: list[torch.Tensor]
     details: list[PointChannels]
+    extras: list[dict] | tuple = ()  # per module, further named logits its defence trains on (FSR)
 
 
 class CASNet(nn.Module):
@@ -55,13 +58,18 @@ class CASNet(nn.Module):
         self.units = nn.ModuleDict()
         self.cas = nn.ModuleDict()
         self.arch_kwargs: dict = {}
+        self.defense = "cas"  # which member of the channel-defence family its modules are (cas.family)
 
     # -- construction helpers -------------------------------------------------------------------
-    def _add_cas(self, points, channels_of: dict[str, int]) -> None:
-        for pos in points:
+    def _add_cas(self, points, channels_of: dict[str, int], defense: str = "cas",
+                 spatial_of: dict[str, tuple[int, int]] | None = None) -> None:
+        check_defense(defense)
+        self.defense = defense
+        for i, pos in enumerate(points):
             if pos not in channels_of:
                 raise ValueError(f"unknown CAS point {pos!r}; choose from {sorted(channels_of)}")
-            self.cas[pos] = CASModule(channels_of[pos], self.num_classes)
+            spatial = (spatial_of or {}).get(pos, (1, 1))
+            self.cas[pos] = build_module(defense, i, channels_of[pos], self.num_classes, spatial)
 
     @property
     def has_cas(self) -> bool:
@@ -73,14 +81,17 @@ class CASNet(nn.Module):
 
     # -- forwards ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, mask: str = "pred",
-                return_aux: bool = False, temperature: float = 1.0):
-        """``model(x)`` -> logits. With ``return_aux=True`` -> (logits, [aux logits]).
+                return_aux: bool = False, temperature: float = 1.0, return_extras: bool = False):
+        """``model(x)`` -> logits. With ``return_aux=True`` -> (logits, [aux logits]), and with
+        ``return_extras=True`` also the modules' further logits (a dict each, see :mod:`cas.family`).
         ``temperature`` sets the softmax temperature of ``mask="soft"`` (see :mod:`cas.layers`).
 
         The keyword form exists so that wrappers such as DistributedDataParallel, which only see
         ``forward``, can run the CAS training forward; prefer :meth:`forward_aux` in user code.
         """
         res = self._run(x, y, mask, details=False, temperature=temperature)
+        if return_extras:
+            return res.logits, res.aux_logits, res.extras
         return (res.logits, res.aux_logits) if return_aux else res.logits
 
     def forward_aux(self, x, y=None, mask: str = "pred", temperature: float = 1.0):
@@ -104,6 +115,7 @@ class CASNet(nn.Module):
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(x.shape)}")
         h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype) if self.normalize else x
         aux_list: list[torch.Tensor] = []
+        extras: list[dict] = []
         detail_list: list[PointChannels] = []
         for name, unit in self.units.items():
             if name in self.inner_cas:
@@ -115,12 +127,14 @@ class CASNet(nn.Module):
                     h = o.out
             if name in self.cas:
                 aux_list.append(o.aux_logits)
+                extras.append(o.extras or {})
                 if details:
-                    detail_list.append(PointChannels(name, o.pooled, o.mask, o.pooled * o.mask,
-                                                     o.aux_logits))
+                    after = o.pooled * o.mask if o.after is None else o.after
+                    detail_list.append(PointChannels(name, o.pooled, o.mask, after, o.aux_logits,
+                                                     o.spatial_mask))
             elif details and not self.has_cas and name == self._report_point:
                 pooled = h.mean(dim=(2, 3))
                 detail_list.append(PointChannels(name, pooled, torch.ones_like(pooled), pooled, None))
         logits = self.classifier(h)
-        return ForwardResult(logits, aux_list, detail_list)
+        return ForwardResult(logits, aux_list, detail_list, extras)
 

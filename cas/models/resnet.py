@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ..family import check_defense
 from .base import CASNet
 
 
@@ -27,17 +28,19 @@ class BasicBlock(nn.Module):
 class ResNet18(CASNet):
     """ResNet-18 for 32x32 inputs. ``width`` is the first stage's channel count (64 in the paper);
     stages have width, 2x, 4x and 8x channels. CAS modules follow the blocks named in
-    ``cas_points`` (default: both blocks of the last stage, after the residual add and ReLU)."""
+    ``cas_points`` (default: both blocks of the last stage, after the residual add and ReLU).
+    ``defense`` picks the member of the channel-defence family (:data:`cas.family.DEFENSES`: ``cas``,
+    ``cifs``, ``ewas``, ``fsr``) and with it the default points, for 32x32 inputs."""
 
     arch = "resnet18"
     DEFAULT_CAS = ("layer4_0", "layer4_1")
 
     def __init__(self, num_classes: int = 10, width: int = 64, cas: bool = True,
-                 cas_points=None, normalize: bool = True):
+                 cas_points=None, normalize: bool = True, defense: str = "cas"):
         super().__init__(num_classes, normalize)
         if width < 1:
             raise ValueError("width must be a positive integer")
-        channels_of = {}
+        channels_of, spatial_of = {}, {"stem": (32, 32)}
         self.units["stem"] = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False),
                                            nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         channels_of["stem"] = width
@@ -48,10 +51,13 @@ class ResNet18(CASNet):
                 name = f"layer{stage + 1}_{i}"
                 self.units[name] = BasicBlock(cin, cout, 2 if (stage > 0 and i == 0) else 1)
                 channels_of[name] = cout
+                spatial_of[name] = (32 // 2 ** stage,) * 2
                 cin = cout
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
-        points = list(cas_points or self.DEFAULT_CAS) if cas else []
-        self._add_cas(points, channels_of)
+        points = list(cas_points or check_defense(defense).points) if cas else []
+        self._add_cas(points, channels_of, defense, spatial_of)
         self._report_point = points[-1] if points else "layer4_1"
         self.arch_kwargs = {"num_classes": num_classes, "width": width, "cas": cas,
                             "cas_points": points or None, "normalize": normalize}
+        if cas and defense != "cas":  # cards of CAS models stay as they were
+            self.arch_kwargs["defense"] = defense
