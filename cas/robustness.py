@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 
 from .attacks import ATTACKS, AttackSettings, run_attack
+from .attacks.protocols import PROTOCOLS
 
-DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "authors_pgd", "authors_cw", "joint_pgd", "soft_mask_pgd", "autoattack",
-                   "adaptive_autoattack")
+DEFAULT_ATTACKS = ("fgsm", "pgd", "cw", "authors_pgd", "authors_cw", *PROTOCOLS, "joint_pgd", "soft_mask_pgd",
+                   "autoattack", "adaptive_autoattack")  # a relative's own protocol runs on that relative only
 EVALUATED = [name for name, spec in ATTACKS.items() if spec.card_key]  # attacks with an evaluation preset
 ADAPTIVE_PGD = ("joint_pgd20", "soft_mask_pgd20")  # the CAS-adaptive PGD figures; their minimum: adaptive_pgd20
 # card key -> column header, in table order: clean, every attack with a card key, then the derived figures
@@ -182,7 +183,7 @@ def evaluate(model, x_u8: torch.Tensor, y: torch.Tensor, config: EvalConfig | Se
     device = config.torch_device()
     rank, world = _rank_world()
     has_cas = getattr(model, "has_cas", False)
-    attacks = [a for a in config.attacks if not (ATTACKS[a].needs_cas and not has_cas)]
+    attacks = [a for a in config.attacks if ATTACKS[a].applies_to(model)]
     n = x_u8.shape[0]
     res = EvalResult(n=n)
     correct: dict[str, torch.Tensor] = {}

@@ -42,7 +42,7 @@ image's best point.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -105,19 +105,21 @@ def _uniform_start(x, eps: float, s: AttackSettings) -> torch.Tensor:
                       for i, seed in enumerate(s.seed)])
 
 
-def _authors_loop(model, x, y, s: AttackSettings, head_loss, progress=None):
+def _authors_loop(model, x, y, s: AttackSettings, head_loss, progress=None, clip_start: bool = False):
     x = x.detach().float()
     y = y.to(x.device)
     eps, step = float(s.eps), float(s.step_size)
     x_adv = x.clone()
-    if s.random_start:  # not clipped to [0, 1] before the first step, as in their code
+    if s.random_start:  # the CAS authors do not clip the start to [0, 1]; EWAS's code does
         x_adv = x_adv + _uniform_start(x, eps, s)
+        if clip_start:
+            x_adv = x_adv.clamp(0, 1)
     for i in range(s.steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             logits, aux = _heads(model, x_adv)
             loss = head_loss(logits.float(), y)
-            if aux:
+            if aux and s.aux_weight:
                 loss = loss + s.aux_weight * (sum(head_loss(a.float(), y) for a in aux) / len(aux))
             (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():
@@ -149,7 +151,72 @@ def authors_cw(model, x, y, settings: AttackSettings | None = None, progress=Non
     return _authors_loop(model, x, y, _resolve(settings, kw), lambda z, t: _cw_loss(z, t, batch), progress)
 
 
+def _cw50_loss(logits, y):
+    """``-relu(z_y - max_{j != y} z_j + 50)`` summed over the images: the CW loss with confidence 50
+    that the CIFS, EWAS and FSR evaluations use (clipped per image, unlike the CAS authors')."""
+    own = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, y[:, None], float("-inf"))
+    return -F.relu(own - others.max(1).values + 50).sum()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One attack of a relative's own evaluation (:mod:`cas.family`), as its authors' code runs it."""
+
+    name: str  # registry name, e.g. "cifs_pgd20"
+    defense: str  # the family member whose paper used it
+    label: str  # e.g. "CIFS authors' PGD-20"
+    eps: float
+    steps: int
+    step_size: float
+    random_start: bool
+    clip_start: bool  # the random start clipped to [0, 1] before the first gradient
+    loss: str  # "ce" (cross-entropy, batch mean) or "cw50" (margin with confidence 50)
+    aux_weight: float  # x the mean auxiliary loss, added to the final head's
+    source: str  # where their code runs it
+
+    @property
+    def settings(self) -> AttackSettings:
+        return AttackSettings(eps=self.eps, steps=self.steps, step_size=self.step_size,
+                              random_start=self.random_start, aux_weight=self.aux_weight)
+
+    def __call__(self, model, x, y, settings: AttackSettings | None = None, progress=None, **kw):
+        s = _resolve(settings or self.settings, kw)
+        head_loss = _ce_loss if self.loss == "ce" else _cw50_loss
+        return _authors_loop(model, x, y, s, head_loss, progress, clip_start=self.clip_start)
+
+
+_E8, _E31 = 8 / 255, 0.031
+# CIFS (HanshuYAN/CIFS, CIFAR10_Res18_CIFS_test.py): advertorch FGSM / LinfPGDAttack without a random
+# start, steps of 0.1 eps, on the joint loss final + 2 x mean probe loss, last iterate;
+# FSR (wkim97/FSR, test.py): the same schedules on the final head alone, mask deterministic (our "pred");
+# EWAS (ieslab-ynu/EWAS, white_box_robust_eval.py): eps 0.031, uniform start clipped to [0, 1], FGSM one
+# step of eps, PGD-20 and CW-30 steps of eps / 4, final + 0.01 x the auxiliary head's loss
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
+    Protocol("cifs_fgsm", "cifs", "CIFS authors' FGSM", _E8, 1, _E8, False, False, "ce", 2.0,
+             "CIFAR10_Res18_CIFS_test.py"),
+    Protocol("cifs_pgd20", "cifs", "CIFS authors' PGD-20", _E8, 20, 0.1 * _E8, False, False, "ce", 2.0,
+             "CIFAR10_Res18_CIFS_test.py"),
+    Protocol("cifs_pgd100", "cifs", "CIFS authors' PGD-100", _E8, 100, 0.1 * _E8, False, False, "ce", 2.0,
+             "CIFAR10_Res18_CIFS_test.py"),
+    Protocol("cifs_cw30", "cifs", "CIFS authors' CW-30", _E8, 30, 0.1 * _E8, False, False, "cw50", 2.0,
+             "CIFAR10_Res18_CIFS_test.py"),
+    Protocol("ewas_fgsm", "ewas", "EWAS authors' FGSM", _E31, 1, _E31, True, True, "ce", 0.01,
+             "white_box_robust_eval.py"),
+    Protocol("ewas_pgd20", "ewas", "EWAS authors' PGD-20", _E31, 20, _E31 / 4, True, True, "ce", 0.01,
+             "white_box_robust_eval.py"),
+    Protocol("ewas_cw30", "ewas", "EWAS authors' CW-30", _E31, 30, _E31 / 4, True, True, "cw50", 0.01,
+             "white_box_robust_eval.py"),
+    Protocol("fsr_fgsm", "fsr", "FSR authors' FGSM", _E8, 1, _E8, False, False, "ce", 0.0, "test.py"),
+    Protocol("fsr_pgd20", "fsr", "FSR authors' PGD-20", _E8, 20, 0.1 * _E8, False, False, "ce", 0.0, "test.py"),
+    Protocol("fsr_pgd100", "fsr", "FSR authors' PGD-100", _E8, 100, 0.1 * _E8, False, False, "ce", 0.0, "test.py"),
+    Protocol("fsr_cw30", "fsr", "FSR authors' CW-30", _E8, 30, 0.1 * _E8, False, False, "cw50", 0.0, "test.py"),
+]}
+
+
 # registry data: one entry per attack, in the fields of cas.attacks.AttackSpec (knobs: the iterative ones
 # without the target). ``gradient`` is False because these take one budget for all images (no per-image
 # eps curves, no bf16 path); ``strength`` is None: a last-iterate attack is not ranked against PGD.
-__all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "authors_cw", "authors_pgd"]
+__all__ = ["AUTHORS_BATCH", "AUTHORS_SCHEDULE", "AUTHORS_SETTINGS", "PROTOCOLS", "Protocol", "authors_cw",
+           "authors_pgd"]

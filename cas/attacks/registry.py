@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from .external import adaptive_autoattack, autoattack, square
 from .gradient import cw_linf, fgsm, joint_pgd, pgd, pgd_l2, soft_mask_pgd
-from .protocols import AUTHORS_BATCH, AUTHORS_SCHEDULE, authors_cw, authors_pgd
+from .protocols import AUTHORS_BATCH, AUTHORS_SCHEDULE, PROTOCOLS, authors_cw, authors_pgd
 from .settings import AttackSettings
 
 
@@ -97,6 +97,15 @@ class AttackSpec:
     strength: int | None = None  # rank in the strength order (higher: at least as strong); None: unranked
     per_image_seeds: bool = True  # takes one seed per image (else one for the batch)
     batch_multiple: int = 1  # the evaluator's batches are multiples of this (an attack whose loss spans a batch)
+    defenses: tuple[str, ...] | None = None  # the family members it is meant for (a paper's own protocol); None: any
+
+    def applies_to(self, model) -> bool:
+        """Whether the evaluator runs this attack on ``model`` (CAS-only attacks need modules, a
+        relative's own protocol needs that relative)."""
+        has_cas = getattr(model, "has_cas", False)
+        if self.needs_cas and not has_cas:
+            return False
+        return self.defenses is None or (has_cas and getattr(model, "defense", "cas") in self.defenses)
 
     def knob(self, key: str) -> Knob | None:
         return next((k for k in self.knobs if k.key == key), None)
@@ -152,6 +161,17 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
                "measured", (AUTHORS_EPS, SEED), gradient=False, untargeted_only=True, card_key="authors_cw",
                column="authors' CW", preset=dict(AUTHORS_SCHEDULE), batch_multiple=AUTHORS_BATCH),
 ]}
+# the relatives' own evaluations (CIFS, EWAS, FSR; see .protocols), each for its own defence
+ATTACKS.update({p.name: AttackSpec(
+    p.name, p, p.label, f"{p.label.split(' authors')[0]}'s own evaluation ({p.source} of its public code): "
+    f"{p.steps} step(s) of {p.step_size:.4f} within {p.eps:.4f}, {'uniform' if p.random_start else 'no'} random "
+    f"start, {'cross-entropy' if p.loss == 'ce' else 'CW margin (confidence 50)'} of the final head"
+    + (f" + {p.aux_weight:g} x mean auxiliary" if p.aux_weight else "") + ", last iterate",
+    (replace(LINF_EPS, default=round(p.eps * 255, 4)), SEED), gradient=False, untargeted_only=True,
+    interactive=False, card_key=p.name, column=p.label,
+    preset={k: getattr(p, k) for k in ("eps", "steps", "step_size", "random_start", "aux_weight")},
+    defenses=(p.defense,))
+    for p in PROTOCOLS.values()})
 
 
 def run_attack(name: str, model, x, y, settings: AttackSettings | None = None, progress=None, **kw):
