@@ -49,7 +49,8 @@ def test_the_story_in_plain_terms(results):
     assert results["std_pgd"].pred_adv != label  # (2) std wrong under PGD
     f = lecture.facts(results)
     assert f["at_pgd"]["rise"] < f["std_pgd"]["rise"]  # (3) AT: smaller magnitude rise
-    assert f["cas_pgd"]["after_adv"] < f["cas_pgd"]["on_adv"]  # (4) the mask suppresses channels
+    first = lecture.facts(results, module=lecture.FIRST)["cas_pgd"]
+    assert 2 * len(first["silenced"]) > len(first["attack_only"]) > 0  # (4) the mask silences the attack's channels
     assert results["cas_pgd"].pred_adv == label  # (5) at-cas right under plain PGD
     assert results["cas_soft"].pred_adv != label  # (6) at-cas wrong under soft-mask PGD
 
@@ -125,8 +126,11 @@ def test_step_numbers_are_drawn_on_their_charts(results):
     (fig,) = lecture.figure(4, results)
     before, after = _above(fig, "adversarial image", adv, "y"), _above(fig, "adversarial image", adv, "y3")
     assert f"{before} of 128 channels switched on before the mask, {after} after it" in sentence.replace("**", "")
-    (marks,) = _traces(fig, "suppressed by the mask")
-    assert f"{len(marks.x)} suppressed" in sentence and len(marks.x) == before - after
+    (marks,) = _traces(fig, "silenced by the mask")
+    (new,) = _traces(fig, "switched on by the attack only")
+    plain = sentence.replace("**", "")
+    assert f"switches on {len(new.x)} channels" in plain and f"silences {len(marks.x)} of them" in plain
+    assert set(marks.x) <= set(new.x) and len(marks.x) > 0
     assert _traces(fig, "mask weight (row “deer”)")  # the head's guess names the mask drawn
     # 6: the channels the mask lets through after soft-mask PGD, pointed at
     _, sentence = lecture.claim(6, results)
@@ -139,7 +143,7 @@ def test_step_numbers_are_drawn_on_their_charts(results):
 CAPTION_WORDS = {  # what a caption names -> the trace (or shape) that draws it
     "Blue": "clean image", "red": "adversarial image", "Dotted line": "switched-on line",
     "Orange triangles: channels switched on": "switched on by the attack only",
-    "Orange triangles: channels that pass": "pass the mask", "Purple": "suppressed by the mask",
+    "Orange triangles: channels that pass": "pass the mask", "Purple": "silenced by the mask",
 }
 
 

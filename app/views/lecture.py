@@ -134,13 +134,17 @@ def _on(values: np.ndarray, threshold: float) -> np.ndarray:
     return a > threshold / 100 * a.max()
 
 
-def facts(results: dict[str, image_attack.LabResult], threshold: float = THRESHOLD) -> dict:
+FIRST = 0  # step 4 shows the first CAS module: where plain PGD switches channels on (the last: 1 of 24)
+
+
+def facts(results: dict[str, image_attack.LabResult], threshold: float = THRESHOLD, module: int = -1) -> dict:
     """Every number a step's words or chart show, by run: channels switched on (clean, adversarial, by the
-    attack only, suppressed by the mask), totals and heights, the CAS head's guess. Positions are in the
+    attack only, suppressed by the mask), totals and heights, the CAS head's guess, at the CAS module
+    ``module`` (the last by default; for a model without CAS, the last block). Positions are in the
     clean image's order (strongest first), the order the charts draw."""
     out = {}
     for run, r in results.items():
-        v = r.modules[-1]
+        v = r.modules[module if r.modules[0].is_cas else -1]
         order = image_attack.channel_order(v, "natural")
         b = v.before[:, order]
         on_nat, on_adv = _on(b[0], threshold), _on(b[1], threshold)
@@ -156,6 +160,7 @@ def facts(results: dict[str, image_attack.LabResult], threshold: float = THRESHO
             after_nat, after_adv = _on(a[0], threshold), _on(a[1], threshold)
             f.update(after_nat=int(after_nat.sum()), after_adv=int(after_adv.sum()),
                      suppressed=np.flatnonzero(on_adv & ~after_adv),
+                     silenced=np.flatnonzero(on_adv & ~on_nat & ~after_adv),
                      passed=np.flatnonzero(after_adv & ~after_nat),
                      head_nat=int(v.aux_probs[0].argmax()), head_adv=int(v.aux_probs[1].argmax()),
                      head_prob_adv=float(v.aux_probs[1].max()), heads=len(r.modules),
@@ -217,10 +222,13 @@ def claim(step: int, results: dict[str, image_attack.LabResult], threshold: floa
                 f"(standard: {len(s['attack_only'])}).")
     r, g = results["cas_pgd"], f["cas_pgd"]
     if step == 4:
-        return (g["after_adv"] < g["on_adv"] and g["head_adv"] == r.label,
-                f"The CAS head guesses **{c[g['head_adv']]}** ({_pct(g['head_prob_adv'])}) on the attacked image, "
-                f"so the mask is {c[g['head_adv']]}'s row: {g['on_adv']} of {g['channels']} channels switched on "
-                f"before the mask, **{g['after_adv']}** after it ({len(g['suppressed'])} suppressed, purple).")
+        g = facts(results, threshold, FIRST)["cas_pgd"]
+        new, silenced = len(g["attack_only"]), len(g["silenced"])
+        return (new > 0 and 2 * silenced > new and g["head_adv"] == r.label,
+                f"The attack switches on **{new}** channels the clean image leaves off (orange triangles); the "
+                f"head guesses **{c[g['head_adv']]}** ({_pct(g['head_prob_adv'])}), so the mask is "
+                f"{c[g['head_adv']]}'s row, and it silences **{silenced}** of them (purple). In all, "
+                f"{g['on_adv']} of {g['channels']} channels switched on before the mask, {g['after_adv']} after it.")
     if step == 5:
         return (r.pred_nat == r.label and r.pred_adv == r.label,
                 f"The attack failed: under plain PGD the CAS model still says **{c[r.pred_adv]}** "
@@ -265,14 +273,18 @@ def step_text(step: int, results: dict, cards: dict[str, dict], threshold: float
                 "triangles): the paper's second finding, which AT leaves open. And AT is still fooled here.")
     g = f["cas_pgd"]
     if step == 4:
+        g = facts(results, threshold, FIRST)["cas_pgd"]
         return ("**Channel-wise Activation Suppressing** (CAS) adds a small classifier, the **auxiliary head**, "
                 "inside the block. Its guess of the class picks one row of its weights, and every channel is "
                 "multiplied by its weight in that row: the **mask** (middle panel). A weight near zero silences a "
-                f"channel. Here the head guesses {c[g['head_adv']]}, and the mask keeps {g['after_adv']} of the "
-                f"{g['on_adv']} switched-on channels (bottom); the {len(g['suppressed'])} it suppresses are marked "
-                "in purple. Plain PGD hardly moves this model, so the clean and adversarial bars nearly coincide: "
-                f"what the mask does here it does to both. (This model has {g['heads']} CAS modules; the chart "
-                "shows the last one, just before the classifier.)")
+                f"channel. Plain PGD attacks the AT + CAS model: before the mask (top) it switches on "
+                f"{len(g['attack_only'])} channels the clean image leaves off (orange triangles), as it did on the "
+                f"other models. The head still guesses {c[g['head_adv']]}, and {c[g['head_adv']]}'s row gives "
+                f"{len(g['silenced'])} of those channels a weight near zero (purple): after the mask (bottom) they "
+                f"are silent. In all the mask keeps {g['after_adv']} of the {g['on_adv']} switched-on channels. "
+                f"(This model has {g['heads']} CAS modules, one after each block of its last stage; this chart "
+                "shows the first, where the attack's new channels appear. At the second, just before the "
+                "classifier, the next steps look.)")
     if step == 5:
         at, ac = k.get("at", {}), k.get("at-cas", {})
         text = ("The CAS model keeps the right answer under plain PGD. The chart shows why: through all 20 "
@@ -313,10 +325,10 @@ def caption(step: int, results: dict, threshold: float = THRESHOLD) -> str:
                 f"{threshold:g}% of each image's strongest channel. Orange triangles: channels switched on by the "
                 "attack only.")
     if step == 4:
-        return ("Top: the block's channels before the mask; middle: the mask, the weight each channel is "
-                "multiplied by (the row of the head's guess); bottom: what passes on (top × middle). Blue: clean "
-                f"image; red: adversarial. {line} Purple: the channels switched on before the mask and off after "
-                "it, and their weights.")
+        return ("The first CAS module. Top: its block's channels before the mask; middle: the mask, the weight "
+                "each channel is multiplied by (the row of the head's guess); bottom: what passes on (top × "
+                f"middle). Blue: clean image; red: adversarial. {line} Orange triangles: channels switched on by "
+                "the attack only. Purple: those of them the mask silences, and their weights.")
     if step == 5:
         return ("Each point: the attack stopped after that many steps (step 0: the clean image), the same attack "
                 "as in step 4. Solid: the final prediction's probability of the true class; dashed: the CAS head's. "
@@ -329,8 +341,8 @@ def caption(step: int, results: dict, threshold: float = THRESHOLD) -> str:
 HEADROOM = 1.45  # the y axis reaches this many times the tallest bar: room for the panel's notes
 
 
-def _y_range(results: dict, runs: tuple[str, ...], stage: str = "before") -> tuple[float, float]:
-    top = max(float(np.abs(getattr(results[r].modules[-1], stage)).max()) for r in runs if r in results)
+def _y_range(results: dict, runs: tuple[str, ...], stage: str = "before", module: int = -1) -> tuple[float, float]:
+    top = max(float(np.abs(getattr(results[r].modules[module], stage)).max()) for r in runs if r in results)
     return (0.0, HEADROOM * top)
 
 
@@ -346,8 +358,8 @@ def _switch_lines(values: np.ndarray, threshold: float) -> list[lf.Line]:
 
 
 def _before_panel(title: str, r: image_attack.LabResult, g: dict, y_range, threshold: float, attack_only: bool,
-                  shade: bool = False) -> lf.Panel:
-    v = r.modules[-1]
+                  shade: bool = False, module: int = -1) -> lf.Panel:
+    v = r.modules[module]
     b = v.before[:, g["order"]]
     bars = [lf.Series("clean image", b[0], figures.NATURAL)]
     lines = [lf.Line("switched-on line, clean image", threshold / 100 * float(np.abs(b[0]).max()), figures.NATURAL)]
@@ -388,19 +400,20 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
     if step == 5:  # its pictures are the head's guess through the attack and the cards (see :func:`evidence`)
         return []
     if step == 4:
-        r, g = results["cas_pgd"], f["cas_pgd"]
-        v = r.modules[-1]
-        before = _before_panel("Before the mask (AT + CAS, last CAS module)", r, g, _y_range(results, ("cas_pgd",)),
-                               threshold, False)
+        r, g = results["cas_pgd"], facts(results, threshold, FIRST)["cas_pgd"]
+        v = r.modules[FIRST]
+        before = _before_panel("Before the mask (AT + CAS, first CAS module)", r, g,
+                               _y_range(results, ("cas_pgd",), module=FIRST), threshold, True, module=FIRST)
         lift = 0.04 * before.y_range[1]
-        before.marks.append(_marks("suppressed by the mask", g["suppressed"], v.before[1][g["order"]],
-                                   lf.SUPPRESSED, lift))
+        before.marks.append(_marks("silenced by the mask", g["silenced"], v.before[1][g["order"]],
+                                   lf.SUPPRESSED, 2.5 * lift))
+        x_title = "the first CAS module's channels, sorted by the clean image's activation (strongest first)"
         mask = v.mask[1][g["order"]]
         head = cas.CLASSES[g["head_adv"]]
         mask_panel = lf.Panel(f"The mask: row “{head}” of the head's weights (the head's guess)",
                               [lf.Series(f"mask weight (row “{head}”)", mask, lf.MASK_BAR)],
-                              marks=[lf.Marks(f"weights of the suppressed channels ({len(g['suppressed'])})",
-                                              g["suppressed"], mask[g["suppressed"]], lf.SUPPRESSED, "diamond")],
+                              marks=[lf.Marks(f"weights of the silenced channels ({len(g['silenced'])})",
+                                              g["silenced"], mask[g["silenced"]], lf.SUPPRESSED, "diamond")],
                               y_title="weight")
         a = v.after[:, g["order"]]
         after = lf.Panel("After the mask (= before × mask)",
@@ -408,7 +421,7 @@ def figure(step: int, results: dict, threshold: float = THRESHOLD) -> list:
                           lf.Series("adversarial image", a[1], figures.ADVERSARIAL)],
                          _switch_lines(a, threshold),
                          notes=[f"clean: {g['after_nat']} switched on", f"adversarial: {g['after_adv']} switched on"],
-                         y_range=_y_range(results, ("cas_pgd",), "after"))
+                         y_range=_y_range(results, ("cas_pgd",), "after", FIRST))
         return [lf.channel_panels([before, mask_panel, after], x_title, height=740, top=120)]
     out = []
     y = _y_range(results, ("cas_pgd", "cas_soft"), "after")
