@@ -1,10 +1,13 @@
-"""Bring a model trained with the CAS authors' code into CAS Lab:
+"""Bring a model trained with the code of the CAS authors, or of CIFS, EWAS or FSR, into CAS Lab:
 
     python -m cas.convert FILE.pth --arch resnet18|vgg16|wrn34_10 [--no-cas] --out MODEL.safetensors
+    python -m cas.convert FILE.pth --arch resnet18 --defense cifs|ewas|fsr --out MODEL.safetensors
 
-The input is a state dict saved by that code (``torch.save(model.state_dict())``, ``.pt`` or ``.pth``,
-with or without DataParallel's ``module.`` prefix). It is read with ``torch.load(weights_only=True)``
-only: a file holding anything but tensors is refused, never unpickled. Their layouts:
+The input is a state dict saved by that code (``torch.save(model.state_dict())``, ``.pt``, ``.pth`` or
+``.pth.tar``, bare or as the ``state_dict`` entry of a training checkpoint, with or without
+DataParallel's ``module.`` prefix). It is read with ``torch.load(weights_only=True)`` only: a file
+holding anything but tensors and plain values is refused, never unpickled. The CAS authors' layouts
+(``--defense cas``, the default):
 
 * ``resnet18``: ``conv1``/``bn1`` stem, ``layer1``-``layer4`` blocks, CAS heads ``layer4.{0,1}.fc``
   after each block of the last stage, classifier ``linear``;
@@ -14,8 +17,20 @@ only: a file holding anything but tensors is refused, never unpickled. Their lay
   (on its residual branch) and ``extra_fc`` after the final BN-ReLU, classifier ``fc``; its unused
   ``sub_block1`` is dropped.
 
-``--no-cas`` reads the same backbones without CAS heads. Their models read raw [0, 1] pixels, so the
-converted model is built with ``normalize=False`` (recorded in its card) and gives the same logits.
+``--defense`` reads a ResNet-18 (the same ``conv1``, ``bn1``, ``layer1``-``layer4``, ``linear``) trained
+by the code of a relative of CAS (:mod:`cas.family`), each with its modules where our ResNet-18 puts them:
+
+* ``cifs`` (github.com/HanshuYAN/CIFS, ``ResNet18_L4``; a checkpoint dict with ``state_dict``): the
+  probes ``layer4.0.Probe.Probe`` (``0.fc`` then ``1``: Linear-Softplus-Linear) and
+  ``layer4.1.Probe.Probe.1`` (Linear) of both blocks of the last stage;
+* ``ewas`` (github.com/ieslab-ynu/EWAS, ``ResNet_RAS``; a DataParallel checkpoint dict): the head
+  ``mask.aux_linear`` on the flattened map between the two blocks of the last stage;
+* ``fsr`` (github.com/wkim97/FSR, ``ResNet18_FSR``; a bare state dict): ``separation.sep_net``,
+  ``recalibration.rec_net`` and the head ``aux.0`` after the last stage.
+
+``--no-cas`` reads the same backbones without any defence. All of these models read raw [0, 1] pixels,
+so the converted model is built with ``normalize=False`` (recorded in its card, with the defence) and
+gives the same logits (FSR's: those of its deterministic test-time mask, ``is_eval=True``).
 """
 from __future__ import annotations
 
@@ -30,6 +45,7 @@ import torch
 
 from .checkpoint import ModelCard, save_checkpoint
 from .cli import HelpFormatter
+from .family import DEFENSES
 from .models import PAPER_ARCHS, CASNet, create_model
 
 ARCHS = PAPER_ARCHS  # the architectures the authors' checkpoints come in
@@ -40,7 +56,6 @@ _RULES = {
     "resnet18": [
         (r"conv1\.", "units.stem.0."),
         (r"bn1\.", "units.stem.1."),
-        (r"layer(\d)\.(\d)\.fc\.", r"cas.layer\1_\2.head."),
         (r"layer(\d)\.(\d)\.", r"units.layer\1_\2."),
         (r"linear\.", "classifier.2."),
     ],
@@ -66,13 +81,70 @@ _RULES = {
 }
 
 
+# ResNet-18 only: each defence's modules, tried before the backbone's rules above
+_DEFENSE_RULES = {
+    "cas": [(r"layer(\d)\.(\d)\.fc\.", r"cas.layer\1_\2.head.")],
+    "cifs": [
+        (r"layer4\.0\.Probe\.Probe\.0\.fc\.", "cas.layer4_0.hidden."),  # nlBlock(Linear, Softplus)
+        (r"layer4\.0\.Probe\.Probe\.1\.", "cas.layer4_0.head."),
+        (r"layer4\.1\.Probe\.Probe\.1\.", "cas.layer4_1.head."),  # Probe.0 is the pooling
+    ],
+    "ewas": [(r"mask\.aux_linear\.", "cas.layer4_0.head.")],
+    "fsr": [
+        (r"separation\.sep_net\.", "cas.layer4_1.separation."),
+        (r"recalibration\.rec_net\.", "cas.layer4_1.recalibration."),
+        (r"aux\.0\.", "cas.layer4_1.head."),
+    ],
+}
+
+# keys by which a state dict shows the modules of a defence (checked in this order)
+_MARKS = {
+    "cifs": lambda k: re.match(r"layer4\.\d\.Probe\.", k) is not None,
+    "ewas": lambda k: k.startswith("mask.aux_linear."),
+    "fsr": lambda k: k.startswith(("separation.sep_net.", "recalibration.rec_net.")),
+    "cas": lambda k: ".fc." in k or k.startswith("extra_fc."),
+}
+
+
+def _rules(arch: str, defense: str = "cas"):
+    return _DEFENSE_RULES[defense] + _RULES[arch] if arch == "resnet18" else _RULES[arch]
+
+
+def _layout_of(keys) -> str | None:
+    """The defence whose modules the authors' ``keys`` hold (None: none of them)."""
+    return next((d for d, mark in _MARKS.items() if any(mark(k) for k in keys)), None)
+
+
+def _label(defense: str) -> str:
+    return DEFENSES[defense].label
+
+
+def _a(defense: str) -> str:
+    """The defence's name with its article ("a CIFS", "an EWAS")."""
+    label = _label(defense)
+    return f"{'an' if label[0] in 'AEFHILMNORSX' else 'a'} {label}"
+
+
 class ConvertError(ValueError):
     """The file cannot be converted; the message names the problem."""
 
 
-def build_model(arch: str, cas: bool = True) -> CASNet:
-    """Our model with the authors' layout for ``arch`` (raw [0, 1] input)."""
+def check_options(arch: str, cas: bool = True, defense: str = "cas") -> None:
+    """Refuse a combination of architecture, ``--no-cas`` and defence that no authors' code saves."""
+    if defense not in DEFENSES:
+        raise ConvertError(f"unknown defence {defense!r}; choose from {', '.join(DEFENSES)}")
+    if defense != "cas" and not cas:
+        raise ConvertError(f"--no-cas reads a backbone without any defence; leave out --defense {defense}")
+    if defense != "cas" and arch != "resnet18":
+        raise ConvertError(f"--defense {defense} is read for --arch resnet18 only, not {arch}")
+
+
+def build_model(arch: str, cas: bool = True, defense: str = "cas") -> CASNet:
+    """Our model with the authors' layout for ``arch`` and ``defense`` (raw [0, 1] input)."""
+    check_options(arch, cas, defense)
     if arch == "resnet18":
+        if defense != "cas":
+            return create_model("resnet18", width=64, defense=defense, normalize=False)
         return create_model("resnet18", width=64, cas=cas, normalize=False)
     if arch == "vgg16":
         return create_model("vgg16", width=64, cas=cas, normalize=False, conv_bias=True, head="mlp")
@@ -112,11 +184,12 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def rename(arch: str, state: dict[str, torch.Tensor]):
+def rename(arch: str, state: dict[str, torch.Tensor], defense: str = "cas"):
     """(our names -> tensors, our names -> their names, keys dropped on purpose, keys of no known layout)."""
     out, origin, dropped, unknown = {}, {}, [], []
+    rules = _rules(arch, defense)
     for key, value in state.items():
-        for pattern, repl in _RULES[arch]:
+        for pattern, repl in rules:
             m = re.match(pattern, key)
             if m:
                 if repl is None:
@@ -137,29 +210,39 @@ def _names(keys, limit: int = 4) -> str:
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], arch: str, cas: bool = True,
-                       name: str = "the file") -> tuple[CASNet, list[str]]:
-    """Our model (eval mode) holding the weights of ``state``, and the keys dropped on purpose."""
-    model = build_model(arch, cas)
-    ours, theirs_by_ours, dropped, unknown = rename(arch, state)  # messages use the authors' names
+                       name: str = "the file", defense: str = "cas") -> tuple[CASNet, list[str]]:
+    """Our model (eval mode) holding the weights of ``state``, and the keys dropped on purpose.
+    ``defense``: whose code saved it (``cas``, or a relative of CAS for a ``resnet18``)."""
+    model = build_model(arch, cas, defense)
+    ours, theirs_by_ours, dropped, unknown = rename(arch, state, defense)  # messages use the authors' names
     expected = model.state_dict()
     extra = [theirs_by_ours[k] for k in ours if k not in expected] + unknown
     missing = [k for k in expected if k not in ours]
+    found, label = _layout_of(state), _label(defense)
     hint = ""
-    if extra and any(".fc." in k or k.startswith("extra_fc.") for k in extra) and not cas:
-        hint = " It has CAS heads: leave out --no-cas."
+    if extra and found and not cas:
+        hint = (" It has CAS heads: leave out --no-cas." if found == "cas" else
+                f" It has {_label(found)} modules: leave out --no-cas and add --defense {found}.")
+    elif (extra or missing) and found not in (None, defense) and cas:
+        hint = (f" It looks like {_a(found)} model: "
+                + ("leave out --defense." if found == "cas" else
+                   f"add --defense {found}." if arch == "resnet18" else
+                   f"{_label(found)} models are read for --arch resnet18 only."))
     elif missing and any(k.startswith("cas.") for k in missing) and cas:
-        hint = " It has no CAS heads: add --no-cas."
+        hint = " It has no CAS heads: add --no-cas." if defense == "cas" else \
+            f" It has no {label} modules: leave out --defense and add --no-cas."
+    what = f"a {arch}{'' if cas else ' without CAS'} in the {label} authors' layout"
+    check = "Is the architecture (--arch) right?" if defense == "cas" else \
+        "Are the architecture (--arch) and the defence (--defense) right?"
     if extra:
-        raise ConvertError(f"{name}: keys that a {arch}{'' if cas else ' without CAS'} in the CAS authors' "
-                           f"layout does not have: {_names(extra)}.{hint} Is the architecture (--arch) right?")
+        raise ConvertError(f"{name}: keys that {what} does not have: {_names(extra)}.{hint} {check}")
     if missing:
-        raise ConvertError(f"{name}: missing weights for a {arch}{'' if cas else ' without CAS'} in the CAS "
-                           f"authors' layout (our names): {_names(missing)}.{hint} Is the architecture (--arch) right?")
+        raise ConvertError(f"{name}: missing weights for {what} (our names): {_names(missing)}.{hint} {check}")
     for key, ref in expected.items():
         t = ours[key]
         if t.shape != ref.shape:
             raise ConvertError(f"{name}: {theirs_by_ours[key]} has shape {tuple(t.shape)}, a {arch} needs "
-                               f"{tuple(ref.shape)}. Is the architecture (--arch) right?")
+                               f"{tuple(ref.shape)}. {check}")
         if ref.is_floating_point() != t.is_floating_point():
             raise ConvertError(f"{name}: {theirs_by_ours[key]} has dtype {t.dtype}, expected "
                                f"{'a floating-point' if ref.is_floating_point() else 'an integer'} tensor")
@@ -171,23 +254,26 @@ def convert_state_dict(state: dict[str, torch.Tensor], arch: str, cas: bool = Tr
 
 
 def convert_file(path, arch: str, cas: bool = True, out=None, name: str | None = None,
-                 source_name: str | None = None) -> tuple[CASNet, dict]:
+                 source_name: str | None = None, defense: str = "cas") -> tuple[CASNet, dict]:
     """Convert ``path``; write ``out`` (safetensors with a card) when given. Returns (model, card as a
     JSON mapping).
-    ``source_name``: the file's name for messages and the card (default: its own name)."""
+    ``source_name``: the file's name for messages and the card (default: its own name).
+    ``defense``: whose code saved it (``cas``, or ``cifs``, ``ewas``, ``fsr`` for a ``resnet18``)."""
     path = Path(path)
     source_name = source_name or path.name
+    check_options(arch, cas, defense)
     try:
         state = read_state_dict(path)
     except ConvertError as e:
         raise ConvertError(str(e).replace(path.name, source_name)) from None
-    model, dropped = convert_state_dict(state, arch, cas, source_name)
+    model, dropped = convert_state_dict(state, arch, cas, source_name, defense)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    label = _label(defense)
     card = ModelCard.for_model(
         model, name=name or (Path(out).stem if out else Path(source_name).stem), method="unknown",
-        description=f"Converted from {source_name}, a state dict of the CAS authors' code "
+        description=f"Converted from {source_name}, a state dict of the {label} authors' code "
                     f"({arch}{'' if cas else ' without CAS'}, raw [0, 1] input)",
-        source={"file": source_name, "sha256": digest, "layout": f"CAS authors' code, {arch}",
+        source={"file": source_name, "sha256": digest, "layout": f"{label} authors' code, {arch}",
                 "converted_by": "python -m cas.convert", "dropped_keys": dropped})
     if out:
         save_checkpoint(out, model, card)
@@ -197,19 +283,25 @@ def convert_file(path, arch: str, cas: bool = True, out=None, name: str | None =
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m cas.convert", description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("file", help="a .pt or .pth state dict saved by the CAS authors' code")
+    ap.add_argument("file", help="a .pt, .pth or .pth.tar state dict saved by the CAS authors' code "
+                                 "(or by the code of the defence given with --defense)")
     ap.add_argument("--arch", required=True, choices=ARCHS, help="the architecture it was trained as")
-    ap.add_argument("--no-cas", dest="cas", action="store_false", help="the backbone without CAS heads")
+    ap.add_argument("--defense", default="cas", choices=list(DEFENSES),
+                    help="whose code saved it: cas (the CAS authors'), or for a resnet18 cifs "
+                         "(HanshuYAN/CIFS), ewas (ieslab-ynu/EWAS) or fsr (wkim97/FSR)")
+    ap.add_argument("--no-cas", dest="cas", action="store_false",
+                    help="the backbone without CAS heads (or any other defence)")
     ap.add_argument("--out", required=True, help="where to write the converted .safetensors checkpoint")
     ap.add_argument("--name", default=None, help="the model's name in the app (default: from --out)")
     a = ap.parse_args(argv)
     if not a.out.endswith(".safetensors"):
         raise SystemExit("error: --out must end in .safetensors")
     try:
-        model, card = convert_file(a.file, a.arch, a.cas, a.out, a.name)
+        _, card = convert_file(a.file, a.arch, a.cas, a.out, a.name, defense=a.defense)
     except ConvertError as e:
         raise SystemExit(f"error: {e}")
-    print(f"wrote {a.out}: {a.arch}{'' if a.cas else ' without CAS'}, {card['num_parameters']:,} parameters"
+    kind = "" if a.defense == "cas" else f" with {_label(a.defense)}"
+    print(f"wrote {a.out}: {a.arch}{kind}{'' if a.cas else ' without CAS'}, {card['num_parameters']:,} parameters"
           + (f"; dropped unused {_names(card['source']['dropped_keys'], 2)}" if card["source"]["dropped_keys"]
              else ""), file=sys.stderr)
 
