@@ -14,6 +14,8 @@ OFFLINE_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 if "CAS_DATA" not in os.environ and OFFLINE_ARCHIVE.exists():
     os.environ["CAS_DATA"] = str(OFFLINE_ARCHIVE)
 
+os.environ.setdefault("CAS_VALIDATE_FIGURES", "1")  # every figure builder's properties checked (servers too)
+
 if "OMP_NUM_THREADS" not in os.environ:  # set it (e.g. to 1) to leave a core to other work
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -197,7 +197,8 @@ def enlarged_png(x: np.ndarray, size: int = 192) -> bytes:
 
     def encode() -> bytes:
         buf = io.BytesIO()
-        Image.fromarray(upscale(x, size)).save(buf, format="PNG")
+        # level 1: a few times faster to make than the default 6, for files about a tenth larger
+        Image.fromarray(upscale(x, size)).save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
     return _ENLARGED.get(key, encode)
