@@ -210,13 +210,14 @@ def _others(n: int) -> str:
 
 
 def own_choice(choice: AttackChoice, model) -> tuple[AttackChoice, str]:
-    """The attack ``choice`` for one model: a CAS-adaptive attack becomes its fallback on a model
-    without CAS (what it reduces to there), with a note saying so (else an empty note)."""
+    """The attack ``choice`` for one model: a mask-adaptive attack becomes its fallback on a model
+    without a mask defence (what it reduces to there), with a note saying so (else an empty note)."""
     if choice.attack == image_attack.NONE:
         return choice, ""
     spec = cas.ATTACKS[choice.attack].for_model(model)
     if spec.name != choice.attack:
-        return AttackChoice(spec.name, **dict(choice.values)), f"no CAS module here, so this is plain {spec.label}"
+        note = f"no CAS module (nor a relative) here, so this is plain {image_attack.attack_label(spec.name)}"
+        return AttackChoice(spec.name, **dict(choice.values)), note
     return choice, ""
 
 
@@ -320,7 +321,7 @@ def eps_curve(request: CurveRequest, model, name: str, display: Display | None =
     """:func:`cas.evaluate.accuracy_vs_eps` for ``request``: one accuracy (%) per ε, every ε in one
     batched job (each image-ε pair with its own budget)."""
     r = request
-    label = cas.ATTACKS[r.attack].label
+    label = image_attack.attack_label(r.attack)
 
     def work(update: Update) -> list[float]:
         xs, ys = images.shuffled_subset(r.n)
@@ -332,5 +333,5 @@ def eps_curve(request: CurveRequest, model, name: str, display: Display | None =
 
 
 def curve_attacks(model) -> list[str]:
-    """The attacks of a model's ε-curve: plain PGD, and soft-mask PGD for a CAS model."""
+    """The attacks of a model's ε-curve: plain PGD, and soft-mask PGD for a model with a mask defence."""
     return list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(model).name]))

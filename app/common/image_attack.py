@@ -23,6 +23,7 @@ from cas import analysis
 from cas import data as cas_data
 from cas.precision import all_cores, threads
 
+from .attack_text import attack_label as _label
 from .sharing import SharedCalls
 
 NONE = "none"  # the clean image only
@@ -38,16 +39,18 @@ SORT_LABELS = {"natural": "natural activation (as in the paper)", "mask": "mask 
 
 def attack_label(name: str) -> str:
     """Menu label of an attack name (``"none"`` included)."""
-    return "No attack (clean image only)" if name == NONE else cas.ATTACKS[name].label
+    return "No attack (clean image only)" if name == NONE else _label(name)
 
 
 def attacks_for(model) -> list[str]:
-    """The attacks the pages offer for ``model`` (the CAS-adaptive ones only for CAS models)."""
+    """The attacks the pages offer for ``model`` (the mask-adaptive ones only for models with a mask
+    defence: CAS, CIFS, EWAS or FSR)."""
     return [a for a in LAB_ATTACKS if a == NONE or cas.ATTACKS[a].for_model(model).name == a]
 
 
 def blind_to_mask(name: str) -> bool:
-    """A gradient attack that never looks inside the CAS modules, so their argmax mask can mask it."""
+    """A gradient attack that never looks inside the mask modules, so their argmax (or steep) mask can
+    mask it."""
     spec = cas.ATTACKS.get(name)
     return bool(spec and spec.gradient and not spec.needs_cas)
 
