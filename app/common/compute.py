@@ -259,7 +259,8 @@ def channel_statistics(request: StatsRequest, model, name: str,
 
 
 def stats_table(results: dict[str, cas_stats.ModelStats], threshold: float):
-    """The Channel statistics summary: one row per model, CAS point and stage (a DataFrame)."""
+    """The Channel statistics summary: one row per model, mask module (CAS or a relative) and stage (a
+    DataFrame)."""
     import pandas as pd
 
     return pd.DataFrame([r for s in results.values() for r in cas_stats.summary_rows(s, threshold)])
@@ -267,10 +268,15 @@ def stats_table(results: dict[str, cas_stats.ModelStats], threshold: float):
 
 def paper_claims(results: dict[str, cas_stats.ModelStats], cards: dict[str, dict], threshold: float) -> list[dict]:
     """The paper's claims checked on these results (the first model of each role: standard, adversarially
-    trained, CAS), each with its verdict and evidence (:func:`cas.stats.paper_effects`)."""
+    trained, CAS), each with its verdict and evidence (:func:`cas.stats.paper_effects`). The paper's claims
+    are about CAS: a model with one of its relatives (CIFS, EWAS, FSR) plays no role in them."""
     roles = {}
     for name, s in results.items():
-        roles.setdefault(cas_stats.role_of(cards[name]), s)
+        card = cards[name]
+        card = card if isinstance(card, cas.ModelCard) else cas.ModelCard.from_dict(dict(card))
+        if card.defense not in (None, "cas"):
+            continue
+        roles.setdefault(cas_stats.role_of(card), s)
     return cas_stats.paper_effects(roles, threshold)
 
 
