@@ -95,22 +95,22 @@ def test_each_attack_on_cas_model(models_dir, attack, extra):
         assert r.linf255 == 0
     else:
         assert r.linf255 <= extra.get("eps", 8) + 1e-3
-    # final head + two auxiliary heads are drawn; one channel chart per CAS module
+    # final head + two auxiliary heads are drawn; one channel chart, of the module shown (the last)
     assert len(r.modules) == 2 and all(m.aux_probs is not None for m in r.modules)
-    assert plotly_count(at) == 3
+    assert plotly_count(at) == 2 and at.radio(key="lab_module").value == r.modules[-1].name
     assert "Result" in texts(at.subheader)
 
 
 def test_attack_menu_follows_the_model(models_dir):
     at = make_app(model="at-cas").run()
     menu = at.selectbox(key="lab_attack")
-    assert "soft_mask_pgd" in menu.options or "Soft-mask PGD (CAS-adaptive)" in menu.options
+    assert "soft_mask_pgd" in menu.options or "Soft-mask PGD (mask-adaptive)" in menu.options
     assert "gradient masking" in texts(at.caption)
     menu.set_value("soft_mask_pgd").run()
     at.number_input(key="lab_steps").set_value(2).run()
     assert_clean(at)
     assert last_result(at).choice.attack == "soft_mask_pgd"
-    # a model without CAS cannot run a CAS-adaptive attack: the page says so and falls back to PGD
+    # a model without CAS cannot run a mask-adaptive attack: the page says so and falls back to PGD
     at.selectbox(key="lab_model").set_value("std").run()
     assert_clean(at)
     assert "needs a model with CAS" in texts(at.info)

@@ -24,7 +24,7 @@ CARDS = [
 def test_card_table_keeps_measured_columns_only():
     table = robustness.card_table(CARDS)
     assert list(table["model"]) == ["plain", "masked", "fresh"]
-    assert list(table["CAS"]) == ["no", "yes", "no"]
+    assert list(table["defence"]) == ["none", "CAS", "none"]
     measured = list(table.columns[3:])
     assert measured == [robustness.COLUMNS[k] for k in robustness.COLUMNS if k in ("clean", "pgd20", "soft_mask_pgd20")]
     assert table.set_index("model").loc["fresh", "clean"] == 70.0  # a fresh run: its held-out accuracy

@@ -51,7 +51,7 @@ def test_attack_lab_in_chromium(server, page):
     # pick the honest attack from the sidebar menu
     menus = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
     menus.filter(has_text="Attack").first.click()
-    page.get_by_role("option", name="Soft-mask PGD (CAS-adaptive)").click()
+    page.get_by_role("option", name="Soft-mask PGD (mask-adaptive)").click()
     page.get_by_text("Result: Soft-mask PGD", exact=False).first.wait_for()
     _settle(page, 2)
     assert "soft_mask_pgd" in page.url

@@ -214,13 +214,14 @@ def _others(n: int) -> str:
 
 
 def own_choice(choice: AttackChoice, model) -> tuple[AttackChoice, str]:
-    """The attack ``choice`` for one model: a CAS-adaptive attack becomes its fallback on a model
-    without CAS (what it reduces to there), with a note saying so (else an empty note)."""
+    """The attack ``choice`` for one model: a mask-adaptive attack becomes its fallback on a model
+    without a mask defence (what it reduces to there), with a note saying so (else an empty note)."""
     if choice.attack == image_attack.NONE:
         return choice, ""
     spec = cas.ATTACKS[choice.attack].for_model(model)
     if spec.name != choice.attack:
-        return AttackChoice(spec.name, **dict(choice.values)), f"no CAS module here, so this is plain {spec.label}"
+        note = f"no CAS module (nor a relative) here, so this is plain {image_attack.attack_label(spec.name)}"
+        return AttackChoice(spec.name, **dict(choice.values)), note
     return choice, ""
 
 
@@ -262,7 +263,8 @@ def channel_statistics(request: StatsRequest, model, name: str,
 
 
 def stats_table(results: dict[str, cas_stats.ModelStats], threshold: float):
-    """The Channel statistics summary: one row per model, CAS point and stage (a DataFrame)."""
+    """The Channel statistics summary: one row per model, mask module (CAS or a relative) and stage (a
+    DataFrame)."""
     import pandas as pd
 
     return pd.DataFrame([r for s in results.values() for r in cas_stats.summary_rows(s, threshold)])
@@ -270,10 +272,15 @@ def stats_table(results: dict[str, cas_stats.ModelStats], threshold: float):
 
 def paper_claims(results: dict[str, cas_stats.ModelStats], cards: dict[str, dict], threshold: float) -> list[dict]:
     """The paper's claims checked on these results (the first model of each role: standard, adversarially
-    trained, CAS), each with its verdict and evidence (:func:`cas.stats.paper_effects`)."""
+    trained, CAS), each with its verdict and evidence (:func:`cas.stats.paper_effects`). The paper's claims
+    are about CAS: a model with one of its relatives (CIFS, EWAS, FSR) plays no role in them."""
     roles = {}
     for name, s in results.items():
-        roles.setdefault(cas_stats.role_of(cards[name]), s)
+        card = cards[name]
+        card = card if isinstance(card, cas.ModelCard) else cas.ModelCard.from_dict(dict(card))
+        if card.defense not in (None, "cas"):
+            continue
+        roles.setdefault(cas_stats.role_of(card), s)
     return cas_stats.paper_effects(roles, threshold)
 
 
@@ -324,7 +331,7 @@ def eps_curve(request: CurveRequest, model, name: str, display: Display | None =
     """:func:`cas.evaluate.accuracy_vs_eps` for ``request``: one accuracy (%) per ε, every ε in one
     batched job (each image-ε pair with its own budget)."""
     r = request
-    label = cas.ATTACKS[r.attack].label
+    label = image_attack.attack_label(r.attack)
 
     def work(update: Update) -> list[float]:
         xs, ys = images.shuffled_subset(r.n)
@@ -336,5 +343,5 @@ def eps_curve(request: CurveRequest, model, name: str, display: Display | None =
 
 
 def curve_attacks(model) -> list[str]:
-    """The attacks of a model's ε-curve: plain PGD, and soft-mask PGD for a CAS model."""
+    """The attacks of a model's ε-curve: plain PGD, and soft-mask PGD for a model with a mask defence."""
     return list(dict.fromkeys(["pgd", cas.ATTACKS["soft_mask_pgd"].for_model(model).name]))

@@ -27,6 +27,7 @@ import plotly.graph_objects as go
 
 import cas
 
+from .defense_text import label_of, text_of
 from .sharing import SharedFigures
 
 VALIDATE = os.environ.get("CAS_VALIDATE_FIGURES", "0") == "1"  # check every property as a figure is built
@@ -39,9 +40,8 @@ BIG_TITLE_FONT = dict(size=20, color="#444")
 LEGEND_FONT = dict(size=16)
 # diverging scale of the mask weights: negative (flips the channel) purple, near 0 pale, positive orange
 MASK_SCALE = [[0.0, "#542788"], [0.25, "#998ec3"], [0.5, "#f7f7f7"], [0.75, "#f1a340"], [1.0, "#b35806"]]
-MASK_SENTENCE = ("“Suppression” is a multiplication: each channel is multiplied by a learned, signed weight (the "
-                 "row of the class the CAS head guesses); a weight near 0 silences the channel, a negative one "
-                 "flips its sign.")
+MASK_SCALE_POSITIVE = [[0.0, "#f7f7f7"], [0.5, "#f1a340"], [1.0, "#b35806"]]  # its positive half (masks >= 0)
+MASK_SENTENCE = text_of("cas").mask  # what CAS's mask does (each defence's: app.common.defense_text)
 
 presentation: Callable[[], bool] = lambda: False  # set by app.common.presentation
 
@@ -123,11 +123,12 @@ def probability_figure(probs: np.ndarray, aux: list[tuple[str, np.ndarray]] | No
 def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
                    height: int | None = None, threshold: float | None = None,
                    top_k: int | None = None) -> go.Figure:
-    """Per-channel activations at one CAS point (a :class:`app.common.image_attack.PointView`).
+    """Per-channel activations at one mask module (a :class:`app.common.image_attack.PointView`).
 
-    For a CAS module: three aligned panels, one above the other — the block's output before the mask,
-    the mask itself and what passes on after the mask — each with the natural (blue) and adversarial
-    (red) image. For a model without CAS: one panel (its channels at the same place). Channels are drawn
+    For a mask module (CAS or a relative): three aligned panels, one above the other — the block's output
+    before the mask, the mask itself (for an element-wise mask, its spatial mean per channel) and what
+    passes on after the mask — each with the natural (blue) and adversarial (red) image, titled for the
+    view's defence. For a model without one: one panel (its channels at the same place). Channels are drawn
     in ``order`` (an array of channel numbers); hovering a bar shows its channel number and value.
 
     The mask panel uses the diverging scale :data:`MASK_SCALE` for the clean image's weights and red
@@ -140,9 +141,11 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
     pos = np.arange(len(channels))
     short = bool(top_k)  # a narrow column: short titles
     if view.is_cas:
-        panels = [("Before the mask" if short else "Before the CAS mask", view.before),
-                  ("Mask weights" if short else "CAS mask: the weight each channel is multiplied by", view.mask),
-                  ("After the mask" if short else "After the mask (= before × mask)", view.after)]
+        words, label = text_of(view.defense), label_of(view.defense)
+        mask_title = ("Mask, spatial mean" if view.element_wise else "Mask weights") if short else words.mask_title
+        panels = [("Before the mask" if short else f"Before the {label} mask", view.before),
+                  (mask_title, view.mask),
+                  ("After the mask" if short else words.after_title, view.after)]
     else:
         panels = [("Activation (no CAS)" if short else "Activation (no CAS: nothing masked)", view.before)]
     n = len(panels)
@@ -184,6 +187,47 @@ def channel_figure(view, order: np.ndarray, show_adversarial: bool = True,
     which = (f"first {len(channels)} of {k} channels" if top_k and top_k < k
              else f"channels ({k}), in the chosen order")
     layout["xaxis"] = dict(anchor=f"y{_axis(n)}", title=dict(text=which))
+    return _figure(data, layout)
+
+
+def spatial_figure(before: np.ndarray, mask: np.ndarray, channel: int, label: str = "",
+                   show_adversarial: bool = True, height: int = 300) -> go.Figure:
+    """One channel of an element-wise mask module, position by position: heatmaps of the feature map the
+    module reads (``before``, (2, H, W): clean, adversarial) and of the mask (``mask``, (2, H, W)), each
+    cell labelled with its value. Both feature maps share one colour scale (so their colours compare); the
+    masks share :data:`MASK_SCALE` centred on 0 when they have negative weights, else
+    :data:`MASK_SCALE_POSITIVE` from 0 to their largest value (at least 1). ``channel`` names the channel
+    in the hover text; ``label``: the defence's name for the titles; ``show_adversarial``: False for the
+    clean image alone."""
+    rows = [0, 1] if show_adversarial else [0]
+    who = {0: "clean image", 1: "adversarial image"}
+    mask_name = f"{label} mask" if label else "Mask"
+    top = float(np.abs(before[rows]).max()) or 1.0
+    scales = {"map": {"zmin": 0.0 if before[rows].min() >= 0 else -top, "zmax": top, "colorscale": "Blues"}}
+    if (mask[rows] < 0).any():
+        lim = float(np.abs(mask[rows]).max())
+        scales["mask"] = {"zmin": -lim, "zmax": lim, "colorscale": MASK_SCALE}
+    else:
+        scales["mask"] = {"zmin": 0.0, "zmax": max(1.0, float(mask[rows].max())), "colorscale": MASK_SCALE_POSITIVE}
+    panels = ([(f"Feature map, {who[r]}", before[r], "map") for r in rows]
+              + [(f"{mask_name}, {who[r]}", mask[r], "mask") for r in rows])
+    gap = 0.04
+    width = (1 - gap * (len(panels) - 1)) / len(panels)
+    layout = _layout(height)
+    layout["margin"] = {"l": 10, "r": 10, "t": 50, "b": 10}
+    data = []
+    for i, (title, values, kind) in enumerate(panels, start=1):
+        left, axis = (i - 1) * (width + gap), _axis(i)
+        h, w = values.shape
+        layout[f"xaxis{axis}"] = {"domain": [left, min(1.0, left + width)], "anchor": f"y{axis}",
+                                  "showticklabels": False, "constrain": "domain"}
+        layout[f"yaxis{axis}"] = {"anchor": f"x{axis}", "autorange": "reversed", "showticklabels": False,
+                                  "scaleanchor": f"x{axis}", "constrain": "domain"}
+        layout["annotations"].append(_title(title, left + width / 2, 1.0))
+        hover = f"channel {channel}, row %{{y}}, column %{{x}}: %{{z:.3f}}<extra>{title}</extra>"
+        data.append({"type": "heatmap", "z": values, "x": list(range(w)), "y": list(range(h)), "showscale": False,
+                     "texttemplate": "%{z:.2f}", "xaxis": f"x{axis}", "yaxis": f"y{axis}", "hovertemplate": hover,
+                     **scales[kind]})
     return _figure(data, layout)
 
 
@@ -292,6 +336,7 @@ def _mode() -> bool:
 
 probability_figure = SHARED.share(probability_figure, _mode)
 channel_figure = SHARED.share(channel_figure, _mode)
+spatial_figure = SHARED.share(spatial_figure, _mode)
 column_channel_figure = SHARED.share(column_channel_figure, _mode)
 lecture_channel_figure = SHARED.share(lecture_channel_figure, _mode)
 stats_figures = SHARED.share(stats_figures, _mode)

@@ -23,6 +23,7 @@ from cas import analysis
 from cas import data as cas_data
 from cas.precision import all_cores, threads
 
+from .attack_text import attack_label as _label
 from .sharing import SharedCalls
 
 NONE = "none"  # the clean image only
@@ -38,16 +39,18 @@ SORT_LABELS = {"natural": "natural activation (as in the paper)", "mask": "mask 
 
 def attack_label(name: str) -> str:
     """Menu label of an attack name (``"none"`` included)."""
-    return "No attack (clean image only)" if name == NONE else cas.ATTACKS[name].label
+    return "No attack (clean image only)" if name == NONE else _label(name)
 
 
 def attacks_for(model) -> list[str]:
-    """The attacks the pages offer for ``model`` (the CAS-adaptive ones only for CAS models)."""
+    """The attacks the pages offer for ``model`` (the mask-adaptive ones only for models with a mask
+    defence: CAS, CIFS, EWAS or FSR)."""
     return [a for a in LAB_ATTACKS if a == NONE or cas.ATTACKS[a].for_model(model).name == a]
 
 
 def blind_to_mask(name: str) -> bool:
-    """A gradient attack that never looks inside the CAS modules, so their argmax mask can mask it."""
+    """A gradient attack that never looks inside the mask modules, so their argmax (or steep) mask can
+    mask it."""
     spec = cas.ATTACKS.get(name)
     return bool(spec and spec.gradient and not spec.needs_cas)
 
@@ -138,15 +141,25 @@ def _validate(choice: AttackChoice) -> None:
 
 @dataclass
 class PointView:
-    """Per-channel values at one CAS module (or the last block of a model without CAS).
-    Arrays of shape (2, K): row 0 the natural image, row 1 the adversarial one."""
+    """Per-channel values at one mask module (CAS or a relative: ``defense``, a key of
+    :data:`cas.family.DEFENSES`) or at the last block of a model without one. Arrays of shape (2, K):
+    row 0 the natural image, row 1 the adversarial one. For an element-wise mask (EWAS, FSR) ``mask`` is
+    its spatial mean per channel, and ``spatial_before`` and ``spatial_mask`` (2, K, H, W) hold the
+    feature map the module reads and the mask itself, position by position (None otherwise)."""
 
     name: str
     before: np.ndarray
     mask: np.ndarray
     after: np.ndarray
     aux_probs: np.ndarray | None  # (2, classes) probabilities of the module's auxiliary head
-    is_cas: bool
+    is_cas: bool  # a mask module is here (CAS or a relative)
+    defense: str = "cas"
+    spatial_before: np.ndarray | None = None
+    spatial_mask: np.ndarray | None = None
+
+    @property
+    def element_wise(self) -> bool:
+        return self.spatial_mask is not None
 
 
 @dataclass
@@ -198,16 +211,58 @@ class LabResult:
 
 
 def _views(model, x_nat: torch.Tensor, x_adv: torch.Tensor):
-    """One forward of both images; the final probabilities and a PointView per CAS point."""
+    """One forward of both images; the final probabilities and a PointView per mask module."""
+    x = torch.cat([x_nat, x_adv])
     with torch.no_grad():
-        res = model.forward_details(torch.cat([x_nat, x_adv]), mask="pred")
+        res = model.forward_details(x, mask="pred")
+        maps = _module_inputs(model, x) if any(d.spatial_mask is not None for d in res.details) else {}
     probs = torch.softmax(res.logits.float(), dim=1).numpy()
+    defense = getattr(model, "defense", "cas")
     modules = []
     for d in res.details:
         aux = None if d.aux_logits is None else torch.softmax(d.aux_logits.float(), dim=1).numpy()
+        spatial = maps.get(d.name) if d.spatial_mask is not None else None
+        if spatial is not None and not torch.allclose(spatial.float().mean(dim=(2, 3)), d.before.float(),
+                                                      rtol=1e-3, atol=1e-5):
+            spatial = None  # not the map the module read: no spatial view rather than a wrong one
         modules.append(PointView(d.name, d.before.float().numpy(), d.mask.float().numpy(),
-                                  d.after.float().numpy(), aux, d.aux_logits is not None))
+                                 d.after.float().numpy(), aux, d.aux_logits is not None, defense,
+                                 None if spatial is None else spatial.float().numpy(),
+                                 None if spatial is None else d.spatial_mask.float().numpy()))
     return probs, modules
+
+
+def _module_inputs(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The feature map (N, K, H, W) each mask module that follows its unit reads, by point: the units run
+    in order and each module applied as the model's forward does (a module inside its unit is left out).
+    Only reads the model (shared by every session: no hooks, no attributes)."""
+    units, modules = getattr(model, "units", None), getattr(model, "cas", None)
+    if units is None or modules is None:
+        return {}
+    h = (x - model.mean.to(x.dtype)) / model.std.to(x.dtype) if getattr(model, "normalize", True) else x
+    inner = getattr(model, "inner_cas", set())
+    out = {}
+    for name, unit in units.items():
+        if name in inner:
+            h = unit(h, modules[name], None, "pred", 1.0)[0]
+            continue
+        h = unit(h)
+        if name in modules:
+            out[name] = h
+            h = modules[name](h, None, "pred").out
+    return out
+
+
+def most_changed_channel(view: PointView) -> int:
+    """The channel the attack changed most: the largest total |change| of its feature map (of its
+    spatial mean where the map is not kept); without any change, the clean image's strongest channel."""
+    if view.spatial_before is not None:
+        change = np.abs(view.spatial_before[1] - view.spatial_before[0]).sum(axis=(1, 2))
+    else:
+        change = np.abs(view.before[1] - view.before[0])
+    if not change.max() > 0:
+        return int(np.abs(view.before[0]).argmax())
+    return int(change.argmax())
 
 
 def predict(model, x: torch.Tensor) -> int:
@@ -330,7 +385,8 @@ _shared_summary = SharedCalls(8 * 2**20).share(_module_summary)
 
 
 def channel_table(result: LabResult, model_label: str = "") -> pd.DataFrame:
-    """Every channel value of every CAS point as one table (for the CSV download)."""
+    """Every channel value of every mask module as one table (for the CSV download); for an
+    element-wise mask the mask columns are its spatial means."""
     rows = []
     for m in result.modules:
         k = m.before.shape[1]

@@ -83,7 +83,45 @@ def _zoo_version() -> tuple:
 
 @functools.lru_cache(maxsize=4)
 def _available(version: tuple) -> list[dict]:
-    return cas.available_models()
+    """:func:`cas.available_models`, plus the checkpoints in the bundled folder that its ``index.json``
+    does not list yet (a model just copied there), after the listed ones and before the training runs."""
+    listed = cas.available_models()
+    bundled = [m for m in listed if m["source"] == "bundled"]
+    known = {Path(m["path"]).name for m in bundled} | {m["name"] for m in listed}
+    extra = []
+    for f in sorted(cas.checkpoint.pretrained_dir().glob("*.safetensors")):
+        if f.name in known or f.stem in known:
+            continue
+        try:
+            card = cas.checkpoint.read_card(f)
+        except cas.CheckpointError:
+            continue
+        extra.append({"name": f.stem, "path": f, "source": "bundled", "card": card,
+                      "description": card.get("description") or _description(card_of(card))})
+    return bundled + extra + listed[len(bundled):]
+
+
+def _description(card: cas.ModelCard) -> str:
+    """A line for a model that its card and the index do not describe: its training and its defence."""
+    defense = cas.family.DEFENSES.get(card.defense or "")
+    method = str(card.method or "?").upper()
+    return f"{method} training + {defense.description}" if defense else f"{method} training"
+
+
+def defense_of(model_or_card) -> cas.family.Defense | None:
+    """The member of the channel-defence family whose modules a model (or its card) has
+    (:data:`cas.family.DEFENSES`), None for a model without any."""
+    if isinstance(model_or_card, (cas.ModelCard, dict)):
+        name = card_of(model_or_card).defense
+    else:
+        name = getattr(model_or_card, "defense", "cas") if getattr(model_or_card, "has_cas", False) else None
+    return cas.family.DEFENSES.get(name) if name else None
+
+
+def defense_label(model_or_card) -> str | None:
+    """"CAS", "CIFS", "EWAS" or "FSR": the label of a model's defence; None without one."""
+    d = defense_of(model_or_card)
+    return d.label if d else None
 
 
 def _percent(v) -> str:
@@ -96,13 +134,14 @@ def card_of(card) -> cas.ModelCard:
 
 
 def card_line(card, description: str = "") -> str:
-    """One line about a model: training method, CAS or not, architecture, clean/robust accuracy, each
-    accuracy under its column name (PGD-20, adaptive AutoAttack, worst case)."""
+    """One line about a model: training method, its defence (CAS, CIFS, EWAS, FSR) or none, architecture,
+    clean/robust accuracy, each accuracy under its column name (PGD-20, adaptive AutoAttack, worst case)."""
     from cas.robustness import column
 
     card = card_of(card)
     method = str(card.method or "?").upper()
-    kind = "with CAS" if card.cas else "no CAS"
+    label = defense_label(card)
+    kind = f"with {label}" if label else "no CAS"
     width = (card.arch_kwargs or {}).get("width")
     arch_text = f"{card.arch or '?'}" + (f" (width {width})" if width else "")
     parts = [f"{method} training, {kind}, {arch_text}"]

@@ -7,6 +7,8 @@ import streamlit as st
 import cas
 
 from . import figures, image_attack, images, presentation
+from .defense_text import ELEMENT_WISE_NOTE, label_of, text_of
+from .url_state import widget_key
 
 
 def progress_bar(where=st):
@@ -78,32 +80,41 @@ def image_row(result: image_attack.LabResult, where=st, size: int = 192) -> None
 
 def probability_chart(result: image_attack.LabResult, where=st, key: str | None = None, height: int = 340,
                       aux_heads: bool = True) -> None:
-    """Class probabilities of the final head and (``aux_heads``) of every auxiliary CAS head."""
+    """Class probabilities of the final head and (``aux_heads``) of every auxiliary head of the mask
+    modules (CAS or a relative)."""
     aux = [(m.name, m.aux_probs) for m in result.modules if m.aux_probs is not None and aux_heads]
     fig = figures.probability_figure(result.probs, aux, show_adversarial=result.attacked,
                                      highlight=result.label if result.label_known else None, height=height)
     where.plotly_chart(fig, key=key, config={"displayModeBar": False})
     if aux:
-        where.caption("The auxiliary heads are the small classifiers inside the CAS modules. Their guess "
-                      "picks the mask, so an attack that fools them also changes which channels pass.")
+        where.caption(text_of(result.modules[0].defense).heads)
 
 
 def channel_caption(view: image_attack.PointView, sort: str, threshold: float, attacked: bool) -> str:
     """Plain-language explanation of the channel chart (for a projected lecture)."""
     k = view.before.shape[1]
+    label = label_of(view.defense)
+    mean = ", spatial mean" if view.element_wise else ""
     order = {"natural": "from the channel the clean image switches on most, to the least",
-             "mask": "from the channel CAS lets through most (largest mask weight) to the least",
+             "mask": f"from the channel the {label} mask lets through most (largest mask weight{mean}) to "
+                     "the least",
              "index": "by channel number"}[sort]
     who = "the clean image (blue) and the adversarial image (red)" if attacked else "the clean image"
     text = (f"Each bar is one of the {k} channels (feature detectors) of block **{view.name}**, averaged "
             f"over the image, for {who}; channels are sorted {order}. ")
-    if view.is_cas:
+    if view.is_cas and view.defense == "cas":
         text += ("Top: what the block produced. Middle: the CAS mask, one weight per channel, taken from the "
                  "row of the class that the module's own head guesses — if the attack changes that guess, "
                  "the mask changes too (red diamonds: the adversarial image's mask). Bottom: what goes on to "
                  "the next layer (top × middle). " + figures.MASK_SENTENCE + " ")
+    elif view.is_cas:
+        what = ("its spatial mean per channel (the mask itself has one weight per channel and position)"
+                if view.element_wise else "one weight per channel")
+        text += (f"Top: what the block produced. Middle: the {label} mask, {what}; red diamonds: the "
+                 "adversarial image's mask. Bottom: what goes on to the next layer. "
+                 + text_of(view.defense).mask + (" " + ELEMENT_WISE_NOTE if view.element_wise else "") + " ")
     else:
-        text += "This model has no CAS module: every channel passes on unchanged. "
+        text += "This model has no CAS module (nor a relative): every channel passes on unchanged. "
     text += (f"A channel counts as *switched on* when it exceeds {threshold:g}% of the strongest one "
              "(the dotted lines). "
              "The paper's finding: adversarial images switch on more channels, more strongly; "
@@ -136,20 +147,74 @@ def summary_metrics(view: image_attack.PointView, threshold: float, attacked: bo
                        delta(key="uniformity", fmt=lambda v: f"{v:+.3f}"), delta_color="off",
                        help="How evenly the activation is spread over the channels: 1 = all channels "
                             "equally, 0 = a single channel.")
+    where.caption(UNIFORMITY)
 
 
-def channel_charts(result: image_attack.LabResult, sort: str, threshold: float, where=st, key: str = "ch",
-                   height: int | None = None, metrics: bool = True, last_first: bool = False) -> None:
-    """One tab per CAS module: the channel chart, its summary figures and its caption; ``last_first``:
-    the last module's tab open first (the one the Lecture shows)."""
+UNIFORMITY = ("**Uniformity**: how evenly |activation| is spread over the channels (1 = all equal, 0 = one "
+              "channel carries everything).")
+
+
+def module_line(views: list[image_attack.PointView], shown: image_attack.PointView) -> str:
+    """Which module the charts show, in one line."""
+    if not shown.is_cas:
+        return f"Shown: the last block, **{shown.name}** (this model has no mask module)."
+    label = label_of(shown.defense)
+    if len(views) == 1:
+        return f"Shown: the {label} module at **{shown.name}**, this model's only one."
+    place = ("the last of this model's " + str(len(views)) + " (the one the Lecture explains)"
+             if shown is views[-1] else f"module {views.index(shown) + 1} of this model's {len(views)}")
+    return f"Shown: the {label} module at **{shown.name}**, {place}; choose another above."
+
+
+def channel_charts(result: image_attack.LabResult, sort: str, threshold: float, where=st, key: str = "module",
+                   height: int | None = None, metrics: bool = True) -> None:
+    """One mask module's channel chart, its summary figures and its caption, and for an element-wise
+    mask its spatial view (:func:`spatial_view`). The last module is shown unless the user picks
+    another (a choice kept under session-state ``key``); one line says which is shown."""
     views = result.modules
-    names = [f"{'CAS module' if v.is_cas else 'Last block'} {v.name}" for v in views]
-    tabs = where.tabs(names, default=names[-1] if last_first else None)
-    for tab, view in zip(tabs, views):
-        with tab:
-            fig = figures.channel_figure(view, image_attack.channel_order(view, sort), result.attacked, height=height,
-                                         threshold=threshold)
-            st.plotly_chart(fig, key=f"{key}_{view.name}", config={"displayModeBar": False})
-            if metrics:
-                summary_metrics(view, threshold, result.attacked)
-            st.caption(channel_caption(view, sort, threshold, result.attacked))
+    names = [v.name for v in views]
+    if st.session_state.get(key) not in names:
+        st.session_state[key] = names[-1]
+    if len(views) > 1:
+        label = label_of(views[-1].defense)
+        where.radio(f"{label} module shown", names, key=widget_key(key), horizontal=True,
+                    format_func=lambda n: f"{n} (last)" if n == names[-1] else n,
+                    help=f"This model has {len(views)} {label} modules, each with its own auxiliary head; the "
+                         "Lecture explains the last one.")
+    view = views[names.index(st.session_state[key])]
+    where.markdown(module_line(views, view))
+    fig = figures.channel_figure(view, image_attack.channel_order(view, sort), result.attacked, height=height,
+                                 threshold=threshold)
+    where.plotly_chart(fig, key=f"{key}_{view.name}", config={"displayModeBar": False})
+    if metrics:
+        summary_metrics(view, threshold, result.attacked, where)
+    where.caption(channel_caption(view, sort, threshold, result.attacked))
+    if view.element_wise:
+        spatial_view(view, result.attacked, f"{key}_{view.name}_channel", where)
+
+
+def spatial_view(view: image_attack.PointView, attacked: bool, key: str, where=st) -> None:
+    """An element-wise mask position by position, for one channel the user picks (by default, kept under
+    session-state ``key`` as -1: the channel the attack changed most): 4x4 heatmaps of the clean and
+    adversarial feature maps and of their masks."""
+    label = label_of(view.defense)
+    k = view.before.shape[1]
+    default = image_attack.most_changed_channel(view)
+    options = [-1, *range(k)]
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = -1
+    where.markdown(f"**The {label} mask position by position**")
+    what = "changed most by the attack" if attacked else "strongest on the clean image"
+    channel = where.selectbox("Channel", options, key=widget_key(key),
+                              format_func=lambda c: f"channel {default} ({what})" if c < 0 else f"channel {c}",
+                              help=f"{label}'s mask has one weight per channel and position; the bars above "
+                                   "show its spatial mean per channel.")
+    channel = default if channel < 0 else int(channel)
+    h, w = view.spatial_mask.shape[2:]
+    fig = figures.spatial_figure(view.spatial_before[:, channel], view.spatial_mask[:, channel], channel, label,
+                                 attacked)
+    where.plotly_chart(fig, key=f"{key}_fig", config={"displayModeBar": False})
+    where.caption(f"Channel {channel} at block **{view.name}**, its {h}×{w} positions: the feature map the {label} "
+                  "module reads (blue, one scale for both images) and the mask it applies "
+                  f"({'orange +, purple −' if (view.spatial_mask[:, channel] < 0).any() else 'pale 0 to orange 1'}). "
+                  "The bars above are the spatial means of these maps.")

@@ -22,7 +22,9 @@ import cas
 from cas import data as cas_data
 
 from . import image_attack, images, models
-from .attack_text import text_of
+from .attack_text import attack_help, text_of
+from .defense_text import FAMILY
+from .defense_text import text_of as defense_words
 from .url_state import (Param, boolean, dump_bool, dump_number, dump_optional, float_in, int_in, one_of,
                         optional, widget_key)
 
@@ -318,17 +320,20 @@ def attack_controls(prefix: str, model, where=st) -> image_attack.AttackChoice |
     if st.session_state.get(key) not in options:
         wanted = st.session_state[key]
         fallback = cas.ATTACKS[wanted].for_model(model).name
-        where.info(f"**{image_attack.attack_label(wanted)}** needs a model with CAS; switched to "
-                   f"{image_attack.attack_label(fallback)}.")
+        where.info(f"**{image_attack.attack_label(wanted)}** needs a model with CAS or a relative "
+                   f"(CIFS, EWAS, FSR); switched to {image_attack.attack_label(fallback)}.")
         st.session_state[key] = fallback
     attack = where.selectbox("Attack", options, key=widget_key(key), format_func=image_attack.attack_label,
-                             help="\n".join(f"- **{image_attack.attack_label(a)}**: {cas.ATTACKS[a].description}"
+                             help="\n".join(f"- **{image_attack.attack_label(a)}**: {attack_help(a)}"
                                             for a in options if a != image_attack.NONE))
     if getattr(model, "has_cas", False):
-        where.caption(":material/warning: **Honest evaluation.** This model picks its CAS mask with an "
-                      "*argmax* over its own guess. Plain FGSM/PGD/CW gradients cannot see that choice, so "
-                      "they can fail even when the model is not robust (*gradient masking*). **Soft-mask "
-                      "PGD** replaces the argmax by a smooth mix for the gradient: it is the honest test.")
+        defense = getattr(model, "defense", None)
+        who = (f"This model {defense_words(defense).rule}." if defense else
+               f"These models' masks ({FAMILY}) are picked by an *argmax* or a near-step.")
+        where.caption(f":material/warning: **Honest evaluation.** {who} Plain FGSM/PGD/CW gradients cannot see "
+                      "how the mask would change, so they can fail even when the model is not robust "
+                      "(*gradient masking*). **Soft-mask PGD** replaces the mask by a smooth version for the "
+                      "gradient: it is the honest test.")
     if attack == image_attack.NONE:
         return image_attack.AttackChoice(image_attack.NONE)
     values = {}

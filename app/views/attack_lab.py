@@ -7,6 +7,7 @@ import streamlit as st
 
 import cas
 from app.common import compute, image_attack, images, models, panels, pickers, presentation, url_state
+from app.common.defense_text import text_of
 from app.common.pages import FROM_LECTURE, prefix
 from cas import robustness
 
@@ -92,9 +93,9 @@ def verdict_section(result: image_attack.LabResult, loaded: models.LoadedModel, 
             st.markdown(line)
     panels.image_row(result)
     if loaded.model.has_cas and image_attack.blind_to_mask(result.choice.attack) and not result.success:
-        st.warning("**Careful: a failed attack is not proof of robustness here.** This model chooses its CAS "
-                   "mask with an argmax, which hides the mask from the attack's gradient (*gradient masking*). "
-                   "Run **soft-mask PGD** with the same budget for an honest test.")
+        st.warning("**Careful: a failed attack is not proof of robustness here.** This model "
+                   f"{text_of(loaded.model.defense).rule}, which hides the mask from the attack's gradient "
+                   "(*gradient masking*). Run **soft-mask PGD** with the same budget for an honest test.")
         st.button("Try soft-mask PGD with these settings", key=pickers.button_key(P, "try_soft"),
                   on_click=lambda: st.session_state.update({P + "attack": "soft_mask_pgd"}))
     st.subheader("What the model predicts")
@@ -102,13 +103,12 @@ def verdict_section(result: image_attack.LabResult, loaded: models.LoadedModel, 
 
 
 @st.fragment
-def channel_section(result: image_attack.LabResult, page_params: list[url_state.Param], is_photo: bool,
-                    last_first: bool = False) -> None:
+def channel_section(result: image_attack.LabResult, page_params: list[url_state.Param], is_photo: bool) -> None:
     """Chart options rerun only this part, the charts and the link that holds the options: the attack's
-    result is reused as it is. ``last_first``: the last CAS module's tab open first (from the Lecture)."""
+    result is reused as it is. The last mask module is shown unless the user picks another."""
     sort, threshold = pickers.chart_options(P)
     url_state.write_to_url(page_params)
-    panels.channel_charts(result, sort, threshold, key="lab_ch", last_first=last_first)
+    panels.channel_charts(result, sort, threshold, key=pickers.value_key(P, "module"))
 
     st.subheader("Share and export")
     query = url_state.url_dict(page_params)
@@ -144,8 +144,9 @@ def from_the_lecture(loaded: models.LoadedModel, image: pickers.ImageChoice) -> 
         return False
     st.info(f"**Continuing the lecture:** the same image ({image.title}), the same model (`{model}`), plain PGD as "
             f"in steps 4 and 5, the lecture's {st.session_state.get(P + 'thr', pickers.THRESHOLD):g}% switched-on "
-            f"line, and the CAS module the lecture showed, the last one (its tab is open below; the model's "
-            "other CAS module is in the first tab). Change anything in the sidebar to explore.", icon=":material/school:")
+            f"line, and the CAS module the lecture showed, the last one (shown below; the model's other CAS "
+            "module is one click away above its chart). Change anything in the sidebar to explore.",
+            icon=":material/school:")
     return True
 
 
@@ -154,7 +155,7 @@ def page() -> None:
     st.title(":material/target: Attack Lab")
     st.caption("Pick a model, an image and an attack. See whether a change too small to notice fools the model, "
                "and what it does to the channels inside the network — with and without CAS "
-               "(Channel-wise Activation Suppressing).")
+               "(Channel-wise Activation Suppressing) or one of its relatives (CIFS, EWAS, FSR).")
     available = models.list_available()
     page_params = params(available)
     load_settings(page_params)
@@ -168,11 +169,11 @@ def page() -> None:
         st.stop()
     if image is None or choice is None:
         st.stop()
-    from_lecture = from_the_lecture(loaded, image)
+    from_the_lecture(loaded, image)
     result = attack_result(loaded, image, choice)
     verdict_section(result, loaded, image)
     st.subheader("Inside the network: channel activations")
-    channel_section(result, page_params, image.slug == "photo", last_first=from_lecture)
+    channel_section(result, page_params, image.slug == "photo")
     downloads(result, loaded, image)
 
 

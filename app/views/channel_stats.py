@@ -6,6 +6,7 @@ import torch
 
 import cas
 from app.common import compute, figures, images, models, panels, pickers, url_state
+from app.common.attack_text import attack_label
 from app.common.pages import prefix
 from cas import stats as cas_stats
 
@@ -45,8 +46,9 @@ def settings_form(names: list[str]) -> tuple[list[str], bool]:
                      help="The paper used the 1,000 test images of one class (airplane).")
         c2.number_input("Number of images", 8, images.MAX_REQUEST_IMAGES, step=8, key=P + "n",
                         help="A few hundred take about a minute per model on a laptop CPU.")
-        c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=lambda a: cas.ATTACKS[a].label,
-                     help="CAS-adaptive attacks apply to CAS models; other models get plain PGD.")
+        c3.selectbox("Attack", ATTACKS, key=P + "attack", format_func=attack_label,
+                     help="Mask-adaptive attacks apply to models with CAS or a relative (CIFS, EWAS, FSR); "
+                          "other models get plain PGD.")
         c4.number_input("ε (/255)", 0.5, 64.0, step=0.5, key=P + "eps")
         st.slider("Attack steps", 1, 50, key=P + "steps")
         sent = st.form_submit_button("Compute statistics", type="primary")
@@ -94,10 +96,12 @@ def summary_columns() -> dict:
 
 
 def summary_section(results: dict[str, cas_stats.ModelStats], threshold: float) -> None:
-    """The summary table (per model, CAS point and stage) and its CSV download."""
+    """The summary table (per model, mask module and stage) and its CSV download."""
     table = compute.stats_table(results, threshold)
     st.subheader("Summary")
-    st.caption("Per model and CAS point (for a model without CAS: the same block). *Magnitude*: average "
+    st.caption("Per model and mask module (CAS, or its relative CIFS, EWAS or FSR; for a model without one: "
+               "the same block; for EWAS and FSR, whose masks are element-wise, *after mask* is the masked "
+               "map's spatial mean). *Magnitude*: average "
                "channel activation; *channels on*: the share of channels activated per image; *uniformity*: "
                "how evenly activation is spread over channels across images (1 = every channel equally "
                "often). *Clean* = natural test images, *attacked* = their adversarial versions. Each figure "
@@ -108,11 +112,18 @@ def summary_section(results: dict[str, cas_stats.ModelStats], threshold: float) 
                        "text/csv", on_click="ignore")
 
 
-def claims_section(effects: list[dict]) -> None:
-    """Whether each of the paper's claims holds on these models, with its evidence."""
+def claims_section(effects: list[dict], relatives: dict[str, str] | None = None) -> None:
+    """Whether each of the paper's claims holds on these models, with its evidence; ``relatives``: the
+    chosen models with one of CAS's relatives (name -> "CIFS", "EWAS" or "FSR"), which the claims leave out."""
     if not effects:
         return
     st.subheader("Do the paper's claims hold here?")
+    if relatives:
+        names = [f"{name} ({label})" for name, label in relatives.items()]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        st.caption(f"The paper's claims are about CAS: {listed}, with a relative of CAS, "
+                   f"{'takes' if len(names) == 1 else 'take'} no part in them; the figures below show "
+                   f"{'it' if len(names) == 1 else 'them'} too.")
     icons = {"holds": ":material/check_circle:", "does not hold": ":material/cancel:",
              "within noise": ":material/help:"}
     for e in effects:
@@ -123,17 +134,18 @@ def claims_section(effects: list[dict]) -> None:
                "*within noise* when it contains zero — more images narrow it.")
 
 
-def model_section(name: str, s: cas_stats.ModelStats, threshold: float) -> None:
-    """One model: its accuracies and, per CAS point, the magnitude and frequency figures."""
-    st.subheader(f"{name}: clean accuracy {s.clean_accuracy:.1f}%, under {cas.ATTACKS[s.attack].label} "
+def model_section(name: str, s: cas_stats.ModelStats, threshold: float, defense: str | None = None) -> None:
+    """One model: its accuracies and, per mask module (of its ``defense``: "CAS", "CIFS", ... or None),
+    the magnitude and frequency figures."""
+    st.subheader(f"{name}: clean accuracy {s.clean_accuracy:.1f}%, under {attack_label(s.attack)} "
                  f"{s.adversarial_accuracy:.1f}% ({s.n} images)")
-    tabs = st.tabs([p.name for p in s.points])
+    tabs = st.tabs([f"{defense} module {p.name}" if defense and p.has_mask else p.name for p in s.points])
     for tab, p in zip(tabs, s.points):
         with tab:
             for stage in (["before", "after"] if p.has_mask else ["before"]):
                 c1, c2 = st.columns(2)
                 magnitude, frequency = figures.stats_figures(
-                    p, stage, threshold, f"{stage} the CAS mask" if p.has_mask else "block output")
+                    p, stage, threshold, f"{stage} the {defense or 'CAS'} mask" if p.has_mask else "block output")
                 c1.plotly_chart(magnitude, width="stretch", key=f"{P}{name}{p.name}{stage}m")
                 c2.plotly_chart(frequency, width="stretch", key=f"{P}{name}{p.name}{stage}f")
 
@@ -174,9 +186,11 @@ def page() -> None:
     results = statistics(available, ran)
     summary_section(results, threshold)
     cards = {m["name"]: models.card_of(m["card"]) for m in available}
-    claims_section(compute.paper_claims(results, cards, threshold))
+    labels = {name: models.defense_label(card) for name, card in cards.items()}
+    claims_section(compute.paper_claims(results, cards, threshold),
+                   {name: labels[name] for name in results if labels.get(name) not in (None, "CAS")})
     for name, s in results.items():
-        model_section(name, s, threshold)
+        model_section(name, s, threshold, labels.get(name))
     st.caption(FIGURES_CAPTION)
 
 

@@ -10,7 +10,9 @@ import streamlit as st
 import cas
 from app.common import (compute, figures, image_attack, images, models, panels, pickers, presentation,
                         url_state)
+from app.common.defense_text import text_of as defense_words
 from app.common.pages import prefix
+from cas.family import DEFENSES
 
 P = prefix("compare")
 MAX_MODELS = 4
@@ -51,10 +53,11 @@ def sidebar(available: list[dict], names: list[str]):
                 loaded[name] = models.load_from_path(entry["path"], name=name)
             except cas.CheckpointError as e:
                 st.error(f"{name} cannot be used: {e}")
-        any_cas = any(m.model.has_cas for m in loaded.values())
-        attacker_cas = loaded[source].model.has_cas if source in loaded else any_cas
+        attackers = [loaded[source]] if source in loaded else list(loaded.values())
+        masked = {m.model.defense for m in attackers if m.model.has_cas}  # the defences the attack meets
+        attacker = SimpleNamespace(has_cas=bool(masked), defense=masked.pop() if len(masked) == 1 else None)
         st.header("Attack")
-        choice = pickers.attack_controls(P, SimpleNamespace(has_cas=attacker_cas), st.sidebar)
+        choice = pickers.attack_controls(P, attacker, st.sidebar)
     return loaded, mode, source, choice
 
 
@@ -108,12 +111,20 @@ def channel_line(view: image_attack.PointView, threshold: float) -> str:
 
 
 CHANNELS_CAPTION = (
-    "Each column is one model, given the same image. The channel charts show the last block of the network "
-    "(where CAS sits), sorted as chosen above: blue the clean image, red the adversarial one; for CAS models "
-    "the top panel is before the mask, the middle one the mask and the bottom one what passes on after it. "
-    "Dotted lines: the level above which a channel counts as switched on. In the mask panel, orange bars are "
-    "positive weights, purple negative ones, red diamonds the adversarial image's mask. Compare how many "
-    "channels the attack switches on in each model. " + figures.MASK_SENTENCE)
+    "Each column is one model, given the same image. The channel charts show the last mask module of the "
+    "network (or, without one, its last block), sorted as chosen above: blue the clean image, red the "
+    "adversarial one; for models with a mask defence (CAS, or its relatives CIFS, EWAS and FSR) the top panel "
+    "is before the mask, the middle one the mask (for EWAS and FSR, whose masks are element-wise, its spatial "
+    "mean per channel) and the bottom one what passes on after it. Dotted lines: the level above which a "
+    "channel counts as switched on. In the mask panel, orange bars are positive weights, purple negative ones, "
+    "red diamonds the adversarial image's mask. Compare how many channels the attack switches on in each model.")
+
+
+def defense_sentences(results: dict) -> str:
+    """What the mask of each defence among ``results`` does, one sentence each (CAS first)."""
+    defenses = sorted({res.modules[-1].defense for res in results.values() if res.modules[-1].is_cas},
+                      key=list(DEFENSES).index)
+    return " ".join(f"**{DEFENSES[d].label}**: {defense_words(d).mask}" for d in defenses)
 
 
 @st.fragment
@@ -141,7 +152,8 @@ def side_by_side(results: dict, notes: dict, cards: dict, page_params: list[url_
     # narrow columns: the strongest channels only, so that each bar stays visible
     top_k = TOP_K if len(items) >= 3 or presentation.is_on() else None
     shown = f"the {TOP_K} first channels in the chosen order" if top_k else "every channel"
-    st.markdown(f"**Channels of the last block ({', '.join(view_names)}): {shown}**")
+    st.markdown(f"**Channels at the last mask module, or the last block without one ({', '.join(view_names)}): "
+                f"{shown}**")
     for col, (name, res) in row():
         view = res.modules[-1]
         fig = figures.column_channel_figure(view, image_attack.channel_order(view, sort), res.attacked,
@@ -149,7 +161,7 @@ def side_by_side(results: dict, notes: dict, cards: dict, page_params: list[url_
         col.plotly_chart(fig, key=f"cmp_ch_{name}", config={"displayModeBar": False})
     for col, (_, res) in row():
         col.markdown(channel_line(res.modules[-1], threshold))
-    st.caption(CHANNELS_CAPTION)
+    st.caption(CHANNELS_CAPTION + " " + defense_sentences(results))
     csv = pd.concat([image_attack.channel_table(res, name) for name, res in items], ignore_index=True).to_csv(index=False)
     st.download_button("Channel values of all models (CSV)", csv, csv_name, "text/csv",
                        key=pickers.button_key(P, "csv"), on_click="ignore")
@@ -158,8 +170,9 @@ def side_by_side(results: dict, notes: dict, cards: dict, page_params: list[url_
 def page() -> None:
     """The Compare page: one image and attack on 2-4 models side by side."""
     st.title(":material/compare: Compare models")
-    st.caption("The same image and the same attack on several models, side by side. Does CAS change what the "
-               "attack does to the channels? Does an adversarial image made for one model also fool the others?")
+    st.caption("The same image and the same attack on several models, side by side. Does CAS (or one of its "
+               "relatives, CIFS, EWAS and FSR) change what the attack does to the channels? Does an adversarial "
+               "image made for one model also fool the others?")
     available = models.list_available()
     names = [m["name"] for m in available]
     if len(names) < 2:

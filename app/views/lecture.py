@@ -654,7 +654,8 @@ def continue_button(image: ImageChoice, index: int) -> None:
         lab = prefix("attack_lab")
         st.session_state.update({lab + "model": model, lab + "ckpt": "", lab + "src": "cifar", lab + "cls": "all",
                                  lab + "idx": index, lab + "attack": choice.attack, lab + "thr": THRESHOLD,
-                                 lab + "sort": "natural", FROM_LECTURE: (model, index)})
+                                 lab + "sort": "natural", lab + "module": None,
+                                 FROM_LECTURE: (model, index)})
         for key, value in choice.values:  # the widgets' values (an untargeted attack's target is a word)
             st.session_state[lab + key] = "untargeted" if key == "target" and value is None else value
         st.switch_page("views/attack_lab.py")

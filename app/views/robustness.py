@@ -1,5 +1,5 @@
 """Robustness: the models' measured accuracies, fresh evaluations, accuracy vs epsilon, and why a CAS
-model needs adaptive attacks."""
+model (or one with a relative of CAS) needs adaptive attacks."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,6 +8,7 @@ import torch
 
 import cas
 from app.common import compute, figures, images, models, panels
+from app.common.attack_text import attack_label
 from app.common.pages import prefix
 from cas.evaluate import COLUMNS
 
@@ -65,7 +66,8 @@ def column_name(key: str, steps: int | None = None) -> str:
 # -- data shaping (no Streamlit) ------------------------------------------------------------------------
 
 def card_table(available: list[dict]) -> pd.DataFrame:
-    """The measured accuracies of the available models, from their cards: model, CAS, method, then one
+    """The measured accuracies of the available models, from their cards: model, defence (CAS, CIFS,
+    EWAS, FSR or none), method, then one
     column per attack anyone measured (None where a model was not measured); the AutoAttack column says
     which AutoAttack ran when every card agrees."""
     rows = []
@@ -73,7 +75,7 @@ def card_table(available: list[dict]) -> pd.DataFrame:
         card = models.card_of(m["card"])
         acc = card.accuracy or {}
         held = card.heldout or {}
-        row = {"model": m["name"], "CAS": "yes" if card.cas else "no", "method": card.method or "?"}
+        row = {"model": m["name"], "defence": models.defense_label(card) or "none", "method": card.method or "?"}
         row.update({label: acc.get(k) for k, label in COLUMNS.items()})
         if not acc and held:
             row["clean"] = held.get("heldout_clean")
@@ -140,8 +142,8 @@ def evaluation_table(results: dict, steps: int) -> pd.DataFrame:
 
 
 def ladder(results: dict, steps: int) -> tuple[list[str], dict[str, list[float]]]:
-    """The CAS models' accuracies under stronger and stronger attacks on the same images: (column names,
-    model -> accuracies); empty when no CAS model was evaluated."""
+    """The accuracies of the models with a mask defence (CAS or a relative) under stronger and stronger
+    attacks on the same images: (column names, model -> accuracies); empty when none was evaluated."""
     cas_models = {name: r for name, r in results.items() if "soft_mask_pgd20" in r.accuracy}
     if not cas_models:
         return [], {}
@@ -178,8 +180,9 @@ def cards_section(available: list[dict]) -> None:
     errors = found["errors"]
     noise = (f" One standard error is {min(errors):.1f} to {max(errors):.1f} points (about 1.5 on 1,000 "
              "images, 2.1 on 500)." if errors else "")
-    st.caption("From each model's card, in percent." + noise + " Empty cells: not measured (the "
-               "CAS-adaptive attacks exist only for CAS models; otherwise run `python -m cas.evaluate MODEL "
+    st.caption("From each model's card, in percent." + noise + " *defence*: the model's mask modules, CAS "
+               "or one of its relatives (CIFS, EWAS, FSR). Empty cells: not measured (the mask-adaptive "
+               "attacks exist only for models with a mask defence; otherwise run `python -m cas.evaluate MODEL "
                "--write-card`, or a fresh evaluation below). The attacks ran with their evaluation presets "
                "(PGD-20: 20 steps of 2/255; CW-Linf: 30 steps), ε = 8/255. *authors' PGD-20* and *authors' CW*: "
                "the CAS authors' own evaluation, as the paper measured it (ε = 0.031, 20 steps of 0.003, the "
@@ -201,8 +204,7 @@ def indicators_section(available: list[dict]) -> None:
                    "overstate the robustness. Empty cells: the check did not run or measured nothing.")
         name = st.selectbox("Model", list(found), key=P + "ind_model")
         for attack, inds in found[name].items():
-            spec = cas.ATTACKS.get(attack)
-            st.markdown(f"**{spec.label if spec else attack}**")
+            st.markdown(f"**{attack_label(attack) if attack in cas.ATTACKS else attack}**")
             st.dataframe(indicator_table(inds), hide_index=True, width="stretch")
 
 
@@ -222,15 +224,19 @@ def explainer() -> None:
         "A CAS module picks its channel mask from its own guess of the class — an **argmax**. Gradients "
         "cannot see that choice switch, so a plain attack that follows the gradient of the final loss can walk "
         "the wrong way and report the model as more robust than it is. This is **gradient masking**: the "
-        "defence hides the slope the attack needs, without removing the adversarial examples.\n\n"
+        "defence hides the slope the attack needs, without removing the adversarial examples. CAS's relatives "
+        "do the same in their own ways: **CIFS** picks its mask from its probe's two top classes (an argmax), "
+        "**EWAS** from its auxiliary head's guess (an argmax), and **FSR** through a sigmoid so steep that it is "
+        "nearly a step. The attacks below that look inside the mask apply to all four.\n\n"
         "- **Plain PGD** uses only the final loss: it can be fooled, sometimes reporting *more* accuracy than "
         "on clean images — an impossible number.\n"
         "- **The authors' PGD-20** (the paper's own protocol) adds the auxiliary heads' losses, with 20 small "
         "steps of 0.003 and the last point counted; **joint PGD** attacks the same loss with steps of 2/255 and "
         "keeps each image's best point: better, not enough.\n"
         "- **AutoAttack on the final logits** (even its gradient-free Square) still over-reports.\n"
-        "- **Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows *for the gradient "
-        "only*; the real model judges every step. It sees how the mask would switch, and is the honest test.")
+        "- **Soft-mask PGD** replaces the argmax row by a softmax-weighted mix of all rows (CIFS: a soft top-2; "
+        "FSR: a softer sigmoid) *for the gradient only*; the real model judges every step. It sees how the mask "
+        "would switch, and is the honest test.")
 
 
 def load(available: list[dict], name: str) -> models.LoadedModel:
@@ -254,15 +260,16 @@ def evaluation_form(names: list[str]) -> None:
         attack_names = [n for n, s in cas.ATTACKS.items() if s.card_key and s.norm == "linf"]
         attacks = st.multiselect("Attacks", attack_names, default=[n for n in attack_names if cas.ATTACKS[n].interactive
                                                                     and cas.ATTACKS[n].gradient],
-                                 format_func=lambda a: cas.ATTACKS[a].label, key=P + "attacks",
-                                 help="CAS-adaptive attacks are skipped for models without CAS. AutoAttack is slow "
+                                 format_func=attack_label, key=P + "attacks",
+                                 help="Mask-adaptive attacks are skipped for models without CAS or a relative "
+                                      "(CIFS, EWAS, FSR). AutoAttack is slow "
                                       "on a CPU (minutes for a few dozen images).")
         if st.form_submit_button("Evaluate", type="primary"):
             st.session_state[P + "evaluated"] = (tuple(chosen), int(n), int(steps), float(eps), tuple(attacks))
 
 
 def evaluation_section(available: list[dict], done: tuple) -> None:
-    """The fresh evaluation's table, flags, reports and (for CAS models) the attack ladder."""
+    """The fresh evaluation's table, flags, reports and (for models with a mask defence) the attack ladder."""
     chosen, n, steps, eps, attacks = done
     names = [m["name"] for m in available]
     results, cards = {}, {}
@@ -279,14 +286,15 @@ def evaluation_section(available: list[dict], done: tuple) -> None:
     st.caption(f"{n} test images, ε = {eps:g}/255, in percent (one standard error up to {worst_se:.1f} "
                f"points: differences smaller than about twice that are noise); every step-based attack "
                f"ran {steps} steps (as the column names say). Empty cells: the attack does not apply to "
-               "that model (CAS-adaptive attacks on a model without CAS). " + WORST_CASE)
+               "that model (mask-adaptive attacks on a model without a mask defence). " + WORST_CASE)
     for name, r in results.items():
         for flag in r.flags:
             st.warning(f"**{name}**: {flag}")
     report_buttons(results, cards, eps)
     columns, accuracies = ladder(results, steps)
     if accuracies:
-        st.markdown("**Attack by attack on the CAS models** — the same images, stronger and stronger tests:")
+        st.markdown("**Attack by attack on the models with a mask defence** — the same images, stronger and "
+                    "stronger tests:")
         st.plotly_chart(figures.ladder_figure(columns, accuracies), width="stretch", key=P + "ladder")
 
 
@@ -306,7 +314,7 @@ def curve_form(names: list[str]) -> None:
 
 
 def curve_section(available: list[dict], curve: tuple) -> None:
-    """Accuracy against ε for each chosen model: plain PGD, and soft-mask PGD for CAS models."""
+    """Accuracy against ε for each chosen model: plain PGD, and soft-mask PGD for models with a mask defence."""
     curve_models, cn, csteps, eps_list = curve
     names = [m["name"] for m in available]
     lines = []
@@ -320,8 +328,9 @@ def curve_section(available: list[dict], curve: tuple) -> None:
             lines.append((f"{name} — {'soft-mask PGD' if atk == 'soft_mask_pgd' else 'PGD'}", eps_list, accs,
                           atk == "pgd" and loaded.model.has_cas))
     st.plotly_chart(figures.eps_curve_figure(lines), width="stretch", key=P + "curve_fig")
-    st.caption("Accuracy falls as the attacker may change each pixel more. For CAS models the dashed line is "
-               "plain PGD and the solid one soft-mask PGD: where they part, plain PGD is being fooled.")
+    st.caption("Accuracy falls as the attacker may change each pixel more. For models with a mask defence (CAS, "
+               "CIFS, EWAS, FSR) the dashed line is plain PGD and the solid one soft-mask PGD: where they part, "
+               "plain PGD is being fooled.")
 
 
 def page() -> None:
