@@ -38,9 +38,10 @@ def channel_activations(model: CASNet, x: torch.Tensor, y: torch.Tensor | None =
     details = []
     for j, first in enumerate(parts[0].details):
         aux = None if first.aux_logits is None else cat([p.details[j].aux_logits for p in parts])
-        spatial = None if first.spatial_mask is None else cat([p.details[j].spatial_mask for p in parts])
+        spatial = [None if getattr(first, f) is None else cat([getattr(p.details[j], f) for p in parts])
+                   for f in ("spatial_mask", "spatial_before")]
         details.append(PointChannels(first.name, *(cat([getattr(p.details[j], f) for p in parts])
-                                                   for f in ("before", "mask", "after")), aux, spatial))
+                                                   for f in ("before", "mask", "after")), aux, *spatial))
     return ForwardResult(cat([p.logits for p in parts]),
                          [d.aux_logits for d in details if d.aux_logits is not None], details)
 

@@ -215,42 +215,17 @@ def _views(model, x_nat: torch.Tensor, x_adv: torch.Tensor):
     x = torch.cat([x_nat, x_adv])
     with torch.no_grad():
         res = model.forward_details(x, mask="pred")
-        maps = _module_inputs(model, x) if any(d.spatial_mask is not None for d in res.details) else {}
     probs = torch.softmax(res.logits.float(), dim=1).numpy()
     defense = getattr(model, "defense", "cas")
     modules = []
     for d in res.details:
         aux = None if d.aux_logits is None else torch.softmax(d.aux_logits.float(), dim=1).numpy()
-        spatial = maps.get(d.name) if d.spatial_mask is not None else None
-        if spatial is not None and not torch.allclose(spatial.float().mean(dim=(2, 3)), d.before.float(),
-                                                      rtol=1e-3, atol=1e-5):
-            spatial = None  # not the map the module read: no spatial view rather than a wrong one
+        spatial = d.spatial_before if d.spatial_mask is not None else None
         modules.append(PointView(d.name, d.before.float().numpy(), d.mask.float().numpy(),
                                  d.after.float().numpy(), aux, d.aux_logits is not None, defense,
                                  None if spatial is None else spatial.float().numpy(),
                                  None if spatial is None else d.spatial_mask.float().numpy()))
     return probs, modules
-
-
-def _module_inputs(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The feature map (N, K, H, W) each mask module that follows its unit reads, by point: the units run
-    in order and each module applied as the model's forward does (a module inside its unit is left out).
-    Only reads the model (shared by every session: no hooks, no attributes)."""
-    units, modules = getattr(model, "units", None), getattr(model, "cas", None)
-    if units is None or modules is None:
-        return {}
-    h = (x - model.mean.to(x.dtype)) / model.std.to(x.dtype) if getattr(model, "normalize", True) else x
-    inner = getattr(model, "inner_cas", set())
-    out = {}
-    for name, unit in units.items():
-        if name in inner:
-            h = unit(h, modules[name], None, "pred", 1.0)[0]
-            continue
-        h = unit(h)
-        if name in modules:
-            out[name] = h
-            h = modules[name](h, None, "pred").out
-    return out
 
 
 def most_changed_channel(view: PointView) -> int:

@@ -27,6 +27,7 @@ class PointChannels(NamedTuple):
     after: torch.Tensor  # spatial mean after the mask (N, K)
     aux_logits: torch.Tensor | None  # the CAS head's logits, None without CAS
     spatial_mask: torch.Tensor | None = None  # an element-wise mask (N, K, H, W) (EWAS, FSR); None per channel
+    spatial_before: torch.Tensor | None = None  # with an element-wise mask: the feature map it multiplies
 
 
 class ForwardResult(NamedTuple):
@@ -118,20 +119,21 @@ class CASNet(nn.Module):
         extras: list[dict] = []
         detail_list: list[PointChannels] = []
         for name, unit in self.units.items():
+            f = None
             if name in self.inner_cas:
                 h, o = unit(h, self.cas[name], y, mask, temperature)
             else:
                 h = unit(h)
                 if name in self.cas:
-                    o = self.cas[name](h, y, mask, temperature)
+                    f, o = h, self.cas[name](h, y, mask, temperature)
                     h = o.out
             if name in self.cas:
                 aux_list.append(o.aux_logits)
                 extras.append(o.extras or {})
                 if details:
                     after = o.pooled * o.mask if o.after is None else o.after
-                    detail_list.append(PointChannels(name, o.pooled, o.mask, after, o.aux_logits,
-                                                     o.spatial_mask))
+                    detail_list.append(PointChannels(name, o.pooled, o.mask, after, o.aux_logits, o.spatial_mask,
+                                                     f if o.spatial_mask is not None else None))
             elif details and not self.has_cas and name == self._report_point:
                 pooled = h.mean(dim=(2, 3))
                 detail_list.append(PointChannels(name, pooled, torch.ones_like(pooled), pooled, None))
