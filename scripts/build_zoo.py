@@ -26,6 +26,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,12 +99,17 @@ def bundle_one(name: str, args, test_set) -> bool:
     model, card = load_model_and_card(run)
     config = EvalConfig(DEFAULT_ATTACKS, batch_size=500, autoattack_version="apgd",
                         limits={"autoattack": args.autoattack_n, "adaptive_autoattack": args.autoattack_n})
-    res = evaluate(model, x, y, config,
+    if name in DEFENSE:
+        config = family_config(args)
+        x, y = x[:args.family_n], y[:args.family_n]
+    res = evaluate(model, x, y, config, out=REPO / "runs" / "zoo-eval" / name if name in DEFENSE else None,
                    progress=lambda key, done, total: print(f"  {name} {key}: {done}/{total}", flush=True))
     log = read_log(folder.log)
     card = card.updated(name=name, description=desc, accuracy=res.accuracy, source_sha=sha,
                 train_seconds=round(sum(r.get("seconds", 0) for r in log), 1),
                 evaluation={"n": res.n, "counts": res.counts, "stderr": res.stderr, "eps": 8,
+                            **({"indicators": res.indicators, "indicators_n": config.diagnose_n}
+                               if config.diagnose else {}),
                             "subset": "first N of cas.data.test_subset (fixed seeded shuffle of the test set)",
                             "autoattack": "APGD-CE + APGD-T (9 targets, 100 iterations each) of AutoAttack",
                             "adaptive_autoattack": "the same APGD-CE + APGD-T with gradients through the soft "
@@ -116,6 +122,7 @@ def bundle_one(name: str, args, test_set) -> bool:
     entries = json.loads(index_file.read_text())["models"] if index_file.exists() else []
     entries = [e for e in entries if e["name"] != name] + [{
         "name": name, "file": target.name, "description": desc, "method": method, "cas": cas_on,
+        **({"defense": DEFENSE[name]} if name in DEFENSE else {}),
         "accuracy": res.accuracy, "counts": res.counts, "stderr": res.stderr,
         "train_seconds": card.train_seconds, "command": card.command}]
     entries.sort(key=lambda e: INDEX_ORDER.index(e["name"]) if e["name"] in INDEX_ORDER else 99)
@@ -125,6 +132,24 @@ def bundle_one(name: str, args, test_set) -> bool:
     for f in res.flags:
         print(f"SANITY FLAG {name}: {f}", file=sys.stderr, flush=True)
     return True
+
+
+# the relatives' evaluation (cas.family): their authors' own attacks, plain PGD-20, the project's adaptive
+# attacks through each one's relaxation (joint and soft-mask PGD-20, adaptive AutoAttack), gradient-free
+# Square and the per-image worst case, with the attack-failure indicators of every gradient attack
+FAMILY_LONG = ("adaptive_autoattack", "square", "cifs_pgd100", "fsr_pgd100")  # on the first --family-long-n
+
+
+def family_config(args):
+    """What the relatives (and, for comparison, plain AT) are evaluated with: each runs the protocol
+    attacks of its own defence only (the evaluator skips the others)."""
+    from cas.attacks.protocols import PROTOCOLS
+    from cas.diagnose import CHEAP
+    from cas.robustness import EvalConfig
+    attacks = ("fgsm", "pgd", *PROTOCOLS, "joint_pgd", "soft_mask_pgd", "adaptive_autoattack", "square")
+    return EvalConfig(attacks, batch_size=500, limits={a: args.family_long_n for a in FAMILY_LONG},
+                      overrides={"square": {"queries": args.square_queries}}, diagnose=CHEAP,
+                      diagnose_n=min(200, args.family_long_n))
 
 
 def recheck_flags(test_set) -> None:
@@ -221,26 +246,95 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def add_attacks(entry: dict, attacks: list[str], test_set, n: int, args) -> None:
+    """Add ``attacks`` (on the first ``n`` images, the family's settings) to a bundled model's card and
+    index entry, leaving its other figures as they are (the relatives' baselines get Square this way)."""
+    from cas.checkpoint import atomic_write, load_model_and_card, update_card
+    from cas.robustness import evaluate
+
+    name, path = entry["name"], REPO / "pretrained" / entry["file"]
+    model, card = load_model_and_card(path)
+    config = replace(family_config(args), attacks=tuple(attacks), diagnose=())
+    res = evaluate(model, test_set[0][:n], test_set[1][:n], config, out=REPO / "runs" / "zoo-eval" / f"{name}-added")
+    keys = [k for k in res.accuracy if k not in ("clean", "worst_case")]
+    ev = card.evaluation or {}
+    update_card(path, accuracy={k: res.accuracy[k] for k in keys}, evaluation={
+        **ev, **{f: {**ev.get(f, {}), **{k: getattr(res, f)[k] for k in keys}} for f in ("counts", "stderr", "seconds")}})
+    index_file = REPO / "pretrained" / "index.json"
+    index = json.loads(index_file.read_text())
+    for e in index["models"]:
+        if e["name"] == name:
+            for f in ("accuracy", "counts", "stderr"):
+                e[f] = {**e[f], **{k: getattr(res, f)[k] for k in keys}}
+    atomic_write(index_file, lambda t: Path(t).write_text(json.dumps(index, indent=2) + "\n"))
+    print(f"{name}: " + ", ".join(f"{k} {res.accuracy[k]:.1f} ± {res.stderr[k]:.1f} (n {n})" for k in keys), flush=True)
+
+
+def family_table() -> str:
+    """The relatives beside plain AT and AT + CAS: clean, each one's own protocol (its authors' attacks, the
+    lowest of them first), plain PGD-20, the adaptive attacks, Square and the per-image worst case."""
+    from cas.attacks import ATTACKS
+    from cas.robustness import COLUMNS
+
+    entries = {e["name"]: e for e in json.loads((REPO / "pretrained" / "index.json").read_text())["models"]}
+    keys = ["clean", "pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_autoattack", "square", "worst_case"]
+    lines = ["| model | clean | their protocol (lowest of their attacks) | " + " | ".join(COLUMNS[k] for k in keys[1:])
+             + " |", "|---|" + "---|" * (len(keys) + 1)]
+
+    def cell(e, k):
+        return f"{e['accuracy'][k]:.1f} ± {e['stderr'][k]:.1f} (n {e['counts'][k]})" if k in e["accuracy"] else "—"
+
+    for name in ("at", "at-cas", *DEFENSE):
+        if name not in entries:
+            continue
+        e = entries[name]
+        own = [s.card_key for s in ATTACKS.values() if s.defenses and DEFENSE.get(name) in s.defenses]
+        if name == "at-cas":
+            own = ["authors_pgd20", "authors_cw"]
+        own = [k for k in own if k in e["accuracy"]]
+        worst = min(own, key=lambda k: e["accuracy"][k]) if own else None
+        theirs = f"{cell(e, worst)}: {COLUMNS[worst]}" if worst else "—"
+        lines.append(f"| `{name}` | {cell(e, 'clean')} | {theirs} | " + " | ".join(cell(e, k) for k in keys[1:]) + " |")
+    return "\n".join(lines)
+
+
 def main():
     from cas.cli import HelpFormatter
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=HelpFormatter)
-    ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle", "table", "flags", "protocol"],
+    ap.add_argument("cmd", nargs="?", default="all", choices=["all", "train", "bundle", "table", "family-table", "flags",
+                                                               "protocol", "square"],
                     help="all: train then bundle each model in turn; train or bundle: only that stage; "
                          "table: print the results table; flags: recompute the bundled cards' sanity flags "
                          "with attacks compared on the same images; protocol: add the authors' PGD-20 and CW "
-                         "and the attack-failure indicators to the bundled cards")
+                         "and the attack-failure indicators to the bundled cards; family-table: the relatives' "
+                         "table; square: add Square (the relatives' settings) to the baselines' cards")
     ap.add_argument("--only", nargs="*", choices=list(ZOO), help="models to build (default: all seven)")
     ap.add_argument("--epochs", type=int, default=None, help="override every model's epochs (for trials)")
     ap.add_argument("--n", type=int, default=1000, help="test images for the evaluation")
     ap.add_argument("--autoattack-n", type=int, default=500, help="test images for AutoAttack (the first N)")
+    ap.add_argument("--family-n", type=int, default=500, help="test images for the relatives' evaluation")
+    ap.add_argument("--family-long-n", type=int, default=200,
+                    help="the relatives: images for adaptive AutoAttack, Square and PGD-100 (the first N)")
+    ap.add_argument("--square-queries", type=int, default=2000, help="the relatives: Square's query budget")
     ap.add_argument("--diagnose-n", type=int, default=200, help="protocol: images the indicators are checked on")
     ap.add_argument("--force", action="store_true", help="re-evaluate models already bundled from their run")
     ap.add_argument("--data", default=None, help="CIFAR-10 location (default: $CAS_DATA or the usual places)")
     a = ap.parse_args()
     if a.cmd == "table":
         print(table())
+        return
+    if a.cmd == "family-table":
+        print(family_table())
+        return
+    if a.cmd == "square":  # Square beside the relatives' on the bundled baselines (default: at, at-cas)
+        from cas import data as cdata
+
+        test_set = cdata.test_subset(a.family_long_n, a.data)
+        for e in json.loads((REPO / "pretrained" / "index.json").read_text())["models"]:
+            if e["name"] in (a.only or ["at", "at-cas"]):
+                add_attacks(e, ["square"], test_set, a.family_long_n, a)
         return
     if a.cmd == "protocol":
         from cas import data as cdata
