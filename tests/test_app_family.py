@@ -288,3 +288,12 @@ def test_the_adaptive_attacks_words_speak_of_the_mask():
         label, help_text = attack_text.ATTACK_WORDS[name]
         assert "mask" in label and "CAS" not in label and image_attack.attack_label(name) == label
         assert attack_text.attack_help(name) == help_text and "CAS-adaptive" not in help_text
+
+
+def test_the_train_page_trains_a_relative():
+    from app.views import train
+
+    s = {**train.SMALL, "defense": "ewas"}
+    assert train.config_of(s).defense == "ewas" and train.config_of(s).validate().loss_config.aux_weight == 0.01
+    assert train.config_of({**s, "arch": "vgg16"}).defense == "cas"  # relatives are ResNet-18 only
+    assert train.config_of({**s, "cas": False}).model_kwargs() == {"cas": False, "width": s["width"]}

@@ -270,31 +270,34 @@ def _load_upload(digest: str, _data: bytes):
 
 
 @st.cache_resource(show_spinner="Converting the checkpoint…", max_entries=2)
-def _convert_upload(digest: str, filename: str, arch: str, with_cas: bool, _data: bytes):
-    """Convert an uploaded state dict of the CAS authors' code once per (content, architecture)."""
+def _convert_upload(digest: str, filename: str, arch: str, with_cas: bool, _data: bytes, defense: str = "cas"):
+    """Convert an uploaded state dict of the CAS (or CIFS, EWAS, FSR) authors' code once per (content,
+    architecture, defence)."""
     from cas.convert import convert_file
 
     f = _private_upload_dir() / f"{digest}.pth"
     cas.checkpoint.atomic_write(f, lambda tmp: Path(tmp).write_bytes(_data))
     try:
-        return _prepared(*convert_file(f, arch, with_cas, source_name=filename))
+        return _prepared(*convert_file(f, arch, with_cas, source_name=filename, defense=defense))
     finally:
         f.unlink(missing_ok=True)
 
 
-def load_from_authors_upload(filename: str, data: bytes, arch: str, with_cas: bool) -> LoadedModel:
-    """A model converted from an uploaded ``.pt``/``.pth`` of the CAS authors' code (``cas.convert``).
-    Raises ``cas.CheckpointError`` with the converter's message."""
+def load_from_authors_upload(filename: str, data: bytes, arch: str, with_cas: bool,
+                             defense: str = "cas") -> LoadedModel:
+    """A model converted from an uploaded ``.pt``/``.pth`` of the CAS authors' code, or of the CIFS, EWAS
+    or FSR authors' (``defense``; ResNet-18) (``cas.convert``). Raises ``cas.CheckpointError`` with the
+    converter's message."""
     from cas.convert import ConvertError
 
     if not data:
         raise cas.CheckpointError(f"{filename} is empty")
     digest = hashlib.sha256(data).hexdigest()[:24]
     try:
-        model, card = _convert_upload(digest, filename, arch, with_cas, data)
+        model, card = _convert_upload(digest, filename, arch, with_cas, data, defense)
     except ConvertError as e:
         raise cas.CheckpointError(str(e)) from None
-    return LoadedModel(f"authors:{digest}:{arch}:{with_cas}", None, filename, model, card_of(card))
+    return LoadedModel(f"authors:{digest}:{arch}:{with_cas}:{defense}", None, filename, model, card_of(card))
 
 
 def load_from_upload(filename: str, data: bytes) -> LoadedModel:

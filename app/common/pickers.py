@@ -19,6 +19,7 @@ import numpy as np
 import streamlit as st
 
 import cas
+from cas.family import DEFENSES
 from cas import data as cas_data
 
 from . import image_attack, images, models
@@ -158,9 +159,14 @@ def model_picker(prefix: str, available: list[dict], where=st) -> models.LoadedM
                 arch = where.selectbox("Architecture of this file", ARCHS, key=value_key(prefix, "ckpt_arch"),
                                        help="The model the authors' code trained (their layouts of ResNet-18, "
                                             "VGG-16 and WRN-34-10).")
-                with_cas = where.checkbox("It has CAS modules", True, key=value_key(prefix, "ckpt_cas"),
-                                          help="Untick for the same backbone trained without CAS.")
-                loaded = models.load_from_authors_upload(up.name, up.getvalue(), arch, with_cas)
+                with_cas = where.checkbox("It has mask modules", True, key=value_key(prefix, "ckpt_cas"),
+                                          help="Untick for the same backbone trained without CAS or a relative.")
+                defense = where.selectbox("Whose code saved it", list(DEFENSES), key=value_key(prefix, "ckpt_def"),
+                                          format_func=lambda d: f"{DEFENSES[d].label} authors' code",
+                                          disabled=not with_cas or arch != "resnet18",
+                                          help="CAS's relatives (CIFS, EWAS, FSR) are read in ResNet-18 only.")
+                defense = defense if with_cas and arch == "resnet18" else "cas"
+                loaded = models.load_from_authors_upload(up.name, up.getvalue(), arch, with_cas, defense)
             else:
                 loaded = models.load_from_upload(up.name, up.getvalue())
         elif choice == PATH and paths:

@@ -15,6 +15,7 @@ from app.common.pages import prefix
 from cas import data as cas_data
 from cas.attacks import AUTO_STEP, auto_step_size
 from cas.checkpoint import CheckpointError, pretrained_index, read_model_card, runs_dir
+from cas.family import DEFENSES
 from cas.models import PAPER_ARCHS
 from cas.train import TrainConfig
 
@@ -23,9 +24,9 @@ GPU = torch.cuda.is_available()
 
 # Preselected settings. Without a GPU: a small run that finishes in a few minutes on a CPU; with one:
 # the full recipe (all 50,000 training images, PGD-10, 40 epochs).
-SMALL = dict(method="at", cas=True, arch="resnet18", width=8, epochs=3, train_subset=3000, batch_size=128,
+SMALL = dict(method="at", cas=True, defense="cas", arch="resnet18", width=8, epochs=3, train_subset=3000, batch_size=128,
              lr=0.1, epsilon=8.0, steps=3, val_size=200, eval_steps=3, description="")
-FULL = dict(method="at", cas=True, arch="resnet18", width=32, epochs=40, train_subset=0, batch_size=512,
+FULL = dict(method="at", cas=True, defense="cas", arch="resnet18", width=32, epochs=40, train_subset=0, batch_size=512,
             lr=0.2, epsilon=8.0, steps=10, val_size=1000, eval_steps=10, description="")
 PRESET = FULL if GPU else SMALL
 
@@ -62,7 +63,8 @@ def settings() -> dict:
 
 def config_of(s: dict) -> TrainConfig:
     """The run's settings for the widgets' values ``s`` (the one form the jobs and the trainer take)."""
-    return TrainConfig(method=s["method"], cas=s["cas"], arch=s["arch"], width=int(s["width"]),
+    defense = s["defense"] if s["cas"] and s["arch"] == "resnet18" else "cas"
+    return TrainConfig(method=s["method"], cas=s["cas"], defense=defense, arch=s["arch"], width=int(s["width"]),
                        epochs=int(s["epochs"]), batch_size=int(s["batch_size"]), lr=float(s["lr"]),
                        epsilon=float(s["epsilon"]), steps=int(s["steps"]), train_subset=int(s["train_subset"]),
                        val_size=int(s["val_size"]), eval_steps=int(s["eval_steps"]),
@@ -288,7 +290,12 @@ def settings_widgets() -> None:
         st.text_input("Run name", key=P + "name", max_chars=jobs.NAME_MAX,
                       help="Letters, digits, '-' and '_'. It names the run's folder and the model in the pickers.")
         st.selectbox("Training method", list(METHODS), format_func=METHODS.get, key=P + "method")
-        st.toggle("CAS (Channel-wise Activation Suppressing)", key=P + "cas")
+        st.toggle("Mask modules (CAS or a relative)", key=P + "cas")
+        st.selectbox("Which channel defence", list(DEFENSES), key=P + "defense",
+                     format_func=lambda d: f"{DEFENSES[d].label}: {DEFENSES[d].description}",
+                     disabled=not st.session_state[P + "cas"] or st.session_state[P + "arch"] != "resnet18",
+                     help="CAS on both blocks of the last stage, as in the paper; its relatives where their papers "
+                          "put them (ResNet-18 only).")
         st.text_input("Description (optional)", key=P + "description", max_chars=200,
                       help="Shown next to the model in the pickers.")
     with c2:
