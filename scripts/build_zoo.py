@@ -228,7 +228,8 @@ def table() -> str:
     """The bundled models' accuracies as a Markdown table: percent ± standard error, with n."""
     from cas.robustness import COLUMNS as ALL
 
-    entries = json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
+    entries = [e for e in json.loads((REPO / "pretrained" / "index.json").read_text())["models"]
+               if e["name"] not in DEFENSE]  # the relatives have their own table (family_table)
     order = [k for k in ALL if k not in ("authors_pgd20", "authors_cw")]
     order[order.index("cw") + 1:order.index("cw") + 1] = ["authors_pgd20", "authors_cw"]  # beside PGD and CW
     keys = [k for k in order if k != "adaptive_pgd20" and any(k in e["accuracy"] for e in entries)]

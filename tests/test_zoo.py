@@ -19,6 +19,7 @@ from cas.stats import channel_statistics, paper_effects, role_of
 ROOT = Path(__file__).resolve().parent.parent
 
 ZOO = ("std", "at", "at-cas", "trades", "trades-cas", "mart", "mart-cas")
+FAMILY = ("at-cifs", "at-ewas", "at-fsr")  # CAS's relatives (cas.family), evaluated with their own protocols
 INDEX = {e["name"]: e for e in pretrained_index(ROOT / "pretrained")}
 
 
@@ -42,7 +43,7 @@ def accuracy(model, x, y) -> float:
 
 def test_the_zoo_is_complete_and_small():
     assert pretrained_dir() == ROOT / "pretrained"
-    assert sorted(INDEX) == sorted(ZOO), "pretrained/index.json must list the seven bundled models"
+    assert sorted(INDEX) == sorted(ZOO + FAMILY), "pretrained/index.json must list the ten bundled models"
     total = sum((ROOT / "pretrained" / e["file"]).stat().st_size for e in INDEX.values())
     assert total < 45 * 1024**2
     for name, entry in INDEX.items():
@@ -50,10 +51,21 @@ def test_the_zoo_is_complete_and_small():
         assert card["name"] == name and card["dtype"] == "float16"
         assert card["accuracy"] == entry["accuracy"], "index.json and the card disagree"
         ev = card["evaluation"]
-        assert ev["n"] >= 1000 and ev["counts"]["autoattack"] >= 500
         for key, acc in card["accuracy"].items():  # every figure comes with its standard error
             n = ev["counts"][key]
             assert ev["stderr"][key] == pytest.approx(100 * math.sqrt(acc / 100 * (1 - acc / 100) / n), abs=0.01)
+        if name in FAMILY:  # its authors' own attacks, the adaptive ones, Square and the indicators
+            defense = card["arch_kwargs"]["defense"]
+            assert entry["defense"] == defense and name == f"at-{defense}"
+            own = {k for k in card["accuracy"] if k.startswith(defense + "_")}
+            assert len(own) >= 3 and ev["n"] >= 500, name
+            assert {"pgd20", "joint_pgd20", "soft_mask_pgd20", "adaptive_autoattack", "square"} <= set(card["accuracy"])
+            assert {"pgd", "joint_pgd", "soft_mask_pgd"} <= set(ev["indicators"]), name
+            acc = card["accuracy"]
+            assert ev["counts"]["worst_case"] == ev["counts"]["adaptive_autoattack"] == ev["counts"]["square"] >= 200
+            assert acc["worst_case"] <= min(acc["adaptive_autoattack"], acc["square"])
+            continue
+        assert ev["n"] >= 1000 and ev["counts"]["autoattack"] >= 500
         if name != "std":  # the authors' protocol on the same images, and the indicators of its attacks
             assert {"authors_pgd20", "authors_cw"} <= set(card["accuracy"]), name
             assert ev["counts"]["authors_pgd20"] == ev["n"] and ev["counts"]["authors_cw"] == ev["n"]
@@ -70,7 +82,7 @@ def test_the_zoo_is_complete_and_small():
             assert acc["worst_case"] <= acc["adaptive_autoattack"]
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO + FAMILY)
 def test_each_model_loads_by_name_and_matches_its_card(name, test_images):
     x, y = test_images
     model = load_model(name)
