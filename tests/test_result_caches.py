@@ -63,3 +63,23 @@ def test_an_evaluation_survives_many_attack_lab_results(models_dir):
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["_lab_computations"] == computed  # shown again, not re-run
     assert at.dataframe[2].value.equals(evaluated)
+
+
+def test_the_pages_channel_summary_is_the_librarys():
+    """The Attack Lab's per-image summary (numpy, for the server's speed) gives cas.analysis's figures."""
+    import numpy as np
+    import torch
+
+    from app.common.image_attack import _module_summary
+    from cas import analysis
+
+    rng = np.random.default_rng(0)
+    for threshold in (0.01, 0.1):
+        for _ in range(10):
+            v = (rng.random(128) * (rng.random(128) > 0.5)).astype(np.float32) - 0.05
+            t = torch.from_numpy(v).reshape(1, -1)
+            lib = analysis.summary(t, threshold)
+            got = _module_summary(v, threshold)
+            assert got["active"] == int(analysis.activated(t, threshold).sum())
+            assert np.allclose([got["total"], got["share"], got["uniformity"]],
+                               [lib["total_magnitude"], lib["active_share"], analysis.uniformity(t.abs()[0])], atol=1e-5)

@@ -349,11 +349,12 @@ def _module_summary(values: np.ndarray, threshold: float) -> dict[str, float]:
     (channels above ``threshold`` x the largest one), ``share`` (the same as a fraction) and
     ``uniformity`` (how evenly |activation| is spread over the channels: 1 = all equal, 0 = one
     channel carries everything; the normalised entropy of cas.analysis)."""
-    v = torch.from_numpy(np.asarray(values, dtype=np.float32)).reshape(1, -1)
-    s = analysis.summary(v, threshold)
-    active = int(analysis.activated(v, threshold).sum())
-    return {"total": s["total_magnitude"], "active": active, "share": s["active_share"],
-            "uniformity": analysis.uniformity(v.abs()[0])}
+    a = np.abs(np.asarray(values, dtype=np.float32).reshape(-1))
+    on = a > threshold * max(float(a.max()), 1e-12)  # cas.analysis.activated, for one image in numpy
+    p = a / a.sum() if a.sum() > 0 else a
+    p = p[p > 0]
+    uniformity = float(-(p * np.log(p)).sum() / np.log(a.size)) if a.size > 1 and p.size else 0.0
+    return {"total": float(a.sum()), "active": int(on.sum()), "share": float(on.mean()), "uniformity": uniformity}
 
 
 _shared_summary = SharedCalls(8 * 2**20).share(_module_summary)
