@@ -299,6 +299,39 @@ def family_table() -> str:
     return "\n".join(lines)
 
 
+ADAPTIVE = ("joint_pgd", "soft_mask_pgd", "adaptive_autoattack")  # the project's attacks that see the mask
+
+
+def family_check() -> str:
+    """The issue's target, per relative: is its strongest adaptive attack at least as strong as every attack
+    its authors ran, on the same images? From the evaluation's per-image verdicts (runs/zoo-eval/NAME):
+    the adaptive attacks' per-image worst case against each of theirs, on the images both saw, and the
+    images their attack broke that no adaptive attack did."""
+    from cas.attacks.protocols import PROTOCOLS
+
+    lines = ["| model | their attack | n | their accuracy | adaptive (per-image worst of joint, soft-mask, "
+             "adaptive AutoAttack) | images only theirs broke |", "|---|---|---|---|---|---|"]
+    for name, defense in DEFENSE.items():
+        folder = REPO / "runs" / "zoo-eval" / name
+        if not folder.exists():
+            continue
+
+        def bits(attack):
+            d = json.loads((folder / f"{attack}.json").read_text())
+            return [c == "1" for c in d["verdicts"]]
+        adaptive = [bits(a) for a in ADAPTIVE if (folder / f"{a}.json").exists()]
+        for attack, p in PROTOCOLS.items():
+            if p.defense != defense or not (folder / f"{attack}.json").exists():
+                continue
+            theirs = bits(attack)
+            n = min(len(theirs), *(len(a) for a in adaptive))
+            ours = [all(a[i] for a in adaptive) for i in range(n)]
+            only = sum(1 for i in range(n) if not theirs[i] and ours[i])
+            lines.append(f"| `{name}` | {p.label} | {n} | {100 * sum(theirs[:n]) / n:.1f} | "
+                         f"{100 * sum(ours) / n:.1f} | {only} |")
+    return "\n".join(lines)
+
+
 def main():
     from cas.cli import HelpFormatter
 
@@ -328,6 +361,8 @@ def main():
         return
     if a.cmd == "family-table":
         print(family_table())
+        print()
+        print(family_check())
         return
     if a.cmd == "square":  # Square beside the relatives' on the bundled baselines (default: at, at-cas)
         from cas import data as cdata
