@@ -297,3 +297,19 @@ def test_the_train_page_trains_a_relative():
     assert train.config_of(s).defense == "ewas" and train.config_of(s).validate().loss_config.aux_weight == 0.01
     assert train.config_of({**s, "arch": "vgg16"}).defense == "cas"  # relatives are ResNet-18 only
     assert train.config_of({**s, "cas": False}).model_kwargs() == {"cas": False, "width": s["width"]}
+
+
+def test_robustness_says_whether_a_relative_beats_plain_at():
+    from app.common import models
+    from app.views import robustness
+
+    available = models.list_available()
+    rows = {r["model"]: r for r in robustness.family_rows(available)}
+    cards = {m["name"]: models.card_of(m["card"]) for m in available}
+    assert {"at-cas"} <= set(rows), rows
+    for name, row in rows.items():
+        card = cards[name]
+        assert row["strongest attack (worst case)"] == card.accuracy["worst_case"]
+        gap = card.accuracy["worst_case"] - cards["at"].accuracy["worst_case"]
+        assert row["against at"].endswith(f"at ({gap:+.1f})")
+        assert row["their attack"]  # every defence's own authors' evaluation is on its card

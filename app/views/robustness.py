@@ -193,6 +193,53 @@ def cards_section(available: list[dict]) -> None:
         st.caption(f"Bundled models: {note}.")
 
 
+def family_rows(available: list[dict], baseline: str = "at") -> list[dict]:
+    """CAS and its relatives against plain AT, from the cards: each one's own authors' evaluation (the
+    lowest of its attacks), its strongest attack (the per-image worst case over every attack that ran) and
+    how that compares with ``baseline``'s worst case (more than two standard errors above, below, or
+    within). Empty without the baseline's card."""
+    cards = {m["name"]: models.card_of(m["card"]) for m in available}
+    if baseline not in cards or "worst_case" not in (cards[baseline].accuracy or {}):
+        return []
+
+    def figure(card, key):
+        ev = card.evaluation or {}
+        return card.accuracy[key], (ev.get("stderr") or {}).get(key, 0.0), (ev.get("counts") or {}).get(key)
+
+    base, base_se, _ = figure(cards[baseline], "worst_case")
+    rows = []
+    for name, card in cards.items():
+        defense = card.defense
+        if defense is None or "worst_case" not in (card.accuracy or {}):
+            continue
+        own = [s for s in cas.ATTACKS.values() if s.card_key in card.accuracy
+               and (s.defenses == (defense,) or (defense == "cas" and s.name.startswith("authors_")))]
+        theirs = min(own, key=lambda s: card.accuracy[s.card_key]) if own else None
+        worst, se, n = figure(card, "worst_case")
+        gap, both = worst - base, 2 * (se ** 2 + base_se ** 2) ** 0.5
+        verdict = "above" if gap > both else "below" if gap < -both else "within two standard errors of"
+        rows.append({"model": name, "defence": models.defense_label(card), "clean": card.accuracy.get("clean"),
+                     "their evaluation": None if theirs is None else card.accuracy[theirs.card_key],
+                     "their attack": "" if theirs is None else theirs.label,
+                     "strongest attack (worst case)": worst, "images": n,
+                     f"against {baseline}": f"{verdict} {baseline} ({gap:+.1f})"})
+    return rows
+
+
+def family_section(available: list[dict]) -> None:
+    """Which member of the channel-defence family, if any, beats plain AT under its strongest attack."""
+    rows = family_rows(available)
+    if len(rows) < 2:
+        return
+    st.subheader("CAS and its relatives against plain AT")
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption("Each defence under its own authors' evaluation (the lowest of their attacks) and under its "
+               "strongest attack: the per-image worst case over every attack its card records, the "
+               "mask-adaptive ones included. The last column compares that with plain AT's worst case: "
+               "*above* or *below* means by more than two standard errors of the difference.")
+
+
 def indicators_section(available: list[dict]) -> None:
     """The attack-failure indicators the bundled models' cards record, one table per attack."""
     found = card_indicators(available)
@@ -341,6 +388,7 @@ def page() -> None:
     available = models.list_available()
     names = [m["name"] for m in available]
     cards_section(available)
+    family_section(available)
     indicators_section(available)
     literature_section()
     explainer()
