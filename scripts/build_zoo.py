@@ -182,7 +182,7 @@ def protocol_one(entry: dict, test_set, diagnose_n: int) -> None:
     images, and record the attack-failure indicators (cas.diagnose's CHEAP set) of those two attacks and
     of PGD-20, joint and soft-mask PGD-20 on the first ``diagnose_n`` images. Partial results go to
     runs/zoo-protocol/NAME, so a stopped run resumes."""
-    from cas.checkpoint import atomic_write, load_model_and_card, update_card
+    from cas.checkpoint import load_model_and_card, update_card
     from cas.diagnose import CHEAP
     from cas.robustness import EvalConfig, evaluate
 
@@ -210,14 +210,8 @@ def protocol_one(entry: dict, test_set, diagnose_n: int) -> None:
                   "indicators": {a: v for a, v in {**res.indicators, **seen.indicators}.items()},
                   "indicators_n": diagnose_n}
     update_card(path, accuracy={k: res.accuracy[k] for k in keys}, evaluation=evaluation)
-    index_file = REPO / "pretrained" / "index.json"
-    index = json.loads(index_file.read_text())
-    for e in index["models"]:
-        if e["name"] == name:
-            for field in ("accuracy", "counts", "stderr"):
-                e[field] = {**e[field], **{k: getattr(res, field)[k] for k in keys}}
-            e["indicators"] = {a: [i["key"] for i in v if i["fired"]] for a, v in evaluation["indicators"].items()}
-    atomic_write(index_file, lambda t: Path(t).write_text(json.dumps(index, indent=2) + "\n"))
+    _update_index(name, res, keys, {"indicators": {a: [i["key"] for i in v if i["fired"]]
+                                                   for a, v in evaluation["indicators"].items()}})
     print(f"{name}: " + ", ".join(f"{k} {res.accuracy[k]:.1f} ± {res.stderr[k]:.1f}" for k in keys)
           + f" (n = {n}); indicators fired: "
           + "; ".join(f"{a}: {', '.join(i['key'] for i in v if i['fired']) or 'none'}"
@@ -250,7 +244,7 @@ def table() -> str:
 def add_attacks(entry: dict, attacks: list[str], test_set, n: int, args) -> None:
     """Add ``attacks`` (on the first ``n`` images, the family's settings) to a bundled model's card and
     index entry, leaving its other figures as they are (the relatives' baselines get Square this way)."""
-    from cas.checkpoint import atomic_write, load_model_and_card, update_card
+    from cas.checkpoint import load_model_and_card, update_card
     from cas.robustness import evaluate
 
     name, path = entry["name"], REPO / "pretrained" / entry["file"]
@@ -261,14 +255,22 @@ def add_attacks(entry: dict, attacks: list[str], test_set, n: int, args) -> None
     ev = card.evaluation or {}
     update_card(path, accuracy={k: res.accuracy[k] for k in keys}, evaluation={
         **ev, **{f: {**ev.get(f, {}), **{k: getattr(res, f)[k] for k in keys}} for f in ("counts", "stderr", "seconds")}})
+    _update_index(name, res, keys)
+    print(f"{name}: " + ", ".join(f"{k} {res.accuracy[k]:.1f} ± {res.stderr[k]:.1f} (n {n})" for k in keys), flush=True)
+
+
+def _update_index(name: str, res, keys: list[str], extra: dict | None = None) -> None:
+    """Merge the figures ``keys`` of evaluation ``res`` (and ``extra`` fields) into ``name``'s index entry."""
+    from cas.checkpoint import atomic_write
+
     index_file = REPO / "pretrained" / "index.json"
     index = json.loads(index_file.read_text())
     for e in index["models"]:
         if e["name"] == name:
             for f in ("accuracy", "counts", "stderr"):
                 e[f] = {**e[f], **{k: getattr(res, f)[k] for k in keys}}
+            e.update(extra or {})
     atomic_write(index_file, lambda t: Path(t).write_text(json.dumps(index, indent=2) + "\n"))
-    print(f"{name}: " + ", ".join(f"{k} {res.accuracy[k]:.1f} ± {res.stderr[k]:.1f} (n {n})" for k in keys), flush=True)
 
 
 def family_table() -> str:
@@ -309,14 +311,14 @@ def family_check() -> str:
     images their attack broke that no adaptive attack did."""
     from cas.attacks.protocols import PROTOCOLS
 
-    lines = ["| model | their attack | n | their accuracy | adaptive (per-image worst of joint, soft-mask, "
-             "adaptive AutoAttack) | images only theirs broke |", "|---|---|---|---|---|---|"]
+    lines = [("| model | their attack | n | their accuracy | adaptive (per-image worst of joint, soft-mask, "
+              "adaptive AutoAttack) | images only theirs broke |"), "|---|---|---|---|---|---|"]
     for name, defense in DEFENSE.items():
         folder = REPO / "runs" / "zoo-eval" / name
         if not folder.exists():
             continue
 
-        def bits(attack):
+        def bits(attack, folder=folder):
             d = json.loads((folder / f"{attack}.json").read_text())
             return [c == "1" for c in d["verdicts"]]
         adaptive = [bits(a) for a in ADAPTIVE if (folder / f"{a}.json").exists()]
