@@ -187,7 +187,7 @@ def test_step_pictures_at_1024_and_1440_pixels(server, browser, expected, width)
             assert box and box["width"] > 300 and box["x"] + box["width"] <= width + 1, (step, box)
         legend = page.evaluate("""[...document.querySelectorAll('.legendtext')].map(e => e.textContent)""")
         for word, trace in (("Orange triangles", "switched on by the attack only"),
-                            ("Purple", "suppressed by the mask"), ("Dotted line", "switched-on line")):
+                            ("Purple", "silenced by the mask"), ("Dotted line", "switched-on line")):
             if word in body and step != 5:
                 assert any(t.startswith(trace) or (trace == "switched on by the attack only"
                                                    and t.startswith("pass the mask")) for t in legend), (step, word)
