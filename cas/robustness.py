@@ -441,7 +441,7 @@ def sanity_flags(acc: dict[str, float], has_cas: bool, same_images: dict[str, fl
     if has_cas and "pgd20" in acc and "adaptive_pgd20" in acc:
         gap = acc["pgd20"] - acc["adaptive_pgd20"]
         if gap > MASKING_GAP:
-            flags.append(f"gradient masking: plain PGD-20 reports {acc['pgd20']:.2f}% but CAS-adaptive PGD-20 "
+            flags.append(f"gradient masking: plain PGD-20 reports {acc['pgd20']:.2f}% but mask-adaptive PGD-20 "
                          f"{acc['adaptive_pgd20']:.2f}% ({gap:.1f} points lower). Plain PGD cannot see "
-                         "through the argmax mask; trust the adaptive number.")
+                         "how the mask is chosen; trust the adaptive number.")
     return flags
