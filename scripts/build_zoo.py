@@ -276,7 +276,7 @@ def _update_index(name: str, res, keys: list[str], extra: dict | None = None) ->
 def family_table() -> str:
     """The relatives beside plain AT and AT + CAS: clean, each one's own protocol (its authors' attacks, the
     lowest of them first), plain PGD-20, the adaptive attacks, Square and the per-image worst case."""
-    from cas.attacks import ATTACKS
+    from cas.attacks import own_protocol
     from cas.robustness import COLUMNS
 
     entries = {e["name"]: e for e in json.loads((REPO / "pretrained" / "index.json").read_text())["models"]}
@@ -291,10 +291,8 @@ def family_table() -> str:
         if name not in entries:
             continue
         e = entries[name]
-        own = [s.card_key for s in ATTACKS.values() if s.defenses and DEFENSE.get(name) in s.defenses]
-        if name == "at-cas":
-            own = ["authors_pgd20", "authors_cw"]
-        own = [k for k in own if k in e["accuracy"]]
+        own = [s.card_key for s in own_protocol(DEFENSE.get(name, "cas" if e["cas"] else None))
+               if s.card_key in e["accuracy"]]
         worst = min(own, key=lambda k: e["accuracy"][k]) if own else None
         theirs = f"{cell(e, worst)}: {COLUMNS[worst]}" if worst else "—"
         lines.append(f"| `{name}` | {cell(e, 'clean')} | {theirs} | " + " | ".join(cell(e, k) for k in keys[1:]) + " |")

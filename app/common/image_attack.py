@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 import cas
-from cas import analysis
 from cas import data as cas_data
 from cas.precision import all_cores, threads
 
@@ -220,11 +219,9 @@ def _views(model, x_nat: torch.Tensor, x_adv: torch.Tensor):
     modules = []
     for d in res.details:
         aux = None if d.aux_logits is None else torch.softmax(d.aux_logits.float(), dim=1).numpy()
-        spatial = d.spatial_before if d.spatial_mask is not None else None
+        spatial = [None if t is None else t.float().numpy() for t in (d.spatial_before, d.spatial_mask)]
         modules.append(PointView(d.name, d.before.float().numpy(), d.mask.float().numpy(),
-                                 d.after.float().numpy(), aux, d.aux_logits is not None, defense,
-                                 None if spatial is None else spatial.float().numpy(),
-                                 None if spatial is None else d.spatial_mask.float().numpy()))
+                                 d.after.float().numpy(), aux, d.aux_logits is not None, defense, *spatial))
     return probs, modules
 
 

@@ -10,6 +10,7 @@ import cas
 from app.common import compute, figures, images, models, panels
 from app.common.attack_text import attack_label
 from app.common.pages import prefix
+from cas.attacks import own_protocol
 from cas.evaluate import COLUMNS
 
 P = prefix("robustness")
@@ -212,8 +213,7 @@ def family_rows(available: list[dict], baseline: str = "at") -> list[dict]:
         defense = card.defense
         if defense is None or "worst_case" not in (card.accuracy or {}):
             continue
-        own = [s for s in cas.ATTACKS.values() if s.card_key in card.accuracy
-               and (s.defenses == (defense,) or (defense == "cas" and s.name.startswith("authors_")))]
+        own = [s for s in own_protocol(defense) if s.card_key in card.accuracy]
         theirs = min(own, key=lambda s: card.accuracy[s.card_key]) if own else None
         worst, se, n = figure(card, "worst_case")
         gap, both = worst - base, 2 * (se ** 2 + base_se ** 2) ** 0.5

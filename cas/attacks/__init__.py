@@ -48,6 +48,7 @@ from .registry import (
     TARGET,
     AttackSpec,
     Knob,
+    own_protocol,
     run_attack,
 )
 from .settings import AUTO_STEP, AttackSettings, auto_step_size
@@ -57,5 +58,5 @@ __all__ = [
     "L2_EPS", "L2_STEP", "LINF_EPS", "LINF_STEP", "QUERIES", "RANDOM_START", "SEED", "STEPS", "TARGET",
     "TEMPERATURES", "AttackSettings", "AttackSpec", "Knob", "adaptive_autoattack", "auto_step_size",
     "authors_cw", "authors_pgd", "autoattack", "cw_linf", "fgsm", "joint_pgd", "margin", "obj_ce", "obj_cw", "obj_joint", "obj_soft",
-    "pgd", "pgd_l2", "pgd_loop", "run_attack", "soft_mask_pgd", "square",
+    "own_protocol", "pgd", "pgd_l2", "pgd_loop", "run_attack", "soft_mask_pgd", "square",
 ]

@@ -174,6 +174,16 @@ ATTACKS.update({p.name: AttackSpec(
     for p in PROTOCOLS.values()})
 
 
+def own_protocol(defense: str | None) -> list[AttackSpec]:
+    """The attacks a defence's own authors evaluated it with: the CAS authors' PGD-20 and CW for CAS,
+    a relative's :data:`~cas.attacks.protocols.PROTOCOLS` for it; none without a defence."""
+    if defense is None:
+        return []
+    if defense == "cas":
+        return [ATTACKS["authors_pgd"], ATTACKS["authors_cw"]]
+    return [s for s in ATTACKS.values() if s.defenses == (defense,)]
+
+
 def run_attack(name: str, model, x, y, settings: AttackSettings | None = None, progress=None, **kw):
     """Run the attack called ``name`` (a key of :data:`ATTACKS`, or ``"none"`` for the clean input)."""
     if name == "none":
