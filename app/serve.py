@@ -96,11 +96,18 @@ def streamlit_args(args: list[str]) -> list[str]:
 def warm_up() -> None:
     """What a first visit needs and every visitor shares, computed while the server starts instead of
     while the first visitor waits: the CIFAR-10 test images, the default model and the first view's
-    image (Streamlit's shared caches; a visitor who arrives earlier waits for the same computation)."""
+    image, and the lecture's bundled models, loaded but not run (Streamlit's shared caches; a visitor
+    who arrives earlier waits for the same computation). No attack runs here: the lecture's results wait
+    for their first visitor."""
     from app.common import models
+    from app.views import lecture
 
     try:
-        models.first_image(models.list_available())
+        available = models.list_available()
+        models.first_image(available)
+        for entry in available:
+            if entry["name"] in lecture.MODEL_NAMES and entry["source"] == "bundled":
+                models.load_from_path(entry["path"], name=entry["name"])
     except Exception as e:  # noqa: BLE001 - a failed warm-up only means the first visit does the work
         print(f"CAS Lab: warm-up skipped ({type(e).__name__}: {e})", file=sys.stderr)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -85,3 +86,29 @@ def test_results_are_keyed_on_the_weights_not_the_name(at_cas, tmp_path):
     second = models.load_from_path(path, "mine")
     assert first.key == at_cas.key  # the same weights share their results wherever they were loaded from
     assert second.key != first.key and second.model is not first.model
+
+
+def test_attacks_started_at_once_are_stored_even_when_nobody_waits(at_cas, cifar_test):
+    """A page that shows several attacks queues them together (compute.start_attacks); each is computed
+    once, stored for the next visitor although the page that queued it left, and is its solo result."""
+    x_all, y_all = cifar_test
+    choices = [AttackChoice("pgd", steps=3, seed=21), AttackChoice("soft_mask_pgd", steps=3, seed=21)]
+    x, label = x_all[310], int(y_all[310])
+    requests = [compute.image_request(at_cas.key, x, label, c) for c in choices]
+    batches = len(compute.ATTACK_QUEUE.batches)
+    compute.start_attacks([(r, at_cas.model, x) for r in requests])
+    compute.start_attacks([(r, at_cas.model, x) for r in requests])  # queued already: not twice
+    deadline = time.monotonic() + 120
+    while not all(r in compute.SHARED["lab"] for r in requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert compute.ATTACK_QUEUE.batches[batches:] == [1, 1]
+    before = compute.SHARED["lab"].computations
+    for r, c in zip(requests, choices):
+        stored = compute.SHARED["lab"].peek(r)
+        assert stored is not None
+        _same(stored, image_attack.attack_image(at_cas.model, x, c, label))
+        assert compute.attack_image(r, at_cas.model, x) is stored  # a page asking now computes nothing
+    assert compute.SHARED["lab"].computations == before
+    with pytest.raises(ValueError):
+        compute.start_attacks([(compute.image_request(at_cas.key, x, label, AttackChoice("pgd", steps=0)),
+                                at_cas.model, x)])

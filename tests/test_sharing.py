@@ -207,3 +207,61 @@ def test_dataclass_arguments_count_by_content():
     assert share(Panel("a", np.ones(3))) is share(Panel("a", np.ones(3))) and len(built) == 1
     share(Panel("a", np.zeros(3)))
     assert len(built) == 2
+
+
+def test_put_keeps_the_first_value_and_stays_in_budget():
+    store = SharedResults(max_bytes=300, size=lambda v: v)
+    store.put("a", 100)
+    store.put("a", 200)  # stored already: the first value stays
+    assert store.peek("a") == 100 and store.bytes == 100
+    store.put("huge", 400)  # over the whole budget: not kept
+    assert "huge" not in store
+    store.put("b", 150)
+    store.put("c", 150)  # over budget: the least recently used goes
+    assert "a" not in store and store.bytes == 300
+
+
+def test_a_shared_figure_is_converted_once_and_refuses_changes():
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from app.common.sharing import SharedFigure, SharedFigures
+
+    def build(n):
+        return go.Figure(go.Bar(y=np.arange(n, dtype=float), name="bars"), layout=dict(title="t"))
+
+    share = SharedFigures(10**7).share(build)
+    fig = share(4)
+    assert isinstance(fig, SharedFigure) and fig.to_dict() is fig.to_dict()  # made once, not per session
+    assert pio.to_json(fig, validate=False) == pio.to_json(build(4), validate=False)  # what a page sends
+    assert fig.data[0].name == "bars"  # still a figure for the tests that read its traces
+    with pytest.raises(TypeError):
+        fig.update_layout(title="mine")
+    with pytest.raises(TypeError):
+        fig.add_trace(go.Bar(y=[1.0]))
+    mine = go.Figure(fig)  # a copy is a plain figure and changes alone
+    mine.update_layout(title="mine")
+    assert fig.to_dict()["layout"]["title"] == {"text": "t"}
+    pair = SharedFigures(10**7).share(lambda n: (build(n), build(n + 1)))(2)
+    assert all(isinstance(f, SharedFigure) for f in pair)
+    assert type(share.build(4)) is go.Figure
+
+
+def test_the_model_listing_is_shared_read_only():
+    import copy
+
+    from app.common import models
+
+    listed = models.list_available()
+    assert listed is models.list_available()  # one listing for every page run, not a copy each
+    if not listed:
+        pytest.skip("no models installed")
+    entry = listed[0]
+    for change in (lambda: entry.update(name="x"), lambda: entry.__setitem__("name", "x"),
+                   lambda: entry["card"].pop("method", None)):
+        with pytest.raises(TypeError):
+            change()
+    mine = copy.deepcopy(entry)  # a writable copy
+    mine["name"] = "x"
+    assert entry["name"] != "x"
+    assert models.card_of(entry["card"]).to_dict().keys() == entry["card"].keys()

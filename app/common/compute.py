@@ -165,15 +165,34 @@ def _group(request: ImageRequest):
     return (request.model, request.image, request.label, choice.key())
 
 
-def _queued(request: ImageRequest, model, x: np.ndarray, text: str, update: Update) -> LabResult:
-    """Submit the attack to the queue (or join the same request already there, whose visitor may have
-    left) and wait for it, telling the visitor what it waits for."""
+def start_attacks(jobs: list[tuple[ImageRequest, object, np.ndarray]]) -> None:
+    """Queue the attacks of ``jobs`` ((request, model, pixels), as :func:`attack_image` takes them) at
+    once, for a page that shows them all: the worker runs them back to back while the page waits for
+    the first, instead of each waiting for the page to ask for it. A request already stored or already
+    queued is left as it is; a finished one is stored even when its visitor has left."""
+    for request, model, x in jobs:
+        request.choice.validate()
+        if request.crafted_on is None and request.choice.attack != image_attack.NONE \
+                and request not in SHARED["lab"]:
+            _ticket(request, model, x, keep=True)
+
+
+def _ticket(request: ImageRequest, model, x: np.ndarray, keep: bool = False):
+    """The queue's ticket for ``request``: the one already there (whose visitor may have left), or a new
+    one. ``keep``: store its result in the shared store when it is done (nobody may be waiting)."""
     with _IN_FLIGHT_LOCK:
         ticket = _IN_FLIGHT.get(request)
         if ticket is None:
             ticket = _IN_FLIGHT[request] = ATTACK_QUEUE.submit(
                 _group(request), _Queued(model, x, request.label, request.choice))
-            ticket.future.add_done_callback(lambda _: _forget(request))
+            ticket.future.add_done_callback(lambda f: _forget(request, f if keep else None))
+    return ticket
+
+
+def _queued(request: ImageRequest, model, x: np.ndarray, text: str, update: Update) -> LabResult:
+    """Submit the attack to the queue (or join the same request already there) and wait for it, telling
+    the visitor what it waits for."""
+    ticket = _ticket(request, model, x)
     shown = None
     while not futures.wait([ticket.future], timeout=POLL_SECONDS).done:
         state = _waiting(ticket, text)
@@ -187,9 +206,11 @@ _IN_FLIGHT: dict = {}  # request -> its ticket, while it waits or runs
 _IN_FLIGHT_LOCK = threading.Lock()
 
 
-def _forget(request: ImageRequest) -> None:
+def _forget(request: ImageRequest, keep: futures.Future | None = None) -> None:
     with _IN_FLIGHT_LOCK:
         _IN_FLIGHT.pop(request, None)
+    if keep is not None and not keep.cancelled() and keep.exception() is None:
+        SHARED["lab"].put(request, keep.result())
 
 
 def _waiting(ticket, text: str) -> tuple[float, str]:

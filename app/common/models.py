@@ -55,15 +55,43 @@ class LoadedModel:
     card: cas.ModelCard
 
 
-def list_available() -> list[dict]:
+def list_available() -> tuple[ReadOnlyDict, ...]:
     """``cas.available_models()``, read again only when one of its files changed (every page run asks,
     and reading the cards costs more than the rest of a cached page); an unreadable ``index.json``
-    is reported and treated as empty. Each caller gets its own copy."""
+    is reported and treated as empty. Every session gets the same listing, read-only (its mappings are
+    :class:`ReadOnlyDict`, its lists tuples): a copy for each page run cost more than the rest of a
+    lecture visit whose results are computed."""
     try:
-        return copy.deepcopy(_available(_zoo_version()))
+        return _available(_zoo_version())
     except cas.CheckpointError as e:
         st.error(str(e))
-        return []
+        return ()
+
+
+class ReadOnlyDict(dict):
+    """A dict that refuses changes (what every session shares); ``copy.deepcopy`` gives a plain,
+    writable copy."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the model listing is shared by every session: copy it (copy.deepcopy) to change it")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __deepcopy__(self, memo):
+        return {k: copy.deepcopy(v, memo) for k, v in self.items()}
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+def _frozen(value):
+    """``value`` with every dict a :class:`ReadOnlyDict` and every list a tuple, all the way down."""
+    if isinstance(value, dict):
+        return ReadOnlyDict((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _zoo_version() -> tuple:
@@ -82,7 +110,7 @@ def _zoo_version() -> tuple:
 
 
 @functools.lru_cache(maxsize=4)
-def _available(version: tuple) -> list[dict]:
+def _available(version: tuple) -> tuple[ReadOnlyDict, ...]:
     """:func:`cas.available_models`, plus the checkpoints in the bundled folder that its ``index.json``
     does not list yet (a model just copied there), after the listed ones and before the training runs."""
     listed = cas.available_models()
@@ -98,7 +126,7 @@ def _available(version: tuple) -> list[dict]:
             continue
         extra.append({"name": f.stem, "path": f, "source": "bundled", "card": card,
                       "description": card.get("description") or _description(card_of(card))})
-    return bundled + extra + listed[len(bundled):]
+    return _frozen(bundled + extra + listed[len(bundled):])
 
 
 def _description(card: cas.ModelCard) -> str:

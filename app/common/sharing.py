@@ -30,6 +30,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 
 
@@ -105,6 +106,23 @@ class SharedResults:
             except _Interrupted:
                 continue  # its owner left before it finished: compute it here
 
+    def put(self, key: Hashable, value) -> None:
+        """Store ``value`` for ``key`` unless it is stored already or being computed (that computation's
+        value is the one kept)."""
+        size = self.size(value)
+        with self._lock:
+            if key not in self._values and key not in self._running:
+                self._store(key, value, size)
+
+    def _store(self, key, value, size: int) -> None:  # with the lock held
+        if size > self.max_bytes:
+            return
+        self._values[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, dropped) = self._values.popitem(last=False)
+            self.bytes -= dropped
+
     def _compute(self, key, compute, future: Future):
         try:
             value = compute()
@@ -122,12 +140,7 @@ class SharedResults:
         with self._lock:
             del self._running[key]
             self.computations += 1
-            if size <= self.max_bytes:
-                self._values[key] = (value, size)
-                self.bytes += size
-                while self.bytes > self.max_bytes:
-                    _, (_, dropped) = self._values.popitem(last=False)
-                    self.bytes -= dropped
+            self._store(key, value, size)
         future.set_result(value)
         return value
 
@@ -320,7 +333,46 @@ class SharedCalls:
 
 
 class SharedFigures(SharedCalls):
-    """:class:`SharedCalls` for figure builders, a figure counted by the size of its JSON."""
+    """:class:`SharedCalls` for figure builders, a figure counted by the size of its JSON. Every Plotly
+    figure a builder returns (alone, or in a tuple or list) is stored as a :class:`SharedFigure`."""
 
     def __init__(self, max_bytes: int):
         super().__init__(max_bytes, size=_figure_bytes)
+
+    def share(self, builder: Callable, mode: Callable[[], Hashable] = lambda: None) -> Callable:
+        @functools.wraps(builder)
+        def frozen_builder(*args, **kwargs):
+            return _shared_figures(builder(*args, **kwargs))
+
+        shared = super().share(frozen_builder, mode)
+        shared.build = builder
+        return shared
+
+
+def _shared_figures(value):
+    if isinstance(value, (tuple, list)):
+        return type(value)(_shared_figures(v) for v in value)
+    if isinstance(value, go.Figure) and not isinstance(value, SharedFigure):
+        as_dict = value.to_dict()
+        for trace in as_dict.get("data", []):
+            trace.pop("uid", None)  # what plotly.io.to_json would take out of each copy
+        value.__class__ = SharedFigure  # the same object, now read-only (no copy of its traces)
+        value._as_dict = as_dict
+    return value
+
+
+class SharedFigure(go.Figure):
+    """A figure that every session draws: its JSON mapping is made once when it is stored, not again
+    for each session (``st.plotly_chart`` asks ``to_dict()``, which copies every trace and encodes its
+    arrays: the largest part of a lecture page's own work). It refuses changes: change a copy
+    (``go.Figure(fig)``) or build one with the builder's ``.build``."""
+
+    def to_dict(self) -> dict:
+        return self._as_dict
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a shared figure is drawn by every session: build your own with the builder's "
+                        ".build, or change a copy (go.Figure(fig))")
+
+    update = update_layout = update_traces = update_xaxes = update_yaxes = _refuse
+    add_trace = add_traces = add_annotation = add_shape = add_hline = add_vline = _refuse

@@ -522,10 +522,14 @@ def lecture_image() -> ImageChoice:
                        f"cifar{index}")
 
 
-def bundled_models() -> dict[str, models.LoadedModel]:
-    """The bundled models the runs need, by name; the page stops with a message if one is missing."""
+def step_models(step: Step) -> set[str]:
+    """The bundled models a step's runs need."""
+    return {model for run, (model, _) in RUNS.items() if run in step.needs or run == step.run}
+
+
+def bundled_models(needed: set[str]) -> dict[str, models.LoadedModel]:
+    """The bundled models ``needed``, by name; the page stops with a message if one is missing."""
     available = {m["name"]: m for m in models.list_available()}
-    needed = {model for model, _ in RUNS.values()}
     missing = sorted(needed - set(available))
     if missing:
         st.info(f"The lecture runs on the bundled models; missing here: {', '.join(missing)}. "
@@ -545,10 +549,14 @@ def _compute(run_model: models.LoadedModel, image: ImageChoice, choice, display)
 
 
 def step_results(step: Step, loaded: dict, image: ImageChoice) -> dict[str, image_attack.LabResult]:
-    """The runs ``step`` shows and its claim looks at, by run name (computed once, through compute)."""
+    """The runs ``step`` shows and its claim looks at, by run name (computed once, through compute; all
+    queued at once, so that the worker runs them back to back)."""
+    runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items()
+            if run in step.needs or run == step.run}
+    compute.start_attacks([(compute.image_request(m.key, image.x, image.label, choice), m.model, image.x)
+                           for m, choice in runs.values()])
     display = panels.progress_bar()
-    return {run: _compute(loaded[model], image, choice, display)
-            for run, (model, choice) in RUNS.items() if run in step.needs or run == step.run}
+    return {run: _compute(m, image, choice, display) for run, (m, choice) in runs.items()}
 
 
 def steps_through(loaded: dict, image: ImageChoice) -> list[image_attack.LabResult]:
@@ -719,7 +727,7 @@ def page() -> None:
     navigation(step)
     url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
     image = lecture_image()
-    loaded = bundled_models()
+    loaded = bundled_models(step_models(STEPS[step - 1]))
     cards = bundled_cards()
     results = step_results(STEPS[step - 1], loaded, image)
     st.markdown(step_text(step, results, cards))
