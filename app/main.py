@@ -6,15 +6,9 @@ This entry script only sets up the page and the navigation (the pages are listed
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-# PyTorch's CPU threads wait for work by spinning. When the CPU is busy with anything else (a training
-# run, another session), spinning threads slow a single-image attack down many times over; passive
-# waiting costs nothing noticeable. This must be set before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
+import app  # noqa: F401 - sets how PyTorch's threads wait, before torch is imported (see app/__init__.py)
 import streamlit as st
 
 from app.common import presentation

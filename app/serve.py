@@ -22,8 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: config files are not read here, so the defaults apply
     tomllib = None
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see app/main.py)
-
+import app  # noqa: F401,E402 - how PyTorch's threads wait, set before torch loads (app/__init__.py)
 import pandas  # noqa: F401
 import plotly.graph_objects  # noqa: F401
 import torch  # noqa: F401

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import resource
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
+import app  # noqa: F401,E402 - PyTorch's threads wait as the app's do (app/__init__.py), set before torch loads
 
 from streamlit.testing.v1 import AppTest
 

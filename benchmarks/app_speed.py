@@ -28,7 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (see app/main.py)
+import app  # noqa: F401,E402 - PyTorch's threads wait as the app's do (app/__init__.py), set before torch loads
 
 import numpy as np
 import torch

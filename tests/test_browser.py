@@ -2,6 +2,8 @@
 check that the prediction and the Plotly charts are drawn, and keep screenshots in ``test-artifacts/``."""
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 from browser import ARTIFACTS, app_server, chromium, new_tab, wait_idle
 from browser import settle as _settle
@@ -47,6 +49,18 @@ def test_attack_lab_in_chromium(server, page):
     assert "Traceback" not in body
     _screenshot(page, "attack_lab_top.png", full=False)
     _screenshot(page, "attack_lab_pgd.png")
+
+    # the downloads are made when clicked: the exact adversarial image and the channel table
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Adversarial image (exact, .npy)").click()
+    x_adv = np.load(got.value.path(), allow_pickle=False)
+    assert got.value.suggested_filename.endswith(".npy")
+    assert x_adv.shape == (3, 32, 32) and x_adv.dtype == np.float32 and 0 <= x_adv.min() <= x_adv.max() <= 1
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Channel values (CSV)").click()
+    table = pd.read_csv(got.value.path())
+    assert len(table) > 0 and table.notna().all().all()
+    _settle(page, 1)
 
     # pick the honest attack from the sidebar menu
     menus = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')

@@ -133,6 +133,32 @@ def test_groups_never_mix():
     assert all(all(r % 2 == g for r in reqs) for g, reqs in seen)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_workers_run_two_groups_at_once_never_one_group_twice(workers):
+    lock, running, most, seen = threading.Lock(), [], [0], []
+
+    def run_batch(group, requests):
+        with lock:
+            assert group not in running  # one group is never in two workers at once
+            running.append(group)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.2)
+        with lock:
+            running.remove(group)
+            seen.append((group, len(requests)))
+        return requests
+
+    queue = BatchQueue(run_batch, workers=workers)
+    first = queue.submit("a", 0)
+    time.sleep(0.05)  # "a" runs alone
+    tickets = [queue.submit(g, i) for i, g in enumerate("abab", start=1)]
+    assert [t.future.result(5) for t in [first, *tickets]] == [0, 1, 2, 3, 4]
+    assert most[0] == workers
+    assert sorted(seen) == [("a", 1), ("a", 2), ("b", 2)]  # the waiting requests of a group ran as one batch
+    time.sleep(0.05)
+    assert queue._idle <= workers and not queue._running
+
+
 def test_a_failing_request_gets_its_error_and_the_others_their_results():
     def run_batch(group, requests):
         time.sleep(0.1)

@@ -165,22 +165,29 @@ class Ticket:
 
 
 class BatchQueue:
-    """Runs one-image requests from many sessions in batches, in one worker thread.
+    """Runs one-image requests from many sessions in batches, in up to ``workers`` worker threads.
 
     ``run_batch(group, requests) -> results`` computes a list of requests of one group at once (the
     group key says what can run together: for an attack, the model's digest, the attack and its
     schedule; each request keeps its own seed and budget). Requests that wait while a batch runs form
-    the next one. A batch that raises is run again one request at a time, so only a bad request gets
-    its own error; a request that fails alone gets that error. No request is ever left waiting."""
+    the next one. Two workers run two groups at the same time: a batch of one image is bound by Python's
+    per-operation overhead and leaves the second core idle, so a second group (another attack of a
+    lecture step, or the other visitors' batch while the first visitor's image runs alone) runs beside
+    it; a group never runs in two workers at once, so its requests gather into one batch. A batch that
+    raises is run again one request at a time, so only a bad request gets its own error; a request
+    that fails alone gets that error. No request is ever left waiting."""
 
-    def __init__(self, run_batch: Callable[[Hashable, list], list], max_batch: int = 64, name: str = "batches"):
+    def __init__(self, run_batch: Callable[[Hashable, list], list], max_batch: int = 64, name: str = "batches",
+                 workers: int = 2):
         self.run_batch = run_batch
         self.max_batch = int(max_batch)
         self.name = name
+        self.workers = max(1, int(workers))
         self._cond = threading.Condition()
         self._queue: deque[Ticket] = deque()
-        self._running: list[Ticket] = []
-        self._worker: threading.Thread | None = None
+        self._running: dict[int, list[Ticket]] = {}  # worker number -> the batch it runs
+        self._idle = 0  # workers waiting for work
+        self._started = 0
         self._history: deque[tuple[int, float]] = deque(maxlen=32)  # (batch size, seconds)
         self.batches: list[int] = []  # the size of every batch run (tests read it); bounded below
 
@@ -189,9 +196,10 @@ class BatchQueue:
         ticket = Ticket(group, request)
         with self._cond:
             self._queue.append(ticket)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._worker.start()
+            if self._idle == 0 and len(self._running) + self._idle < self.workers:
+                self._started += 1
+                threading.Thread(target=self._work, name=f"{self.name}-{self._started}", daemon=True).start()
+                self._idle += 1  # counted as waiting until it takes its first batch
             self._cond.notify_all()
         return ticket
 
@@ -202,7 +210,7 @@ class BatchQueue:
     def others(self, ticket: Ticket) -> int:
         """How many other requests run or wait beside ``ticket`` right now."""
         with self._cond:
-            return sum(1 for t in (*self._running, *self._queue) if t is not ticket)
+            return sum(1 for t in (*self._running_tickets(), *self._queue) if t is not ticket)
 
     def expected_seconds(self, ticket: Ticket) -> float | None:
         """About how long until ``ticket``'s result: the batch in progress plus its own (None before the
@@ -210,13 +218,18 @@ class BatchQueue:
         if not self._history:
             return None
         with self._cond:
-            running = list(self._running)
+            batches = list(self._running.values())
             queued = sum(1 for t in self._queue if t.group == ticket.group)
-        if any(t is ticket for t in running):
-            return self._seconds(len(running))
-        return (self._seconds(len(running)) if running else 0.0) + self._seconds(max(1, queued))
+        for batch in batches:
+            if any(t is ticket for t in batch):
+                return self._seconds(len(batch))
+        ahead = min((len(b) for b in batches), default=0) if len(batches) >= self.workers else 0
+        return (self._seconds(ahead) if ahead else 0.0) + self._seconds(max(1, queued))
 
-    # -- the worker ----------------------------------------------------------------------------------
+    # -- the workers ---------------------------------------------------------------------------------
+    def _running_tickets(self) -> list[Ticket]:
+        return [t for batch in self._running.values() for t in batch]
+
     def _seconds(self, n: int) -> float:
         """A batch's expected time from the last batches: a fixed cost plus a cost per image (least squares)."""
         sizes = np.array([s for s, _ in self._history], dtype=float)
@@ -227,25 +240,36 @@ class BatchQueue:
         return float(max(base, 0.0) + max(slope, 0.0) * n)
 
     def _take(self) -> list[Ticket]:
-        """The oldest request's group: every waiting request of that group, up to ``max_batch``."""
-        group = self._queue[0].group
+        """The oldest waiting request whose group no worker runs now: every waiting request of that group,
+        up to ``max_batch`` (none: an empty list)."""
+        busy = {batch[0].group for batch in self._running.values() if batch}
+        group = next((t.group for t in self._queue if t.group not in busy), None)
+        if group is None:
+            return []
         batch = [t for t in self._queue if t.group == group][: self.max_batch]
         for t in batch:
             self._queue.remove(t)
         return batch
 
     def _work(self) -> None:
+        me = threading.get_ident()
         while True:
             with self._cond:
-                if not self._queue:
+                batch = self._take()
+                while not batch:
                     if not self._cond.wait(timeout=30) and not self._queue:
-                        self._worker = None
+                        self._idle -= 1
                         return  # idle: the next request starts a new worker
-                    continue
-                batch = self._running = self._take()
-            self._run(batch)
-            with self._cond:
-                self._running = []
+                    batch = self._take()
+                self._idle -= 1
+                self._running[me] = batch
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    del self._running[me]
+                    self._idle += 1
+                    self._cond.notify_all()  # a group this worker ran may have requests waiting
 
     def _run(self, batch: list[Ticket]) -> None:
         live = [t for t in batch if t.future.set_running_or_notify_cancel()]

@@ -122,17 +122,22 @@ def channel_section(result: image_attack.LabResult, page_params: list[url_state.
 
 
 def downloads(result: image_attack.LabResult, loaded: models.LoadedModel, image: pickers.ImageChoice) -> None:
-    """The adversarial image (PNG and exact), the channel values (CSV) and the attack's time."""
+    """The adversarial image (PNG and exact), the channel values (CSV) and the attack's time. The files
+    are made when a button is clicked (once per result for the server), not on every page run."""
     stem = f"{image.slug}_{result.choice.attack}_{loaded.name or 'model'}"
-    png, npy, csv = images.download_files(result, loaded.label)
+    label = loaded.label
+
+    def file(i: int):
+        return lambda: images.download_files(result, label)[i]
+
     c1, c2, c3 = st.columns(3)
-    c1.download_button("Adversarial image (PNG, 32×32)", png, f"{stem}.png",
+    c1.download_button("Adversarial image (PNG, 32×32)", file(0), f"{stem}.png",
                        "image/png", key=pickers.button_key(P, "png"), on_click="ignore",
                        help="8-bit PNG: pixel values rounded to /255.")
-    c2.download_button("Adversarial image (exact, .npy)", npy, f"{stem}.npy",
+    c2.download_button("Adversarial image (exact, .npy)", file(1), f"{stem}.npy",
                        "application/octet-stream", key=pickers.button_key(P, "npy"), on_click="ignore",
                        help="float32 array (3, 32, 32) in [0, 1]; load with numpy.load.")
-    c3.download_button("Channel values (CSV)", csv,
+    c3.download_button("Channel values (CSV)", file(2),
                        f"{stem}_channels.csv", "text/csv", key=pickers.button_key(P, "csv"), on_click="ignore")
     st.caption(f"The attack took {result.seconds:.2f} s.")
 
