@@ -185,7 +185,7 @@ class BatchQueue:
         self.workers = max(1, int(workers))
         self._cond = threading.Condition()
         self._queue: deque[Ticket] = deque()
-        self._running: dict[int, list[Ticket]] = {}  # worker number -> the batch it runs
+        self._running: dict[int, list[Ticket]] = {}  # worker thread id -> the batch it runs
         self._idle = 0  # workers waiting for work
         self._started = 0
         self._history: deque[tuple[int, float]] = deque(maxlen=32)  # (batch size, seconds)
