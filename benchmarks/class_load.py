@@ -2,7 +2,8 @@
 protocol (``tests/st_client.py``), no browsers.
 
     python -m benchmarks.class_load [--clients 1,8,30] [--scenarios lecture,lab,mix,clicks]
-                                    [--steps 20] [--clicks 10] [--visit-timeout 300] [--time-limit 1800]
+                                    [--steps 20] [--clicks 10] [--rounds 1] [--visit-timeout 300]
+                                    [--time-limit 1800]
 
 Each (scenario, client count) runs on a fresh server (``python -m app.serve`` on a free local port, as
 ``scripts/app.sh`` starts it, with the bundled models or ``$CAS_PRETRAINED_DIR``), so that no row finds
@@ -14,7 +15,9 @@ no visitor uses: it loads the model), then the visitors arrive, all at the same 
 - ``mix``: one visitor starts a Channel statistics run (``--stats-query``, then "Compute statistics"), and
   ``--mix-delay`` seconds later the others attack as in ``lab``;
 - ``clicks``: the memory run: every visitor attacks ``--clicks`` images one after the other (a new image
-  number each time, as a click on the page does).
+  number each time, as a click on the page does); with ``--rounds 2`` each then goes through the same
+  images again ("revisit" visits, whose results are all stored), so that the second half shows what the
+  server's memory does when the bounded stores gain nothing new: a leak would still grow there.
 
 One client count is always 1 (added if missing): that row is the visit alone, measured in the same run,
 and the other rows are divided by it. For ``mix`` the statistics run is compared with the statistics run
@@ -196,9 +199,10 @@ class Run:
             if not await self.timed("attack", f"visitor {k} click 1",
                                     c.visit(LAB_PAGE, self.lab_query(first), timeout=self.timeout())):
                 return
-            for j in range(1, self.args.clicks):
-                if not await self.timed("attack", f"visitor {k} click {j + 1}",
-                                        c.set_widget("lab_idx", int_value=first + j, timeout=self.timeout())):
+            for j in range(1, self.args.clicks * self.args.rounds):
+                image = first + j % self.args.clicks
+                if not await self.timed("attack" if j < self.args.clicks else "revisit", f"visitor {k} click {j + 1}",
+                                        c.set_widget("lab_idx", int_value=image, timeout=self.timeout())):
                     return
         await self.client(f"visitor {k}", body)
 
@@ -237,7 +241,7 @@ async def run_row(url: str, pid: int, args, row: Row, deadline: float) -> None:
         row.planned = n
     elif row.scenario == "clicks":
         tasks = [run.clicker(k, start) for k in range(n)]
-        row.planned = n * args.clicks
+        row.planned = n * args.clicks * args.rounds
     else:  # mix: one statistics run, then the others attack
         row.planned = n
         started = asyncio.Event()
@@ -297,11 +301,11 @@ def report(rows: list[Row], skipped: list[str], steps: int) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        kinds = [k for k in ("lecture", "attack", "stats", "solo_attack") if k in r.times] or ["-"]
+        kinds = [k for k in ("lecture", "attack", "revisit", "stats", "solo_attack") if k in r.times] or ["-"]
         for i, kind in enumerate(kinds):
             values = r.times.get(kind, [])
             p50, p95, mx = stats_of(values)
-            base = solo.get("attack" if kind == "solo_attack" else kind)
+            base = solo.get("attack" if kind in ("solo_attack", "revisit") else kind)
             ratio = (f"{p50 / base:6.2f} {mx / base:6.2f}" if base and values else f"{'':6} {'':6}")
             rss = "/".join(f"{r.rss.get(k, math.nan):.0f}" for k in ("start", "middle", "end", "peak")) if i == 0 else ""
             errs = len(r.errors) if i == 0 else ""
@@ -324,6 +328,8 @@ def main() -> None:
     ap.add_argument("--attack", default="pgd")
     ap.add_argument("--steps", type=int, default=20, help="attack steps of every Attack Lab visit")
     ap.add_argument("--clicks", type=int, default=10, help="images per visitor in the clicks scenario")
+    ap.add_argument("--rounds", type=int, default=1, help="clicks: go through one's images this many times "
+                    "(from the second round on every result is stored: what memory does without new results)")
     ap.add_argument("--lecture-query", default="step=6")
     ap.add_argument("--stats-query", default="", help="query string of the Channel statistics visit "
                     "(default: the page's defaults), e.g. 'models=at-cas&n=32&steps=5'")
