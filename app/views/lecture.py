@@ -548,13 +548,18 @@ def _compute(run_model: models.LoadedModel, image: ImageChoice, choice, display)
                                 run_model.model, image.x, title=image.title, display=display)
 
 
-def step_results(step: Step, loaded: dict, image: ImageChoice) -> dict[str, image_attack.LabResult]:
-    """The runs ``step`` shows and its claim looks at, by run name (computed once, through compute; all
-    queued at once, so that the worker runs them back to back)."""
+def start_step(step: Step, loaded: dict, image: ImageChoice) -> dict:
+    """Queue the attacks of the runs ``step`` shows and its claim looks at, all at once (the workers run
+    them while the page goes on), and return those runs: run name -> (model, attack)."""
     runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items()
             if run in step.needs or run == step.run}
     compute.start_attacks([(compute.image_request(m.key, image.x, image.label, choice), m.model, image.x)
                            for m, choice in runs.values()])
+    return runs
+
+
+def step_results(runs: dict, image: ImageChoice) -> dict[str, image_attack.LabResult]:
+    """The results of :func:`start_step`'s runs, by run name (each computed once, through compute)."""
     display = panels.progress_bar()
     return {run: _compute(m, image, choice, display) for run, (m, choice) in runs.items()}
 
@@ -713,9 +718,8 @@ def step_links(step: int) -> None:
         st.markdown("**Link to this step** (for a slide):")
         st.code(base + "?" + urlencode({"step": str(step), **mode}), language=None)
     with st.expander("All steps"):
-        for i, other in enumerate(STEPS, start=1):
-            link = urlencode({"step": i, **mode})
-            st.markdown(f"{i}. [{other.title}](?{link})" + (" — *you are here*" if i == step else ""))
+        st.markdown("\n".join(f"{i}. [{other.title}](?{urlencode({'step': i, **mode})})"
+                               + (" — *you are here*" if i == step else "") for i, other in enumerate(STEPS, start=1)))
 
 
 def page() -> None:
@@ -724,12 +728,13 @@ def page() -> None:
     for message in url_state.load_from_url("lecture", page_params):
         st.warning(f"A setting in the link was ignored: {message}.")
     step = st.session_state[P + "step"]
-    navigation(step)
-    url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
     image = lecture_image()
     loaded = bundled_models(step_models(STEPS[step - 1]))
+    runs = start_step(STEPS[step - 1], loaded, image)  # its attacks run while the page draws the rest
+    navigation(step)
+    url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
     cards = bundled_cards()
-    results = step_results(STEPS[step - 1], loaded, image)
+    results = step_results(runs, image)
     st.markdown(step_text(step, results, cards))
     terms(step)
     claim_box(step, results)
