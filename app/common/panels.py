@@ -2,6 +2,9 @@
 their summary figures and plain-language captions."""
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import streamlit as st
 
 import cas
@@ -9,6 +12,24 @@ import cas
 from . import figures, image_attack, images, presentation
 from .defense_text import ELEMENT_WISE_NOTE, label_of, text_of
 from .url_state import widget_key
+
+
+_DRAWING = threading.Lock()
+
+
+@contextlib.contextmanager
+def drawing_turn(timeout: float = 5.0):
+    """Draw a page from results it already has, one page run at a time on the whole server. Drawing is
+    Python work that holds the interpreter's lock nearly all the time: thirty page runs drawing at once
+    (a class whose results just arrived) spend part of it handing the lock back and forth, and in turns
+    they finish sooner, the last one included (benchmarks/class_load.py). Nothing slow may run inside:
+    compute first. A turn that does not come within ``timeout`` seconds is not waited for."""
+    got = _DRAWING.acquire(timeout=timeout)
+    try:
+        yield
+    finally:
+        if got:
+            _DRAWING.release()
 
 
 def progress_bar(where=st):

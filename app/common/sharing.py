@@ -321,19 +321,15 @@ def _token(value, refs: list):
 
 
 def _figure_bytes(fig) -> int:
-    """About what a stored figure weighs, from its traces' arrays (a JSON dump of each new figure, only to
-    weigh it, cost as much as building it): 16 bytes a value, 2 kB a trace, 8 kB for the layout; plus
-    the JSON mapping a :class:`SharedFigure` keeps. Figures in a tuple or list count together."""
+    """About what a stored figure weighs: a :class:`SharedFigure`'s traces twice (the figure's own arrays,
+    and its JSON mapping's encoded ones) and 16 kB for its layout. Reading them from the mapping is
+    quick, where a JSON dump of each new figure, only to weigh it, cost as much as building it. Figures
+    in a tuple or list count together; anything else counts as 100 kB."""
     if isinstance(fig, (tuple, list)):
         return sum(_figure_bytes(f) for f in fig) + 56
-    try:
-        total = 8_000
-        for trace in fig.data:
-            total += 2_000 + 16 * sum(np.size(trace[k]) for k in ("x", "y", "z", "text", "customdata")
-                                      if k in trace and trace[k] is not None)
-    except Exception:  # noqa: BLE001 - not a Plotly figure: count it as a small one
-        return 100_000
-    return total + (nbytes(fig._as_dict) if isinstance(fig, SharedFigure) else 0)
+    if isinstance(fig, SharedFigure):
+        return 2 * nbytes(fig._as_dict.get("data", [])) + 16_000
+    return 100_000
 
 
 class SharedCalls:

@@ -176,10 +176,11 @@ def page() -> None:
         st.stop()
     from_the_lecture(loaded, image)
     result = attack_result(loaded, image, choice)
-    verdict_section(result, loaded, image)
-    st.subheader("Inside the network: channel activations")
-    channel_section(result, page_params, image.slug == "photo")
-    downloads(result, loaded, image)
+    with panels.drawing_turn():
+        verdict_section(result, loaded, image)
+        st.subheader("Inside the network: channel activations")
+        channel_section(result, page_params, image.slug == "photo")
+        downloads(result, loaded, image)
 
 
 if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)

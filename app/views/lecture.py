@@ -548,13 +548,17 @@ def _compute(run_model: models.LoadedModel, image: ImageChoice, choice, display)
                                 run_model.model, image.x, title=image.title, display=display)
 
 
-def start_step(step: Step, loaded: dict, image: ImageChoice) -> dict:
-    """Queue the attacks of the runs ``step`` shows and its claim looks at, all at once (the workers run
-    them while the page goes on), and return those runs: run name -> (model, attack)."""
-    runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items()
-            if run in step.needs or run == step.run}
+def start_step(step: int, loaded: dict, image: ImageChoice) -> dict:
+    """Queue the attacks of the runs step ``step`` shows and its claim looks at (and step 5's attack
+    through its steps), all at once: the workers run them while the page goes on. Returns those runs:
+    run name -> (model, attack)."""
+    s = STEPS[step - 1]
+    runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items() if run in s.needs or run == s.run}
+    jobs = list(runs.values())
+    if step == 5:
+        jobs += [(loaded[RUNS[TRAJECTORY][0]], choice) for choice in trajectory_choices()]
     compute.start_attacks([(compute.image_request(m.key, image.x, image.label, choice), m.model, image.x)
-                           for m, choice in runs.values()])
+                           for m, choice in jobs])
     return runs
 
 
@@ -564,13 +568,20 @@ def step_results(runs: dict, image: ImageChoice) -> dict[str, image_attack.LabRe
     return {run: _compute(m, image, choice, display) for run, (m, choice) in runs.items()}
 
 
-def steps_through(loaded: dict, image: ImageChoice) -> list[image_attack.LabResult]:
-    """Plain PGD on the CAS model stopped after 1, 2, ... 20 steps (each the same attack, cut short)."""
-    model, choice = RUNS["cas_pgd"]
-    display = panels.progress_bar()
+TRAJECTORY = "cas_pgd"  # the run that step 5 follows through its steps
+
+
+def trajectory_choices() -> list[image_attack.AttackChoice]:
+    """:data:`TRAJECTORY`'s attack stopped after 1, 2, ... all its steps (each the same attack, cut short)."""
+    choice = RUNS[TRAJECTORY][1]
     values = dict(choice.values)
-    return [_compute(loaded[model], image, image_attack.AttackChoice(choice.attack, **{**values, "steps": k}), display)
-            for k in range(1, values["steps"] + 1)]
+    return [image_attack.AttackChoice(choice.attack, **{**values, "steps": k}) for k in range(1, values["steps"] + 1)]
+
+
+def steps_through(loaded: dict, image: ImageChoice) -> list[image_attack.LabResult]:
+    """Plain PGD on the CAS model stopped after 1, 2, ... 20 steps (:func:`trajectory_choices`)."""
+    display = panels.progress_bar()
+    return [_compute(loaded[RUNS[TRAJECTORY][0]], image, choice, display) for choice in trajectory_choices()]
 
 
 def terms(step: int) -> None:
@@ -619,9 +630,9 @@ def chart(fig, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})
 
 
-def evidence(loaded: dict, image: ImageChoice, cards: dict) -> None:
-    """Step 5: the head's guess through plain PGD's steps, and the cards' accuracies."""
-    t = trajectory(steps_through(loaded, image))
+def evidence(through: list[image_attack.LabResult], cards: dict) -> None:
+    """Step 5: the head's guess through plain PGD's steps (:func:`steps_through`), and the cards' accuracies."""
+    t = trajectory(through)
     name = cas.CLASSES[t["label"]]
     guesses = sorted({cas.CLASSES[g] for g in t["guesses"]})
     note = f"the head's guess at steps 1-{len(t['guesses'])}: {', '.join(guesses)}"
@@ -677,8 +688,8 @@ def continue_button(image: ImageChoice, index: int) -> None:
 FROM_LECTURE = "lecture_to_lab"  # session-state key: (model, image index) the Attack Lab continues from
 
 
-def step_view(step: int, results: dict, loaded: dict, image: ImageChoice, cards: dict) -> None:
-    """One step's images, its charts and what they show."""
+def step_view(step: int, results: dict, through: list | None, cards: dict) -> None:
+    """One step's images, its charts and what they show (``through``: step 5's :func:`steps_through`)."""
     if step == len(STEPS):
         left, right = st.columns(2)
         for col, run in zip((left, right), ("cas_pgd", "cas_soft")):
@@ -697,7 +708,7 @@ def step_view(step: int, results: dict, loaded: dict, image: ImageChoice, cards:
     for i, fig in enumerate(figure(step, results)):
         chart(fig, f"lec_ch_{step}_{i}")
     if step == 5:
-        evidence(loaded, image, cards)
+        evidence(through, cards)
     st.caption(caption(step, results))
 
 
@@ -730,18 +741,20 @@ def page() -> None:
     step = st.session_state[P + "step"]
     image = lecture_image()
     loaded = bundled_models(step_models(STEPS[step - 1]))
-    runs = start_step(STEPS[step - 1], loaded, image)  # its attacks run while the page draws the rest
+    runs = start_step(step, loaded, image)  # its attacks run while the page draws its navigation
     navigation(step)
     url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
     cards = bundled_cards()
     results = step_results(runs, image)
-    st.markdown(step_text(step, results, cards))
-    terms(step)
-    claim_box(step, results)
-    step_view(step, results, loaded, image, cards)
-    if step == len(STEPS):
-        continue_button(image, int(image.slug.removeprefix("cifar")))
-    step_links(step)
+    through = steps_through(loaded, image) if step == 5 else None
+    with panels.drawing_turn():
+        st.markdown(step_text(step, results, cards))
+        terms(step)
+        claim_box(step, results)
+        step_view(step, results, through, cards)
+        if step == len(STEPS):
+            continue_button(image, int(image.slug.removeprefix("cifar")))
+        step_links(step)
 
 
 if __name__ == "__main__":  # run as a script (streamlit run / AppTest.from_file)
