@@ -8,7 +8,7 @@ make that fast, and both live here, free of Streamlit so the tests drive them fr
   that arrives meanwhile waits for that computation, and later ones get it at once. It is bounded in
   bytes, least recently used out.
 - :class:`BatchQueue` collects one-image requests that wait at the same time and runs each group that
-  can run together (same model, attack and schedule) as one batch in one worker thread. One batch of 30
+  can run together (same model, attack and schedule) as one batch, two groups at a time. One batch of 30
   PGD-20 attacks costs about 5x one image on two cores, where 30 one-image attacks in 30 threads cost
   30x: at batch size one the work is per-operation overhead under the GIL. A request waits for at
   most the batch in progress plus its own.
