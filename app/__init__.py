@@ -2,12 +2,12 @@
 
 Importing it sets how PyTorch's CPU threads wait, which must happen before torch is first imported (the
 app's entry points and benchmarks import ``app`` first). PyTorch's threads (GNU OpenMP) wait for their
-next piece of work by spinning. At the library's default a waiting thread spins long enough to take a
+next piece of work by spinning. At the library's default (300,000 rounds) a waiting thread can hold a
 core that a page, the server's event loop or another job needs; told never to spin
 (``OMP_WAIT_POLICY=PASSIVE``), each of the thousands of parallel pieces of a batch pays for waking a
 sleeping thread, and a batch of 29 PGD-20 attacks takes about 1.8x as long. A short spin
-(``GOMP_SPINCOUNT``, about ten microseconds) keeps the batch's speed and gives the core back at once.
-Either can be set in the environment to choose otherwise.
+(``GOMP_SPINCOUNT``, 10,000 rounds) keeps the batch's speed and gives the core back soon after. Either
+can be set in the environment to choose otherwise.
 """
 import os
 
