@@ -388,7 +388,7 @@ def measure_curves(model, x_u8, y, eps_values, amp: bool = True, progress=None) 
     curves = {}
     for name in CURVE_ATTACKS:
         spec = ATTACKS[name].for_model(model)
-        label = spec.label.replace(" (CAS-adaptive)", "") + ("-20" if spec.gradient else "")
+        label = spec.label.replace(" (mask-adaptive)", "") + ("-20" if spec.gradient else "")
         if label in curves:
             continue
         if progress:

@@ -131,20 +131,23 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in [
     AttackSpec("square", square, "Square (gradient-free)", "random-search attack that uses no gradients",
                (LINF_EPS, QUERIES, TARGET, SEED), gradient=False, untargeted_only=True,
                card_key="square", column="Square", preset={"queries": 5000}, per_image_seeds=False),
-    AttackSpec("joint_pgd", joint_pgd, "Joint PGD (CAS-adaptive)",
-               "PGD on the final + 2 x mean auxiliary losses (the authors' loss) with steps of 2/255, keeping "
-               "each image's best point; the authors' own schedule is authors_pgd", ITERATIVE_KNOBS,
+    AttackSpec("joint_pgd", joint_pgd, "Joint PGD (mask-adaptive)",
+               "PGD on the final loss + 2 × the mean loss of the defence's auxiliary heads (CAS's authors' "
+               "loss), through the real masks, with steps of 2/255, keeping each image's best point; the "
+               "authors' own schedule is authors_pgd", ITERATIVE_KNOBS,
                needs_cas=True, fallback="pgd", card_key="joint_pgd20", column="joint PGD-20", preset=_PGD20,
                strength=3),
-    AttackSpec("soft_mask_pgd", soft_mask_pgd, "Soft-mask PGD (CAS-adaptive)",
-               "PGD whose gradient flows through softmax-mixed masks", ITERATIVE_KNOBS,
+    AttackSpec("soft_mask_pgd", soft_mask_pgd, "Soft-mask PGD (mask-adaptive)",
+               "PGD whose gradient flows through a smooth version of the mask (a softmax-weighted mix of "
+               "rows for CAS and EWAS, a soft top-2 for CIFS, a softer sigmoid for FSR); the real model "
+               "judges every step", ITERATIVE_KNOBS,
                needs_cas=True, fallback="pgd", sees_mask=True, card_key="soft_mask_pgd20",
                column="soft-mask PGD-20", preset=_PGD20, strength=3),
     AttackSpec("autoattack", autoattack, "AutoAttack", "APGD-CE, APGD-T, FAB-T and Square, standard version",
                (LINF_EPS, SEED), gradient=False, untargeted_only=True, interactive=False,
                card_key="autoattack", column="AutoAttack", strength=3, per_image_seeds=False),
-    AttackSpec("adaptive_autoattack", adaptive_autoattack, "Adaptive AutoAttack (CAS-adaptive)",
-               "AutoAttack's APGD-CE and APGD-T with gradients through the soft mask at temperatures "
+    AttackSpec("adaptive_autoattack", adaptive_autoattack, "Adaptive AutoAttack (mask-adaptive)",
+               "AutoAttack's APGD-CE and APGD-T with gradients through the smooth mask at temperatures "
                "0.1, 1 and 10, judged by the real model, per-image worst case",
                (LINF_EPS, SEED), needs_cas=True, fallback="autoattack", sees_mask=True, gradient=False,
                untargeted_only=True, interactive=False, card_key="adaptive_autoattack",
