@@ -100,7 +100,7 @@ def warm_up() -> None:
     who arrives earlier waits for the same computation). No attack runs here: the lecture's results wait
     for their first visitor."""
     from app.common import models
-    from app.views import lecture
+    from app.common import lecture_story as lecture
 
     try:
         available = models.list_available()

@@ -3,7 +3,7 @@
 Screens the first N test images of the fixed shuffle with batched attacks on the bundled models (std
 right on the clean image and wrong under PGD, AT right on the clean image, AT+CAS right under plain PGD
 and wrong under soft-mask PGD), then runs every lecture step on each survivor exactly as the page does
-(``app.views.lecture.run_all``) with seeds 0, 1 and 2, with the attacks' gradients in bf16 (where the CPU
+(``app.common.lecture_story.run_all``) with seeds 0, 1 and 2, with the attacks' gradients in bf16 (where the CPU
 has it) and in fp32, and keeps the images on which every step's claim holds in all of them. Prints them,
 best first: ranked by the smallest of the margins of the prediction claims (the true class's probability
 where the model must stay right, one minus it where it must be fooled).
@@ -20,7 +20,7 @@ import torch
 
 import cas
 from app.common import image_attack
-from app.views import lecture
+from app.common import lecture_story as lecture
 from cas import data as cas_data
 
 

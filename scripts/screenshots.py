@@ -24,7 +24,7 @@ def shots() -> list[tuple[str, str, str, int]]:
     """(file, link, text that shows the page has its result, Plotly charts to wait for). Compare shows the
     lecture's image (where PGD fools ``std`` and ``at`` but not plain-attacked ``at-cas``), found in this
     CIFAR-10 copy as the Lecture page finds it."""
-    from app.views import lecture
+    from app.common import lecture_story as lecture
     from cas import data
 
     x, y = data.load("test")

@@ -85,8 +85,7 @@ def test_views_reach_heavy_work_through_compute_only():
     for view in (ROOT / "app" / "views").glob("*.py"):
         source = view.read_text()
         assert not [h for h in heavy if h in source.replace("compute.", "compute:")], view.name
-        if view.name != "lecture.py":  # its run_all checks the claims without Streamlit, as the tests do
-            assert "image_attack.attack_image(" not in source, view.name
+        assert "image_attack.attack_image(" not in source, view.name
 
 
 @pytest.mark.parametrize("view", ["channel_stats.py", "robustness.py"])

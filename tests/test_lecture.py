@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cas
-from app.views import lecture
+from app.common import lecture_story as lecture
 
 
 @pytest.fixture(scope="module")

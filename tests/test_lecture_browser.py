@@ -12,7 +12,7 @@ import pytest
 from browser import ARTIFACTS, app_server, chromium, new_tab, save_png, settle
 
 import cas
-from app.views import lecture
+from app.common import lecture_story as lecture
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "screenshots"
