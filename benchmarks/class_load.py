@@ -25,7 +25,9 @@ alone, and the attacks with the ``lab`` row of one client (or, without it, a sol
 ``mix`` row of one client after its statistics run).
 
 Prints, per row: visits, errors, p50 / p95 / max of the server's time per visit (from the client's
-``rerun_script`` to ``script_finished``), p50 and max relative to the solo visit, and the server process's
+``rerun_script`` to ``script_finished``), p50 and max relative to the solo visit, the server's CPU time
+over the row's visits (in all and per visit: what the visits cost the server's cores, as against the
+time they waited), and the server process's
 resident memory (from ``/proc/PID/status``) at the start (after the warm-up), in the middle (half the visits
 done), at the end, and the most seen (sampled every 0.5 s). Errors: visits that timed out, raised,
 drew an exception or did not finish, and tracebacks in the server's log.
@@ -47,6 +49,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -73,6 +76,15 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used, in seconds (``/proc/PID/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of process ``pid`` in MiB (``VmRSS`` in ``/proc/PID/status``)."""
     try:
@@ -97,6 +109,7 @@ class Row:
     planned: int = 0
     done: int = 0
     seconds: float = 0.0
+    cpu: float = math.nan  # the server's CPU seconds over the row's visits
 
     def add(self, kind: str, seconds: float) -> None:
         self.times.setdefault(kind, []).append(seconds)
@@ -118,6 +131,7 @@ class Memory:
 
     def start(self) -> None:
         self.row.rss["start"] = rss_mib(self.pid)
+        self._cpu = cpu_seconds(self.pid)
         self._task = asyncio.create_task(self._loop())
 
     def visit_done(self) -> None:
@@ -127,6 +141,7 @@ class Memory:
 
     async def stop(self) -> None:
         self.row.rss["end"] = rss_mib(self.pid)
+        self.row.cpu = cpu_seconds(self.pid) - self._cpu
         if self._task is not None:
             self._task.cancel()
             try:
@@ -295,9 +310,9 @@ def report(rows: list[Row], skipped: list[str], steps: int) -> None:
     if lab_solo is not None:
         solo["attack"] = lab_solo
     print(f"\nTimes in seconds, from rerun_script to script_finished (PGD-{steps}); x solo: p50 and max / solo p50;"
-          " RSS in MiB (start / middle / end / peak)")
+          " CPU: the server's CPU seconds over the row, and per visit in ms; RSS in MiB (start / middle / end / peak)")
     head = f"{'scenario':9} {'clients':>7} {'kind':8} {'visits':>6} {'errors':>6} {'p50':>7} {'p95':>7} {'max':>7}" \
-           f" {'p50 x':>6} {'max x':>6}   RSS"
+           f" {'p50 x':>6} {'max x':>6} {'CPU s':>6} {'ms/v':>5}   RSS"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -309,8 +324,10 @@ def report(rows: list[Row], skipped: list[str], steps: int) -> None:
             ratio = (f"{p50 / base:6.2f} {mx / base:6.2f}" if base and values else f"{'':6} {'':6}")
             rss = "/".join(f"{r.rss.get(k, math.nan):.0f}" for k in ("start", "middle", "end", "peak")) if i == 0 else ""
             errs = len(r.errors) if i == 0 else ""
+            visits = sum(len(v) for v in r.times.values())
+            cpu = f"{r.cpu:6.2f} {1000 * r.cpu / max(visits, 1):5.0f}" if i == 0 else f"{'':6} {'':5}"
             print(f"{r.scenario if i == 0 else '':9} {r.clients if i == 0 else '':>7} {kind:8} {len(values):>6} "
-                  f"{errs:>6} {p50:7.2f} {p95:7.2f} {mx:7.2f} {ratio}   {rss}")
+                  f"{errs:>6} {p50:7.2f} {p95:7.2f} {mx:7.2f} {ratio} {cpu}   {rss}")
     errors = [(r, e) for r in rows for e in r.errors]
     if errors:
         print(f"\nErrors ({len(errors)}):")
