@@ -169,11 +169,13 @@ def start_attacks(jobs: list[tuple[ImageRequest, object, np.ndarray]]) -> None:
     """Queue the attacks of ``jobs`` ((request, model, pixels), as :func:`attack_image` takes them) at
     once, for a page that shows them all: the worker runs them back to back while the page waits for
     the first, instead of each waiting for the page to ask for it. A request already stored or already
-    queued is left as it is; a finished one is stored even when its visitor has left."""
+    queued (or kept by this session) is left as it is; a finished one is stored even when its visitor
+    has left."""
+    mine = st.session_state.get(store_key("lab"), {})
     for request, model, x in jobs:
         request.choice.validate()
         if request.crafted_on is None and request.choice.attack != image_attack.NONE \
-                and request not in SHARED["lab"]:
+                and request not in mine and request not in SHARED["lab"]:
             _ticket(request, model, x, keep=True)
 
 
