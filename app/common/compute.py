@@ -167,7 +167,7 @@ def _group(request: ImageRequest):
 
 def start_attacks(jobs: list[tuple[ImageRequest, object, np.ndarray]]) -> None:
     """Queue the attacks of ``jobs`` ((request, model, pixels), as :func:`attack_image` takes them) at
-    once, for a page that shows them all: the worker runs them back to back while the page waits for
+    once, for a page that shows them all: the workers run them back to back while the page waits for
     the first, instead of each waiting for the page to ask for it. A request already stored or already
     queued (or kept by this session) is left as it is; a finished one is stored even when its visitor
     has left."""
