@@ -20,10 +20,10 @@ import streamlit as st
 import cas
 from app.common import compute, image_attack, images, join, models, panels, presentation, url_state
 from app.common import lecture_figures as lf
-from app.common.lecture_story import (AUTHORS, CARD_COLOURS, GLOSSARY, IMAGE_CLASS, MODEL_NAMES, PROTOCOLS, RUNS,
-                                      SOFT, STEPS, THRESHOLD, TRAJECTORY, Step, caption, card_figures, card_rows,
-                                      claim, figure, find_image, model_name, step_text, trajectory,
-                                      trajectory_choices)
+from app.common.lecture_story import (AUTHORS, CARD_COLOURS, GLOSSARY, IMAGE_CLASS, MODEL_NAMES, PROTOCOLS,
+                                      RUNS, SOFT, STEPS, THRESHOLD, TRAJECTORY, Step, caption, card_figures,
+                                      card_rows, claim, figure, find_image, model_name, step_text,
+                                      trajectory, trajectory_choices)
 from app.common.pages import FROM_LECTURE, prefix
 from app.common.pickers import ImageChoice, button_key
 
@@ -90,7 +90,8 @@ def start_step(step: int, loaded: dict, image: ImageChoice) -> dict:
     through its steps), all at once: the workers run them while the page goes on. Returns those runs:
     run name -> (model, attack)."""
     s = STEPS[step - 1]
-    runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items() if run in s.needs or run == s.run}
+    runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items()
+            if run in s.needs or run == s.run}
     jobs = list(runs.values())
     if step == 5:
         jobs += [(loaded[RUNS[TRAJECTORY][0]], choice) for choice in trajectory_choices()]
