@@ -79,6 +79,10 @@ class Step:
     needs: tuple[str, ...]  # the runs its claim, words and chart look at
     terms: tuple[str, ...] = ()  # the words of GLOSSARY it uses
 
+    def runs(self) -> dict[str, tuple[str, image_attack.AttackChoice]]:
+        """The runs of :data:`RUNS` this step shows or looks at: run name -> (model name, attack)."""
+        return {run: spec for run, spec in RUNS.items() if run in self.needs or run == self.run}
+
 
 STEPS = [
     Step("A clean image and its channels", "std_clean", ("std_clean", "std_pgd", "at_pgd"), ("channel", "switched on")),

@@ -340,10 +340,13 @@ class SharedCalls:
 
     ``share(builder, mode)`` returns ``builder`` keyed on its name, its arguments (see :func:`_token`)
     and ``mode()`` (e.g. whether presentation mode enlarges the fonts). What a shared builder returns is
-    shared by every session: use it, never change it."""
+    shared by every session: use it, never change it. ``prepare`` turns a new value into what is stored
+    (by default the value itself)."""
 
-    def __init__(self, max_bytes: int, size: Callable[[object], int] = nbytes):
+    def __init__(self, max_bytes: int, size: Callable[[object], int] = nbytes,
+                 prepare: Callable[[object], object] = lambda value: value):
         self.store = SharedResults(max_bytes, size=lambda item: size(item[1]))
+        self.prepare = prepare
 
     def share(self, builder: Callable, mode: Callable[[], Hashable] = lambda: None) -> Callable:
         @functools.wraps(builder)
@@ -351,27 +354,18 @@ class SharedCalls:
             refs: list = []
             key = (builder.__module__, builder.__qualname__, _token(args, refs),
                    _token(dict(sorted(kwargs.items())), refs), mode())
-            return self.store.get(key, lambda: (refs, builder(*args, **kwargs)))[1]
+            return self.store.get(key, lambda: (refs, self.prepare(builder(*args, **kwargs))))[1]
 
         shared.build = builder  # the builder itself, for tests and for figures a page changes
         return shared
 
 
 class SharedFigures(SharedCalls):
-    """:class:`SharedCalls` for figure builders, a figure counted by the size of its JSON. Every Plotly
-    figure a builder returns (alone, or in a tuple or list) is stored as a :class:`SharedFigure`."""
+    """:class:`SharedCalls` for figure builders: every Plotly figure a builder returns (alone, or in a
+    tuple or list) is stored as a :class:`SharedFigure`, weighed by :func:`_figure_bytes`."""
 
     def __init__(self, max_bytes: int):
-        super().__init__(max_bytes, size=_figure_bytes)
-
-    def share(self, builder: Callable, mode: Callable[[], Hashable] = lambda: None) -> Callable:
-        @functools.wraps(builder)
-        def frozen_builder(*args, **kwargs):
-            return _shared_figures(builder(*args, **kwargs))
-
-        shared = super().share(frozen_builder, mode)
-        shared.build = builder
-        return shared
+        super().__init__(max_bytes, size=_figure_bytes, prepare=_shared_figures)
 
 
 def _shared_figures(value):

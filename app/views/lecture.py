@@ -59,14 +59,11 @@ def lecture_image() -> ImageChoice:
                        f"cifar{index}")
 
 
-def step_models(step: Step) -> set[str]:
-    """The bundled models a step's runs need."""
-    return {model for run, (model, _) in RUNS.items() if run in step.needs or run == step.run}
-
-
-def bundled_models(needed: set[str]) -> dict[str, models.LoadedModel]:
-    """The bundled models ``needed``, by name; the page stops with a message if one is missing."""
-    available = {m["name"]: m for m in models.list_available()}
+def bundled_models(available, step: Step) -> dict[str, models.LoadedModel]:
+    """The bundled models the runs of ``step`` need, by name, from ``available``
+    (:func:`models.list_available`); the page stops with a message if one is missing."""
+    available = {m["name"]: m for m in available}
+    needed = {model for model, _ in step.runs().values()}
     missing = sorted(needed - set(available))
     if missing:
         st.info(f"The lecture runs on the bundled models; missing here: {', '.join(missing)}. "
@@ -75,9 +72,9 @@ def bundled_models(needed: set[str]) -> dict[str, models.LoadedModel]:
     return {name: models.load_from_path(available[name]["path"], name=name) for name in needed}
 
 
-def bundled_cards() -> dict[str, dict]:
-    """The bundled models' cards, by name."""
-    return {m["name"]: m.get("card", {}) for m in models.list_available() if m["name"] in MODEL_NAMES}
+def bundled_cards(available) -> dict[str, dict]:
+    """The lecture's models' cards in ``available`` (:func:`models.list_available`), by name."""
+    return {m["name"]: m.get("card", {}) for m in available if m["name"] in MODEL_NAMES}
 
 
 def _compute(run_model: models.LoadedModel, image: ImageChoice, choice, display) -> image_attack.LabResult:
@@ -89,9 +86,7 @@ def start_step(step: int, loaded: dict, image: ImageChoice) -> dict:
     """Queue the attacks of the runs step ``step`` shows and its claim looks at (and step 5's attack
     through its steps), all at once: the workers run them while the page goes on. Returns those runs:
     run name -> (model, attack)."""
-    s = STEPS[step - 1]
-    runs = {run: (loaded[model], choice) for run, (model, choice) in RUNS.items()
-            if run in s.needs or run == s.run}
+    runs = {run: (loaded[model], choice) for run, (model, choice) in STEPS[step - 1].runs().items()}
     jobs = list(runs.values())
     if step == 5:
         jobs += [(loaded[RUNS[TRAJECTORY][0]], choice) for choice in trajectory_choices()]
@@ -265,11 +260,12 @@ def page() -> None:
         st.warning(f"A setting in the link was ignored: {message}.")
     step = st.session_state[P + "step"]
     image = lecture_image()
-    loaded = bundled_models(step_models(STEPS[step - 1]))
+    available = models.list_available()
+    loaded = bundled_models(available, STEPS[step - 1])
     runs = start_step(step, loaded, image)  # its attacks run while the page draws its navigation
     navigation(step)
     url_state.write_to_url(page_params, extra_names=(presentation.KEY,))
-    cards = bundled_cards()
+    cards = bundled_cards(available)
     results = step_results(runs, image)
     through = steps_through(loaded, image) if step == 5 else None
     with panels.drawing_turn():
